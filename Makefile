@@ -1,0 +1,35 @@
+# Two entry points stay true on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STORE := model_store
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test train analyze bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# torch first, pinned to the CPU build, so no later requirement pulls a CUDA wheel.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+$(STORE)/default: | $(STAMP)
+	$(BIN)/ranker train --arch mmoe --name default --store $(STORE)
+
+train: $(STAMP)
+	$(BIN)/ranker train --arch mmoe --name default --store $(STORE)
+
+run: $(STAMP) $(STORE)/default
+	$(BIN)/ranker analyze $(STORE)/default --n 1000
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP) $(STORE)/default
+	$(BIN)/ranker bench $(STORE)/default --n 100,1000,5000
+
+clean:
+	rm -rf $(VENV) $(STORE)/*/
