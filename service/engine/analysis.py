@@ -1,0 +1,94 @@
+"""The analyzer: FLOPs per variant at N and, per merge point, what MaRI rewrote or why not."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from service.engine.pipeline import Reparameterized, reparameterize_all
+from service.engine.report import consumer_flops
+from service.engine.variants import Variant
+
+
+@dataclass
+class Analysis:
+    n: int
+    variants: dict[Variant, Reparameterized]
+
+    def flops(self, variant: Variant) -> int | None:
+        return self.variants[variant].flops(self.n)
+
+    def to_dict(self) -> dict:
+        vani = self.flops(Variant.VANI)
+        mari = self.variants[Variant.MARI].report
+        return {
+            "n": self.n,
+            "flops": {
+                v.value: {
+                    "flops": self.flops(v),
+                    "ratio_vs_vani": (vani / self.flops(v)) if vani and self.flops(v) else None,
+                    "runs_as": r.report.variant.value,
+                    "fallback_reason": r.report.fallback_reason,
+                }
+                for v, r in self.variants.items()
+            },
+            "user_inputs": mari.user_inputs,
+            "concats": [
+                {
+                    "node": c.node,
+                    "user_width": c.user_width,
+                    "candidate_width": c.candidate_width,
+                    "consumers": [
+                        {
+                            "node": k.node,
+                            "op": k.op,
+                            "rewritten": k.rewritten,
+                            "out_features": k.out_features,
+                            "reason": k.reason,
+                            **(dict(zip(("flops_before", "flops_after"), consumer_flops(c, k, self.n))) if k.rewritten else {}),
+                        }
+                        for k in c.consumers
+                    ],
+                }
+                for c in mari.concats
+            ],
+            "merges": [{"node": m.node, "op": m.op, "user_inputs": m.user_inputs, "how": m.how} for m in mari.merges],
+        }
+
+
+def analyze(
+    model: nn.Module,
+    example_inputs: tuple,
+    user_inputs: Collection[str],
+    n: int = 1000,
+    example_kwargs: Mapping[str, Any] | None = None,
+) -> Analysis:
+    return Analysis(n, reparameterize_all(model, example_inputs, user_inputs, tuple(Variant), example_kwargs))
+
+
+def format_analysis(analysis: Analysis) -> str:
+    """Human-readable report for `ranker analyze`."""
+    data = analysis.to_dict()
+    lines = [f"FLOPs per request at N = {data['n']} (user inputs: {', '.join(data['user_inputs'])})"]
+    for name, row in data["flops"].items():
+        flops = row["flops"]
+        text = f"{flops / 1e6:12.1f} MFLOP" if flops is not None else "  (not counted)"
+        ratio = f"  {row['ratio_vs_vani']:.2f}x fewer than VanI" if row["ratio_vs_vani"] else ""
+        note = f"  [runs as {row['runs_as']}: {row['fallback_reason']}]" if row["fallback_reason"] else ""
+        lines.append(f"  {name:5s} {text}{ratio}{note}")
+    for concat in data["concats"]:
+        lines.append(f"concat {concat['node']}: user width {concat['user_width']}, candidate width {concat['candidate_width']}")
+        for c in concat["consumers"]:
+            if c["rewritten"]:
+                lines.append(
+                    f"  rewritten  {c['node']:24s} {c['op']:8s} out {c['out_features']:5d}  "
+                    f"{c['flops_before'] / 1e6:9.1f} -> {c['flops_after'] / 1e6:9.1f} MFLOP"
+                )
+            else:
+                lines.append(f"  kept       {c['node']:24s} {c['op']:8s} {c['reason']}")
+    for m in data["merges"]:
+        lines.append(f"merge {m['node']} ({m['op']}) reads user {', '.join(m['user_inputs'])}: {m['how']}")
+    return "\n".join(lines)

@@ -1,0 +1,180 @@
+"""reparameterize(): capture -> colour -> (split concat matmuls) -> sink tiles -> verify, with VanI fallback."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sympy
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from service.engine.capture import CapturedModel, InputLayout, TiledCall, capture, describe_inputs
+from service.engine.colouring import colour_graph
+from service.engine.flops import graph_flops
+from service.engine.report import EngineReport
+from service.engine.sink_tiles import sink_tiles
+from service.engine.split_matmuls import split_concat_matmuls
+from service.engine.variants import EngineError, Variant
+
+# Build-time check against VanI on the example inputs: catches a wrong rewrite (errors of order 1),
+# far looser than the serving bound, which tests prove separately (DESIGN section 3).
+VERIFY_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}
+
+
+class GraphRunner(nn.Module):
+    """Runs a rebuilt graph behind the model's own call signature (user leaves at batch 1)."""
+
+    def __init__(self, graph_module: nn.Module, layout: InputLayout, out_spec: pytree.TreeSpec | None) -> None:
+        super().__init__()
+        self.graph_module = graph_module
+        self.layout = layout
+        self.out_spec = out_spec
+        self._user_slots = [j for j, p in enumerate(layout.tensor_positions) if p in layout.user_positions]
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        tensors = self.layout.tensor_leaves(args, kwargs)
+        for j in self._user_slots:
+            if tensors[j].size(0) != 1:
+                name = self.layout.leaf_names[self.layout.tensor_positions[j]]
+                raise EngineError(f"user input '{name}' must have batch size 1, got {tensors[j].size(0)}")
+        out = self.graph_module(*tensors)
+        return out if self.out_spec is None else pytree.tree_unflatten(list(out), self.out_spec)
+
+
+@dataclass
+class Reparameterized:
+    module: nn.Module
+    report: EngineReport
+    graph_module: fx.GraphModule | None = None
+    batch: sympy.Symbol | None = None
+
+    def flops(self, n: int) -> int | None:
+        """FLOPs of one call with n candidates; None for the eager fallback (no graph to count)."""
+        if self.graph_module is None:
+            return None
+        return graph_flops(self.graph_module, self.batch, n)
+
+
+def _user_placeholders(gm: fx.GraphModule, layout: InputLayout) -> set[fx.Node]:
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    return {node for j, node in enumerate(placeholders) if layout.tensor_positions[j] in layout.user_positions}
+
+
+def build_variant(captured: CapturedModel, variant: Variant) -> tuple[fx.GraphModule, EngineReport]:
+    """Derive one variant's graph from the captured VanI graph (never mutates `captured`)."""
+    layout = captured.layout
+    report = EngineReport(variant, variant, layout.user_leaf_names)
+    with warnings.catch_warnings():  # deep-copying the pytree codegen trips a torch deprecation notice
+        warnings.simplefilter("ignore", FutureWarning)
+        graph = copy.deepcopy(captured.graph_module.graph)
+    root = fx.GraphModule(captured.graph_module, graph)
+    users = _user_placeholders(root, layout)
+    if variant == Variant.MARI:
+        report.concats = split_concat_matmuls(root, users, captured.batch)
+    colours = colour_graph(root.graph, users, captured.batch)
+    result = sink_tiles(root, colours, users, captured.batch, compact=variant != Variant.VANI)
+    if variant != Variant.VANI:
+        report.merges = result.merges
+    return result.graph_module, report
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _max_difference(a: Any, b: Any) -> float:
+    flat_a, _ = pytree.tree_flatten(a)
+    flat_b, _ = pytree.tree_flatten(b)
+    diffs = [(x.double() - y.double()).abs().max().item() for x, y in zip(flat_a, flat_b) if x.numel()]
+    return max(diffs, default=0.0)
+
+
+def _verify(candidate: nn.Module, reference: nn.Module, args: tuple, kwargs: dict, layout: InputLayout) -> None:
+    """Compare to VanI at the example batch and at one candidate; raise if the rewrite changed scores."""
+    leaves, spec = pytree.tree_flatten((args, kwargs))
+    single = [
+        leaf[:1] if i in layout.tensor_positions and i not in layout.user_positions else leaf
+        for i, leaf in enumerate(leaves)
+    ]
+    with torch.no_grad():
+        for call_args, call_kwargs in ((args, kwargs), pytree.tree_unflatten(single, spec)):
+            got, want = candidate(*call_args, **call_kwargs), reference(*call_args, **call_kwargs)
+            flat = [t for t in pytree.tree_leaves(want) if isinstance(t, torch.Tensor)]
+            tolerance = VERIFY_TOLERANCE.get(flat[0].dtype if flat else torch.float32, 1e-4)
+            scale = max((t.double().abs().max().item() for t in flat if t.numel()), default=1.0)
+            difference = _max_difference(got, want)
+            if not difference <= tolerance * max(1.0, scale):
+                raise EngineError(f"verification against VanI failed: max |difference| {difference:.3g}")
+
+
+def reparameterize(
+    model: nn.Module,
+    example_inputs: tuple,
+    user_inputs: Collection[str],
+    variant: Variant | str,
+    example_kwargs: Mapping[str, Any] | None = None,
+    verify: bool = True,
+) -> Reparameterized:
+    """Derive the requested variant of `model` by graph transformation.
+
+    `example_inputs`/`example_kwargs` are a real call with user leaves at batch 1 and candidate leaves
+    at batch N; `user_inputs` names the user-side leaves (dict key or argument name). The result's
+    module takes calls of that shape at any N and returns the model's output structure. A model the
+    engine cannot capture or transform runs as VanI, and the report says why.
+    """
+    variant = Variant(variant)
+    return reparameterize_all(model, example_inputs, user_inputs, [variant], example_kwargs, verify)[variant]
+
+
+def reparameterize_all(
+    model: nn.Module,
+    example_inputs: tuple,
+    user_inputs: Collection[str],
+    variants: Collection[Variant | str] = tuple(Variant),
+    example_kwargs: Mapping[str, Any] | None = None,
+    verify: bool = True,
+) -> dict[Variant, Reparameterized]:
+    """Capture once, derive several variants (what a server builds at start-up)."""
+    variants = [Variant(v) for v in variants]
+    model.eval()
+    args, kwargs = tuple(example_inputs), dict(example_kwargs or {})
+    layout = describe_inputs(model, args, kwargs, user_inputs)
+    try:
+        captured = capture(model, layout, layout.tensor_leaves(args, kwargs))
+        vani_graph, vani_report = build_variant(captured, Variant.VANI)
+    except EngineError as exc:
+        if "specializes" not in str(exc) and "capture" not in str(exc):
+            raise
+        return {v: _eager(model, layout, v, f"capture failed ({_first_line(exc)})") for v in variants}
+    except Exception as exc:  # capture limits are model properties: serve eagerly as VanI
+        return {v: _eager(model, layout, v, f"capture failed ({_first_line(exc)})") for v in variants}
+    vani_module = GraphRunner(vani_graph, layout, captured.out_spec)
+    built: dict[Variant, Reparameterized] = {}
+    for variant in variants:
+        if variant == Variant.VANI:
+            built[variant] = Reparameterized(vani_module, vani_report, vani_graph, captured.batch)
+            continue
+        try:
+            graph, report = build_variant(captured, variant)
+            module = GraphRunner(graph, layout, captured.out_spec)
+            if verify:
+                _verify(module, vani_module, args, kwargs, layout)
+            built[variant] = Reparameterized(module, report, graph, captured.batch)
+        except Exception as exc:  # any failure to transform leaves the model serving as VanI
+            reason = f"{variant.value} not built ({_first_line(exc)})"
+            report = EngineReport(variant, Variant.VANI, layout.user_leaf_names, reason)
+            built[variant] = Reparameterized(vani_module, report, vani_graph, captured.batch)
+    return built
+
+
+def _eager(model: nn.Module, layout: InputLayout, variant: Variant, reason: str) -> Reparameterized:
+    tiled = TiledCall(model, layout)
+    runner = GraphRunner(tiled, layout, None)
+    return Reparameterized(runner, EngineReport(variant, Variant.VANI, layout.user_leaf_names, reason))

@@ -1,0 +1,46 @@
+"""What the engine did to a model, in a form the CLI, the service and tests can read."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from service.engine.sink_tiles import MergeRecord
+from service.engine.split_matmuls import ConcatReport, ConsumerReport
+from service.engine.variants import Variant
+
+
+@dataclass
+class EngineReport:
+    requested: Variant
+    variant: Variant  # what actually runs: VanI when the requested variant could not be built
+    user_inputs: list[str]
+    fallback_reason: str | None = None
+    concats: list[ConcatReport] = field(default_factory=list)
+    merges: list[MergeRecord] = field(default_factory=list)
+
+    @property
+    def rewritten(self) -> list[ConsumerReport]:
+        return [c for concat in self.concats for c in concat.consumers if c.rewritten]
+
+    @property
+    def not_rewritten(self) -> list[ConsumerReport]:
+        return [c for concat in self.concats for c in concat.consumers if not c.rewritten]
+
+    def to_dict(self) -> dict:
+        return {
+            "requested": self.requested.value,
+            "variant": self.variant.value,
+            "user_inputs": self.user_inputs,
+            "fallback_reason": self.fallback_reason,
+            "concats": [asdict(c) for c in self.concats],
+            "merges": [asdict(m) for m in self.merges],
+        }
+
+
+def consumer_flops(concat: ConcatReport, consumer: ConsumerReport, n: int) -> tuple[int, int]:
+    """GEMM FLOPs of one concat consumer at N candidates, before and after the MaRI split (bias ignored)."""
+    rows, out = concat.rows_per_candidate, consumer.out_features
+    width = concat.user_width + concat.candidate_width
+    before = 2 * n * rows * width * out
+    after = 2 * rows * (concat.user_width + n * concat.candidate_width) * out
+    return before, after

@@ -1,0 +1,286 @@
+"""MaRI: split every Linear/matmul fed by a user/candidate concat into a user GEMM and a candidate GEMM.
+
+    concat(U, C) @ W^T + b  ==  (U @ W_U^T + b) broadcast  +  C @ W_C^T
+
+Runs on the captured graph before UOI, so every rewrite is an identity at any batch size; UOI then
+computes the user GEMM once. At rewrite time the weight columns of each side are gathered (layout
+reorganization: one contiguous GEMM per side however the concat interleaves features), the consumers
+of one concat are fused horizontally (one U GEMM and one C GEMM for experts, gates and towers), and
+an eval-mode BatchNorm between the concat and the Linear is folded into the Linear's weights.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+
+from service.engine.colouring import Colour, colour_graph
+from service.engine.graph_tools import (
+    BATCH_NORM_TARGETS,
+    CAT_TARGETS,
+    IDENTITY_TARGETS,
+    LINEAR_TARGETS,
+    RESHAPE_TARGETS,
+    NodeFactory,
+    aten,
+    fake_mode_of,
+    normalize_dim,
+    tensor_meta,
+)
+
+STOP_REASONS = {
+    "layer_norm": "normalizes across the concatenated feature axis, mixing user and candidate columns",
+    "native_layer_norm": "normalizes across the concatenated feature axis, mixing user and candidate columns",
+    "softmax": "normalizes across the feature axis",
+    "_softmax": "normalizes across the feature axis",
+    "log_softmax": "normalizes across the feature axis",
+}
+
+
+@dataclass
+class ConsumerReport:
+    node: str
+    op: str
+    rewritten: bool
+    out_features: int = 0
+    reason: str = ""
+
+
+@dataclass
+class ConcatReport:
+    """One user/candidate concat and what MaRI did with each of its consumers."""
+
+    node: str
+    user_width: int
+    candidate_width: int
+    rows_per_candidate: int = 1  # concat rows per candidate (tokens), 1 for a flat [N, D] concat
+    consumers: list[ConsumerReport] = field(default_factory=list)
+
+    @property
+    def rewritten(self) -> list[ConsumerReport]:
+        return [c for c in self.consumers if c.rewritten]
+
+
+@dataclass
+class _Terminal:
+    """A Linear reached from the concat through shape-only ops; weight/bias folded to act on the concat."""
+
+    node: fx.Node
+    weight: torch.Tensor  # [out, D] over the concat's columns
+    bias: torch.Tensor | None
+    reshapes: tuple[fx.Node, ...]
+
+
+class _Stop(Exception):
+    pass
+
+
+def _op_name(node: fx.Node) -> str:
+    return str(getattr(node.target, "__name__", node.target)).split(".")[0]
+
+
+def _constant_value(gm: fx.GraphModule, node, colours) -> torch.Tensor | None:
+    """Evaluate a parameter-only sub-graph (a weight, possibly transposed or scaled) at rewrite time."""
+    if node is None:
+        return None
+    if not isinstance(node, fx.Node) or colours.get(node) != Colour.NONE:
+        raise _Stop("weight depends on the inputs")
+    if node.op == "get_attr":
+        return _attr(gm, node.target)
+    if node.op != "call_function":
+        raise _Stop("weight is not a constant")
+    args = fx.node.map_aggregate(node.args, lambda a: _constant_value(gm, a, colours) if isinstance(a, fx.Node) else a)
+    kwargs = fx.node.map_aggregate(node.kwargs, lambda a: _constant_value(gm, a, colours) if isinstance(a, fx.Node) else a)
+    return node.target(*args, **kwargs)
+
+
+def _attr(gm: fx.GraphModule, target: str) -> torch.Tensor:
+    value = gm
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value.detach()
+
+
+class ConcatSplitter:
+    def __init__(self, gm: fx.GraphModule, colours: dict[fx.Node, Colour]) -> None:
+        self.gm = gm
+        self.colours = colours
+        self.factory = NodeFactory(gm.graph, fake_mode_of(gm.graph))
+        self.reports: list[ConcatReport] = []
+        self._buffers = 0
+
+    def run(self) -> list[ConcatReport]:
+        for node in list(self.gm.graph.nodes):
+            if node.target in CAT_TARGETS and self._is_mixed_feature_concat(node):
+                self._split(node)
+        self.gm.graph.eliminate_dead_code()
+        self.gm.recompile()
+        return self.reports
+
+    # -- finding concats ------------------------------------------------------------------------
+    def _is_feature_concat(self, node: fx.Node) -> bool:
+        value = tensor_meta(node)
+        if value is None or value.dim() < 2:
+            return False
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        return normalize_dim(dim, value.dim()) == value.dim() - 1
+
+    def _parts(self, node: fx.Node) -> list[fx.Node]:
+        """Concat inputs, with nested mixed feature concats flattened into their parts."""
+        parts = []
+        for part in node.args[0]:
+            nested = part.target in CAT_TARGETS and self._is_feature_concat(part) and self.colours[part] == Colour.CANDIDATE
+            parts.extend(self._parts(part) if nested else [part])
+        return parts
+
+    def _is_mixed_feature_concat(self, node: fx.Node) -> bool:
+        if self.colours[node] != Colour.CANDIDATE or not self._is_feature_concat(node):
+            return False
+        sides = {self.colours[p] for p in self._parts(node)}
+        return Colour.USER in sides and Colour.CANDIDATE in sides
+
+    # -- walking to the matmuls -----------------------------------------------------------------
+    def _terminals(self, cat: fx.Node, report: ConcatReport) -> list[_Terminal]:
+        width = tensor_meta(cat).shape[-1]
+        found: list[_Terminal] = []
+        frontier = [(user, cat, (), None) for user in cat.users]  # (node, its input, reshapes, folded BN)
+        while frontier:
+            node, source, reshapes, scale_shift = frontier.pop(0)
+            target = node.target
+            try:
+                if target in IDENTITY_TARGETS or (target == aten.dropout.default and node.args[2] is False):
+                    frontier += [(u, node, reshapes, scale_shift) for u in node.users]
+                elif target in RESHAPE_TARGETS and tensor_meta(node).shape[-1] == width and node.args[0] is source:
+                    frontier += [(u, node, reshapes + (node,), scale_shift) for u in node.users]
+                elif target in BATCH_NORM_TARGETS and scale_shift is None and not reshapes and tensor_meta(source).dim() == 2:
+                    folded = self._batch_norm_affine(node)
+                    outputs = [u for u in node.users] if target == aten.batch_norm.default else [
+                        u for u in node.users if u.target is operator.getitem and u.args[1] == 0
+                    ]
+                    for out in outputs:
+                        frontier += [(u, out, reshapes, folded) for u in out.users]
+                elif target in LINEAR_TARGETS and node.args[0] is source:
+                    weight = _constant_value(self.gm, node.args[1], self.colours)
+                    bias = _constant_value(self.gm, node.args[2], self.colours) if len(node.args) > 2 else None
+                    found.append(self._fold(node, weight, bias, reshapes, scale_shift))
+                elif target in (aten.matmul.default, aten.mm.default) and node.args[0] is source:
+                    weight = _constant_value(self.gm, node.args[1], self.colours)
+                    if weight.dim() != 2:
+                        raise _Stop("right operand is not a 2-D weight")
+                    found.append(self._fold(node, weight.t(), None, reshapes, scale_shift))
+                elif target == aten.addmm.default and node.args[1] is source and not node.kwargs:
+                    weight = _constant_value(self.gm, node.args[2], self.colours)
+                    bias = _constant_value(self.gm, node.args[0], self.colours)
+                    found.append(self._fold(node, weight.t(), bias, reshapes, scale_shift))
+                else:
+                    raise _Stop(self._stop_reason(node))
+            except _Stop as stop:
+                report.consumers.append(ConsumerReport(node.name, _op_name(node), False, reason=str(stop)))
+        return found
+
+    def _stop_reason(self, node: fx.Node) -> str:
+        name = _op_name(node)
+        if name in STOP_REASONS:
+            return f"{name} {STOP_REASONS[name]}"
+        if node.op == "output":
+            return "the concat is a model output"
+        return f"{name} is not a Linear/matmul with a constant weight or a shape-only op"
+
+    def _batch_norm_affine(self, node: fx.Node) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eval BatchNorm as x * scale + shift (per feature)."""
+        if node.target == aten.batch_norm.default:
+            _, weight, bias, mean, var, training, _, eps, _ = node.args
+            if training:
+                raise _Stop("batch_norm in training mode")
+        else:
+            _, weight, bias, mean, var, _, eps = node.args
+        weight, bias, mean, var = (_constant_value(self.gm, a, self.colours) for a in (weight, bias, mean, var))
+        scale = torch.rsqrt(var.double() + eps) * (weight.double() if weight is not None else 1.0)
+        shift = (bias.double() if bias is not None else 0.0) - mean.double() * scale
+        return scale, shift
+
+    def _fold(self, node, weight, bias, reshapes, scale_shift) -> _Terminal:
+        if scale_shift is not None:
+            scale, shift = scale_shift
+            weight64 = weight.double()
+            bias = (bias.double() if bias is not None else 0.0) + weight64 @ shift
+            weight = (weight64 * scale[None, :]).to(weight.dtype)
+            bias = bias.to(weight.dtype)
+        return _Terminal(node, weight, bias, reshapes)
+
+    # -- rewriting ------------------------------------------------------------------------------
+    def _split(self, cat: fx.Node) -> None:
+        parts = self._parts(cat)
+        widths = [int(tensor_meta(p).shape[-1]) for p in parts]
+        user = [self.colours[p] != Colour.CANDIDATE for p in parts]
+        columns, offset = [], 0
+        for w in widths:
+            columns.append(list(range(offset, offset + w)))
+            offset += w
+        user_cols = [c for cols, u in zip(columns, user) for c in cols if u]
+        cand_cols = [c for cols, u in zip(columns, user) for c in cols if not u]
+        shape = tensor_meta(cat).shape
+        rows = 1
+        for size in shape[1:-1]:
+            rows *= int(size)
+        report = ConcatReport(cat.name, len(user_cols), len(cand_cols), rows)
+        self.reports.append(report)
+        groups: dict[tuple, list[_Terminal]] = {}
+        for terminal in self._terminals(cat, report):
+            key = tuple(tuple(str(s) for s in tensor_meta(r).shape) for r in terminal.reshapes)
+            groups.setdefault(key, []).append(terminal)
+        for terminals in groups.values():
+            self._rewrite_group(parts, user, user_cols, cand_cols, terminals, report)
+
+    def _rewrite_group(self, parts, user, user_cols, cand_cols, terminals, report) -> None:
+        first = min((t.node for t in terminals), key=lambda n: _position(self.gm.graph, n))
+        ref = terminals[0].weight
+        w_user = torch.cat([t.weight[:, user_cols] for t in terminals]).to(ref.dtype)
+        w_cand = torch.cat([t.weight[:, cand_cols] for t in terminals]).to(ref.dtype)
+        bias = torch.cat([t.bias if t.bias is not None else t.weight.new_zeros(t.weight.shape[0]) for t in terminals])
+        with self.gm.graph.inserting_before(first):
+            user_in = self._concat([p for p, u in zip(parts, user) if u])
+            cand_in = self._concat([p for p, u in zip(parts, user) if not u])
+            tag = self._buffers
+            self._buffers += 1
+            user_out = self.factory.call(
+                aten.linear.default,
+                (user_in, self.factory.constant(self.gm, f"_mari_user_weight_{tag}", w_user),
+                 self.factory.constant(self.gm, f"_mari_bias_{tag}", bias.to(ref.dtype))),
+            )
+            cand_out = self.factory.call(
+                aten.linear.default, (cand_in, self.factory.constant(self.gm, f"_mari_candidate_weight_{tag}", w_cand))
+            )
+            fused = self.factory.call(aten.add.Tensor, (cand_out, user_out))
+            offset = 0
+            for t in terminals:
+                out = int(t.weight.shape[0])
+                piece = fused
+                if len(terminals) > 1:
+                    piece = self.factory.call(aten.slice.Tensor, (fused, -1, offset, offset + out))
+                offset += out
+                for r in t.reshapes:
+                    shape = list(r.args[1])
+                    shape[-1] = out if shape[-1] != -1 else -1
+                    piece = self.factory.call(aten.reshape.default, (piece, shape))
+                t.node.replace_all_uses_with(piece)
+                report.consumers.append(ConsumerReport(t.node.name, _op_name(t.node), True, out))
+
+    def _concat(self, parts: list[fx.Node]) -> fx.Node:
+        return parts[0] if len(parts) == 1 else self.factory.call(aten.cat.default, (parts, -1))
+
+
+def _position(graph: fx.Graph, node: fx.Node) -> int:
+    for i, n in enumerate(graph.nodes):
+        if n is node:
+            return i
+    raise KeyError(node)
+
+
+def split_concat_matmuls(gm: fx.GraphModule, user_placeholders: set[fx.Node], batch) -> list[ConcatReport]:
+    """Rewrite gm in place; returns what was split and what was not (with the reason)."""
+    colours = colour_graph(gm.graph, user_placeholders, batch)
+    return ConcatSplitter(gm, colours).run()

@@ -1,0 +1,15 @@
+"""The three ways to run one trained ranker."""
+
+from enum import Enum
+
+
+class Variant(str, Enum):
+    """VanI tiles user inputs to N rows; UOI runs user-only sub-graphs once; MaRI also splits concat matmuls."""
+
+    VANI = "vani"
+    UOI = "uoi"
+    MARI = "mari"
+
+
+class EngineError(ValueError):
+    """The engine was called wrongly (e.g. a user-input name that matches no input)."""
