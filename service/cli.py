@@ -1,0 +1,146 @@
+"""`ranker`: train, analyze, bench, serve and example-request from one command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_STORE = "model_store"
+EXAMPLE_N = 8  # candidates in the capture example; any N >= 2 gives the same graph
+
+
+def _load(artifact: str):
+    from service.store.artifact import ArtifactError, load_artifact
+
+    try:
+        return load_artifact(Path(artifact))
+    except (ArtifactError, FileNotFoundError) as exc:
+        sys.exit(f"ranker: cannot load {artifact}: {exc}")
+
+
+def _build_all(loaded, seed: int = 0):
+    import torch
+
+    from service.engine.pipeline import reparameterize_all
+
+    example = loaded.schema.example_batch(EXAMPLE_N, torch.Generator().manual_seed(seed))
+    users = [spec.name for spec in loaded.schema.user_features]
+    return reparameterize_all(loaded.model, (example,), users)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    import time
+
+    import torch
+
+    from service.training.train import train_and_save
+
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    path = train_and_save(args.arch, args.store, args.name, args.version, seed=args.seed, steps=args.steps)
+    manifest = json.loads((path / "model.json").read_text())
+    print(f"wrote {path} in {time.perf_counter() - start:.1f} s")
+    print(json.dumps(manifest.get("metrics", {}), indent=2))
+
+
+def cmd_analyze(args: argparse.Namespace) -> None:
+    import torch
+
+    from service.engine.analysis import Analysis, format_analysis
+
+    torch.set_num_threads(args.threads)
+    loaded = _load(args.artifact)
+    analysis = Analysis(args.n, _build_all(loaded))
+    if args.json:
+        print(json.dumps(analysis.to_dict(), indent=2))
+    else:
+        print(f"model {loaded.manifest.name} {loaded.manifest.version} ({loaded.manifest.architecture})")
+        print(format_analysis(analysis))
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    import torch
+
+    from service.benchmark import bench_variants, format_rows
+
+    torch.set_num_threads(args.threads)
+    loaded = _load(args.artifact)
+    built = _build_all(loaded)
+    generator = torch.Generator().manual_seed(args.seed)
+    ns = [int(x) for x in args.n.split(",")]
+    rows = bench_variants(built, lambda n: loaded.schema.example_batch(n, generator), ns, args.repeats, args.warmup)
+    if args.json:
+        print(json.dumps({"model": str(loaded.path), "threads": args.threads, "rows": [r.to_dict() for r in rows]}, indent=2))
+    else:
+        print(f"model {loaded.manifest.name} {loaded.manifest.version}, torch threads {args.threads}, "
+              f"median of {args.repeats} interleaved runs after {args.warmup} warm-up")
+        print(format_rows(rows))
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from service.api.server import serve
+
+    serve(host=args.host, port=args.port, workers=args.workers)
+
+
+def cmd_example_request(args: argparse.Namespace) -> None:
+    from service.api.example_request import example_request_for_store
+
+    print(json.dumps(example_request_for_store(args.model, n=args.n, columnar=args.columnar, seed=args.seed)))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ranker", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a ranker on synthetic data and write an artifact")
+    train.add_argument("--arch", default="mmoe", help="architecture (mmoe, dcn)")
+    train.add_argument("--name", default="default")
+    train.add_argument("--version", default=None, help="default: the next vN")
+    train.add_argument("--store", default=DEFAULT_STORE)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--steps", type=int, default=None)
+    train.add_argument("--threads", type=int, default=2)
+    train.set_defaults(func=cmd_train)
+
+    analyze = sub.add_parser("analyze", help="FLOPs per variant and what MaRI rewrote")
+    analyze.add_argument("artifact", help="model_store/<name>[/<version>]")
+    analyze.add_argument("--n", type=int, default=1000)
+    analyze.add_argument("--json", action="store_true")
+    analyze.add_argument("--threads", type=int, default=2)
+    analyze.set_defaults(func=cmd_analyze)
+
+    bench = sub.add_parser("bench", help="time the variants, interleaved, on the same weights and inputs")
+    bench.add_argument("artifact")
+    bench.add_argument("--n", default="100,1000,5000", help="comma-separated candidate counts")
+    bench.add_argument("--repeats", type=int, default=20)
+    bench.add_argument("--warmup", type=int, default=3)
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--threads", type=int, default=2)
+    bench.add_argument("--json", action="store_true")
+    bench.set_defaults(func=cmd_bench)
+
+    serve = sub.add_parser("serve", help="start the ranking service (other settings: RANKER_* environment)")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--workers", type=int, default=None)
+    serve.set_defaults(func=cmd_serve)
+
+    example = sub.add_parser("example-request", help="print a valid request body for a model's schema")
+    example.add_argument("--model", default=None, help="artifact path (default: the configured model)")
+    example.add_argument("--n", type=int, default=100)
+    example.add_argument("--columnar", action="store_true")
+    example.add_argument("--seed", type=int, default=0)
+    example.set_defaults(func=cmd_example_request)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
