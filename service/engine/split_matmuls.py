@@ -105,9 +105,11 @@ def _attr(gm: fx.GraphModule, target: str) -> torch.Tensor:
 
 
 class ConcatSplitter:
-    def __init__(self, gm: fx.GraphModule, colours: dict[fx.Node, Colour]) -> None:
+    def __init__(self, gm: fx.GraphModule, user_placeholders: set[fx.Node], batch) -> None:
         self.gm = gm
-        self.colours = colours
+        self.user_placeholders = user_placeholders
+        self.batch = batch
+        self.colours = colour_graph(gm.graph, user_placeholders, batch)
         self.factory = NodeFactory(gm.graph, fake_mode_of(gm.graph))
         self.reports: list[ConcatReport] = []
         self._buffers = 0
@@ -116,6 +118,7 @@ class ConcatSplitter:
         for node in list(self.gm.graph.nodes):
             if node.target in CAT_TARGETS and self._is_mixed_feature_concat(node):
                 self._split(node)
+                self.colours = colour_graph(self.gm.graph, self.user_placeholders, self.batch)
         self.gm.graph.eliminate_dead_code()
         self.gm.recompile()
         return self.reports
@@ -282,5 +285,4 @@ def _position(graph: fx.Graph, node: fx.Node) -> int:
 
 def split_concat_matmuls(gm: fx.GraphModule, user_placeholders: set[fx.Node], batch) -> list[ConcatReport]:
     """Rewrite gm in place; returns what was split and what was not (with the reason)."""
-    colours = colour_graph(gm.graph, user_placeholders, batch)
-    return ConcatSplitter(gm, colours).run()
+    return ConcatSplitter(gm, user_placeholders, batch).run()
