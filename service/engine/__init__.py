@@ -9,8 +9,9 @@ The engine imports nothing else from `service`: it works on any nn.Module given 
 """
 
 from service.engine.analysis import Analysis, analyze
-from service.engine.pipeline import Reparameterized, reparameterize
+from service.engine.pipeline import Reparameterized, reparameterize, reparameterize_all
 from service.engine.report import EngineReport
+from service.engine.split_matmuls import SplitOptions
 from service.engine.variants import EngineError, Variant
 
-__all__ = ["Analysis", "EngineError", "EngineReport", "Reparameterized", "Variant", "analyze", "reparameterize"]
+__all__ = ["Analysis", "EngineError", "EngineReport", "Reparameterized", "SplitOptions", "Variant", "analyze", "reparameterize", "reparameterize_all"]

@@ -62,7 +62,7 @@ class NodeFactory:
         """Register `value` as a buffer of `owner` and return a get_attr node reading it."""
         owner.register_buffer(name, value.detach().clone().contiguous())
         node = self.graph.get_attr(name)
-        node.meta["val"] = self.fake_mode.from_tensor(getattr(owner, name))
+        node.meta["val"] = self.fake_mode.from_tensor(getattr(owner, name), static_shapes=True)
         return node
 
 

@@ -19,7 +19,7 @@ from service.engine.colouring import colour_graph
 from service.engine.flops import graph_flops
 from service.engine.report import EngineReport
 from service.engine.sink_tiles import sink_tiles
-from service.engine.split_matmuls import split_concat_matmuls
+from service.engine.split_matmuls import SplitOptions, split_concat_matmuls
 from service.engine.variants import EngineError, Variant
 
 # Build-time check against VanI on the example inputs: catches a wrong rewrite (errors of order 1),
@@ -66,7 +66,9 @@ def _user_placeholders(gm: fx.GraphModule, layout: InputLayout) -> set[fx.Node]:
     return {node for j, node in enumerate(placeholders) if layout.tensor_positions[j] in layout.user_positions}
 
 
-def build_variant(captured: CapturedModel, variant: Variant) -> tuple[fx.GraphModule, EngineReport]:
+def build_variant(
+    captured: CapturedModel, variant: Variant, options: SplitOptions | None = None
+) -> tuple[fx.GraphModule, EngineReport]:
     """Derive one variant's graph from the captured VanI graph (never mutates `captured`)."""
     layout = captured.layout
     report = EngineReport(variant, variant, layout.user_leaf_names)
@@ -76,7 +78,7 @@ def build_variant(captured: CapturedModel, variant: Variant) -> tuple[fx.GraphMo
     root = fx.GraphModule(captured.graph_module, graph)
     users = _user_placeholders(root, layout)
     if variant == Variant.MARI:
-        report.concats = split_concat_matmuls(root, users, captured.batch)
+        report.concats = split_concat_matmuls(root, users, captured.batch, options)
     colours = colour_graph(root.graph, users, captured.batch)
     result = sink_tiles(root, colours, users, captured.batch, compact=variant != Variant.VANI)
     if variant != Variant.VANI:
@@ -121,6 +123,7 @@ def reparameterize(
     variant: Variant | str,
     example_kwargs: Mapping[str, Any] | None = None,
     verify: bool = True,
+    options: SplitOptions | None = None,
 ) -> Reparameterized:
     """Derive the requested variant of `model` by graph transformation.
 
@@ -130,7 +133,7 @@ def reparameterize(
     engine cannot capture or transform runs as VanI, and the report says why.
     """
     variant = Variant(variant)
-    return reparameterize_all(model, example_inputs, user_inputs, [variant], example_kwargs, verify)[variant]
+    return reparameterize_all(model, example_inputs, user_inputs, [variant], example_kwargs, verify, options)[variant]
 
 
 def reparameterize_all(
@@ -140,6 +143,7 @@ def reparameterize_all(
     variants: Collection[Variant | str] = tuple(Variant),
     example_kwargs: Mapping[str, Any] | None = None,
     verify: bool = True,
+    options: SplitOptions | None = None,
 ) -> dict[Variant, Reparameterized]:
     """Capture once, derive several variants (what a server builds at start-up)."""
     variants = [Variant(v) for v in variants]
@@ -162,7 +166,7 @@ def reparameterize_all(
             built[variant] = Reparameterized(vani_module, vani_report, vani_graph, captured.batch)
             continue
         try:
-            graph, report = build_variant(captured, variant)
+            graph, report = build_variant(captured, variant, options)
             module = GraphRunner(graph, layout, captured.out_spec)
             if verify:
                 _verify(module, vani_module, args, kwargs, layout)

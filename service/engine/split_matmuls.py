@@ -40,6 +40,14 @@ STOP_REASONS = {
 }
 
 
+@dataclass(frozen=True)
+class SplitOptions:
+    """Both on in production; off only to measure what each buys (the paper's layout study)."""
+
+    reorganize_layout: bool = True  # gather weight columns so each side is one GEMM
+    fuse_consumers: bool = True  # one U GEMM and one C GEMM for all Linears reading the concat
+
+
 @dataclass
 class ConsumerReport:
     node: str
@@ -105,8 +113,9 @@ def _attr(gm: fx.GraphModule, target: str) -> torch.Tensor:
 
 
 class ConcatSplitter:
-    def __init__(self, gm: fx.GraphModule, user_placeholders: set[fx.Node], batch) -> None:
+    def __init__(self, gm: fx.GraphModule, user_placeholders: set[fx.Node], batch, options: SplitOptions) -> None:
         self.gm = gm
+        self.options = options
         self.user_placeholders = user_placeholders
         self.batch = batch
         self.colours = colour_graph(gm.graph, user_placeholders, batch)
@@ -217,46 +226,34 @@ class ConcatSplitter:
     # -- rewriting ------------------------------------------------------------------------------
     def _split(self, cat: fx.Node) -> None:
         parts = self._parts(cat)
-        widths = [int(tensor_meta(p).shape[-1]) for p in parts]
-        user = [self.colours[p] != Colour.CANDIDATE for p in parts]
         columns, offset = [], 0
-        for w in widths:
-            columns.append(list(range(offset, offset + w)))
-            offset += w
-        user_cols = [c for cols, u in zip(columns, user) for c in cols if u]
-        cand_cols = [c for cols, u in zip(columns, user) for c in cols if not u]
-        shape = tensor_meta(cat).shape
+        for part in parts:
+            width = int(tensor_meta(part).shape[-1])
+            columns.append(list(range(offset, offset + width)))
+            offset += width
+        user_parts = [(p, cols) for p, cols in zip(parts, columns) if self.colours[p] != Colour.CANDIDATE]
+        cand_parts = [(p, cols) for p, cols in zip(parts, columns) if self.colours[p] == Colour.CANDIDATE]
         rows = 1
-        for size in shape[1:-1]:
+        for size in tensor_meta(cat).shape[1:-1]:
             rows *= int(size)
-        report = ConcatReport(cat.name, len(user_cols), len(cand_cols), rows)
+        report = ConcatReport(cat.name, sum(len(c) for _, c in user_parts), sum(len(c) for _, c in cand_parts), rows)
         self.reports.append(report)
         groups: dict[tuple, list[_Terminal]] = {}
         for terminal in self._terminals(cat, report):
             key = tuple(tuple(str(s) for s in tensor_meta(r).shape) for r in terminal.reshapes)
+            if not self.options.fuse_consumers:
+                key = (terminal.node.name, key)
             groups.setdefault(key, []).append(terminal)
         for terminals in groups.values():
-            self._rewrite_group(parts, user, user_cols, cand_cols, terminals, report)
+            self._rewrite_group(user_parts, cand_parts, terminals, report)
 
-    def _rewrite_group(self, parts, user, user_cols, cand_cols, terminals, report) -> None:
+    def _rewrite_group(self, user_parts, cand_parts, terminals, report) -> None:
         first = min((t.node for t in terminals), key=lambda n: _position(self.gm.graph, n))
-        ref = terminals[0].weight
-        w_user = torch.cat([t.weight[:, user_cols] for t in terminals]).to(ref.dtype)
-        w_cand = torch.cat([t.weight[:, cand_cols] for t in terminals]).to(ref.dtype)
+        dtype = terminals[0].weight.dtype
         bias = torch.cat([t.bias if t.bias is not None else t.weight.new_zeros(t.weight.shape[0]) for t in terminals])
         with self.gm.graph.inserting_before(first):
-            user_in = self._concat([p for p, u in zip(parts, user) if u])
-            cand_in = self._concat([p for p, u in zip(parts, user) if not u])
-            tag = self._buffers
-            self._buffers += 1
-            user_out = self.factory.call(
-                aten.linear.default,
-                (user_in, self.factory.constant(self.gm, f"_mari_user_weight_{tag}", w_user),
-                 self.factory.constant(self.gm, f"_mari_bias_{tag}", bias.to(ref.dtype))),
-            )
-            cand_out = self.factory.call(
-                aten.linear.default, (cand_in, self.factory.constant(self.gm, f"_mari_candidate_weight_{tag}", w_cand))
-            )
+            user_out = self._side_product("user", user_parts, terminals, bias.to(dtype))
+            cand_out = self._side_product("candidate", cand_parts, terminals, None)
             fused = self.factory.call(aten.add.Tensor, (cand_out, user_out))
             offset = 0
             for t in terminals:
@@ -272,6 +269,23 @@ class ConcatSplitter:
                 t.node.replace_all_uses_with(piece)
                 report.consumers.append(ConsumerReport(t.node.name, _op_name(t.node), True, out))
 
+    def _side_product(self, side: str, parts, terminals, bias: torch.Tensor | None) -> fx.Node:
+        """One side's share of the fused matmul: one GEMM over the gathered columns, or (layout
+        reorganization off) one GEMM per contiguous part, summed, as a fragmented layout forces."""
+        blocks = [parts] if self.options.reorganize_layout else [[part] for part in parts]
+        total = None
+        for block in blocks:
+            cols = [c for _, part_cols in block for c in part_cols]
+            weight = torch.cat([t.weight[:, cols] for t in terminals]).to(terminals[0].weight.dtype)
+            tag = self._buffers
+            self._buffers += 1
+            args = [self._concat([p for p, _ in block]), self.factory.constant(self.gm, f"_mari_{side}_weight_{tag}", weight)]
+            if bias is not None and total is None:
+                args.append(self.factory.constant(self.gm, f"_mari_bias_{tag}", bias))
+            product = self.factory.call(aten.linear.default, tuple(args))
+            total = product if total is None else self.factory.call(aten.add.Tensor, (total, product))
+        return total
+
     def _concat(self, parts: list[fx.Node]) -> fx.Node:
         return parts[0] if len(parts) == 1 else self.factory.call(aten.cat.default, (parts, -1))
 
@@ -283,6 +297,8 @@ def _position(graph: fx.Graph, node: fx.Node) -> int:
     raise KeyError(node)
 
 
-def split_concat_matmuls(gm: fx.GraphModule, user_placeholders: set[fx.Node], batch) -> list[ConcatReport]:
+def split_concat_matmuls(
+    gm: fx.GraphModule, user_placeholders: set[fx.Node], batch, options: SplitOptions | None = None
+) -> list[ConcatReport]:
     """Rewrite gm in place; returns what was split and what was not (with the reason)."""
-    return ConcatSplitter(gm, user_placeholders, batch).run()
+    return ConcatSplitter(gm, user_placeholders, batch, options or SplitOptions()).run()

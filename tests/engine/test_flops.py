@@ -55,3 +55,24 @@ def test_report_lists_the_split_linear_and_the_layer_norm_that_stopped():
     assert rewritten[0]["flops_before"] == 2 * 100 * (USER + CAND) * HIDDEN
     assert rewritten[0]["flops_after"] == 2 * (USER + 100 * CAND) * HIDDEN
     assert len(kept) == 1 and "layer_norm" in kept[0]["reason"]
+
+
+def test_unreorganized_layout_runs_one_gemm_per_fragment_and_still_matches():
+    from service.engine import SplitOptions, reparameterize
+
+    class Interleaved(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(2 + 3 + 2 + 3, 4)
+
+        def forward(self, u1, c1, u2, c2):
+            return self.fc(torch.cat([u1, c1, u2, c2], dim=-1))
+
+    model = Interleaved().eval()
+    args = (torch.randn(1, 2), torch.randn(5, 3), torch.randn(1, 2), torch.randn(5, 3))
+    reference = model(args[0].expand(5, -1), args[1], args[2].expand(5, -1), args[3])
+    for reorganize, gemms in ((True, 2), (False, 4)):
+        result = reparameterize(model, args, ["u1", "u2"], Variant.MARI, options=SplitOptions(reorganize_layout=reorganize))
+        linears = [n for n in result.graph_module.graph.nodes if n.target == torch.ops.aten.linear.default]
+        assert len(linears) == gemms
+        torch.testing.assert_close(result.module(*args), reference)
