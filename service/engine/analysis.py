@@ -55,6 +55,11 @@ class Analysis:
                 }
                 for c in mari.concats
             ],
+            "token_concats": [
+                {"node": t.node, "axis": t.axis, "user_tokens": t.user_tokens, "candidate_tokens": t.candidate_tokens,
+                 "pushed_through": t.pushed_through, "stopped_at": [{"node": n, "reason": r} for n, r in t.stopped_at]}
+                for t in mari.token_concats
+            ],
             "merges": [{"node": m.node, "op": m.op, "user_inputs": m.user_inputs, "how": m.how} for m in mari.merges],
         }
 
@@ -89,6 +94,13 @@ def format_analysis(analysis: Analysis) -> str:
                 )
             else:
                 lines.append(f"  kept       {c['node']:24s} {c['op']:8s} {c['reason']}")
+    for t in data["token_concats"]:
+        lines.append(
+            f"token concat {t['node']} (axis {t['axis']}): {t['user_tokens']} user / {t['candidate_tokens']} candidate tokens; "
+            f"pushed through {', '.join(t['pushed_through']) or 'nothing'}"
+        )
+        for stop in t["stopped_at"]:
+            lines.append(f"  stopped at {stop['node']}: {stop['reason']}")
     for m in data["merges"]:
         lines.append(f"merge {m['node']} ({m['op']}) reads user {', '.join(m['user_inputs'])}: {m['how']}")
     return "\n".join(lines)

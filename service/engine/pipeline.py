@@ -20,6 +20,7 @@ from service.engine.flops import graph_flops
 from service.engine.report import EngineReport
 from service.engine.sink_tiles import sink_tiles
 from service.engine.split_matmuls import SplitOptions, split_concat_matmuls
+from service.engine.split_token_concats import split_token_concats
 from service.engine.variants import EngineError, Variant
 
 # Build-time check against VanI on the example inputs: catches a wrong rewrite (errors of order 1),
@@ -78,6 +79,7 @@ def build_variant(
     root = fx.GraphModule(captured.graph_module, graph)
     users = _user_placeholders(root, layout)
     if variant == Variant.MARI:
+        report.token_concats = split_token_concats(root, users, captured.batch)
         report.concats = split_concat_matmuls(root, users, captured.batch, options)
     colours = colour_graph(root.graph, users, captured.batch)
     result = sink_tiles(root, colours, users, captured.batch, compact=variant != Variant.VANI)

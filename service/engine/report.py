@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 from service.engine.sink_tiles import MergeRecord
 from service.engine.split_matmuls import ConcatReport, ConsumerReport
+from service.engine.split_token_concats import TokenConcatReport
 from service.engine.variants import Variant
 
 
@@ -17,6 +18,7 @@ class EngineReport:
     fallback_reason: str | None = None
     concats: list[ConcatReport] = field(default_factory=list)
     merges: list[MergeRecord] = field(default_factory=list)
+    token_concats: list[TokenConcatReport] = field(default_factory=list)
 
     @property
     def rewritten(self) -> list[ConsumerReport]:
@@ -34,6 +36,7 @@ class EngineReport:
             "fallback_reason": self.fallback_reason,
             "concats": [asdict(c) for c in self.concats],
             "merges": [asdict(m) for m in self.merges],
+            "token_concats": [asdict(t) for t in self.token_concats],
         }
 
 
