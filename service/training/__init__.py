@@ -1,0 +1,1 @@
+"""Training on seeded synthetic data with a planted signal; writes artifacts to the model store."""

@@ -1,0 +1,167 @@
+"""Feature schema: the contract between requests, models and stored artifacts.
+
+Every feature has a name, a side (user | item | cross) and a kind (sparse id, dense vector, id sequence).
+Tensor conventions for a model input dict (key = feature name):
+    SPARSE_ID   -> int64   [B]          ids >= vocab_size (or < 0) map to the OOV row `vocab_size`
+    DENSE       -> float32 [B, dim]
+    ID_SEQUENCE -> int64   [B, max_len] 0 is padding (pad on the right), real ids are >= 1
+User features are batch 1 when served by UOI/MaRI (tiled to B = N by VanI); item/cross features are batch N.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import torch
+from torch import Tensor
+
+PADDING_ID = 0
+MIN_SEQUENCE_FILL = 0.2  # example_batch fills at least this fraction of a sequence with real ids
+
+
+class Side(str, Enum):
+    USER = "user"
+    ITEM = "item"
+    CROSS = "cross"
+
+
+class Kind(str, Enum):
+    SPARSE_ID = "sparse_id"
+    DENSE = "dense"
+    ID_SEQUENCE = "id_sequence"
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """One model input; see the module docstring for its tensor convention."""
+
+    name: str
+    side: Side
+    kind: Kind
+    dim: int = 1  # DENSE: vector width; SPARSE_ID / ID_SEQUENCE: 1
+    vocab_size: int = 0  # SPARSE_ID / ID_SEQUENCE: embedding rows are vocab_size + 1 (last = OOV)
+    max_len: int = 0  # ID_SEQUENCE only
+
+    def __post_init__(self) -> None:
+        # Accept plain strings (e.g. from JSON) but store the enums.
+        object.__setattr__(self, "side", Side(self.side))
+        object.__setattr__(self, "kind", Kind(self.kind))
+        if not self.name:
+            raise ValueError("feature name must be a non-empty string")
+        if self.kind is Kind.DENSE:
+            if self.dim < 1:
+                raise ValueError(f"feature {self.name!r}: dense dim must be >= 1, got {self.dim}")
+            if self.vocab_size or self.max_len:
+                raise ValueError(f"feature {self.name!r}: dense features take no vocab_size/max_len")
+            return
+        if self.dim != 1:
+            raise ValueError(f"feature {self.name!r}: {self.kind.value} dim must be 1, got {self.dim}")
+        if self.vocab_size < 1:
+            raise ValueError(f"feature {self.name!r}: vocab_size must be >= 1, got {self.vocab_size}")
+        if self.kind is Kind.ID_SEQUENCE and self.max_len < 1:
+            raise ValueError(f"feature {self.name!r}: id_sequence max_len must be >= 1, got {self.max_len}")
+        if self.kind is Kind.SPARSE_ID and self.max_len:
+            raise ValueError(f"feature {self.name!r}: sparse_id takes no max_len, got {self.max_len}")
+
+    @property
+    def is_user(self) -> bool:
+        return self.side is Side.USER
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "side": self.side.value,
+            "kind": self.kind.value,
+            "dim": self.dim,
+            "vocab_size": self.vocab_size,
+            "max_len": self.max_len,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
+        expected = {"name", "side", "kind", "dim", "vocab_size", "max_len"}
+        unknown = set(data) - expected
+        if unknown:
+            raise ValueError(f"feature spec has unknown fields {sorted(unknown)}; expected {sorted(expected)}")
+        if "name" not in data or "side" not in data or "kind" not in data:
+            raise ValueError(f"feature spec needs 'name', 'side' and 'kind', got {sorted(data)}")
+        return cls(
+            name=str(data["name"]),
+            side=Side(data["side"]),
+            kind=Kind(data["kind"]),
+            dim=int(data.get("dim", 1)),
+            vocab_size=int(data.get("vocab_size", 0)),
+            max_len=int(data.get("max_len", 0)),
+        )
+
+    def example(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Realistic random values for this feature at batch n."""
+        if self.kind is Kind.DENSE:
+            return torch.randn(n, self.dim, generator=generator)
+        if self.kind is Kind.SPARSE_ID:
+            return torch.randint(0, self.vocab_size, (n,), generator=generator)
+        ids = torch.randint(1, max(self.vocab_size, 2), (n, self.max_len), generator=generator)
+        min_len = max(1, int(self.max_len * MIN_SEQUENCE_FILL))
+        lengths = torch.randint(min_len, self.max_len + 1, (n, 1), generator=generator)
+        positions = torch.arange(self.max_len).unsqueeze(0)
+        return torch.where(positions < lengths, ids, torch.full_like(ids, PADDING_ID))
+
+
+@dataclass(frozen=True)
+class FeatureSchema:
+    """Ordered, uniquely named features of one model."""
+
+    features: tuple[FeatureSpec, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "features", tuple(self.features))
+        names = [spec.name for spec in self.features]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"feature schema has duplicate feature names {duplicates}")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(spec.name for spec in self.features)
+
+    @property
+    def user_features(self) -> tuple[FeatureSpec, ...]:
+        return tuple(spec for spec in self.features if spec.side is Side.USER)
+
+    @property
+    def candidate_features(self) -> tuple[FeatureSpec, ...]:
+        """Item and cross features: the ones that vary per candidate."""
+        return tuple(spec for spec in self.features if spec.side is not Side.USER)
+
+    def get(self, name: str) -> FeatureSpec:
+        for spec in self.features:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"feature {name!r} is not in the schema; known features: {list(self.names)}")
+
+    def __contains__(self, name: object) -> bool:
+        return any(spec.name == name for spec in self.features)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"features": [spec.to_dict() for spec in self.features]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureSchema:
+        if not isinstance(data, dict) or not isinstance(data.get("features"), list):
+            raise ValueError("feature schema must be an object with a 'features' list")
+        return cls(tuple(FeatureSpec.from_dict(item) for item in data["features"]))
+
+    def example_batch(self, n: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Random inputs for one request: user features at batch 1, item/cross features at batch n."""
+        if n < 1:
+            raise ValueError(f"example_batch needs n >= 1, got {n}")
+        return {spec.name: spec.example(1 if spec.is_user else n, generator) for spec in self.features}
+
+    def tile_user_features(self, features: dict[str, Tensor], n: int) -> dict[str, Tensor]:
+        """Expand batch-1 user features to batch n (the VanI input layout); candidates pass through."""
+        return {
+            name: value.expand(n, *value.shape[1:]) if self.get(name).is_user else value
+            for name, value in features.items()
+        }
