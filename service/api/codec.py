@@ -1,0 +1,274 @@
+"""POST /rank bodies -> model input tensors, for one feature schema.
+
+A `RequestCodec` is built once per loaded model: it compiles the schema into a pydantic-core validator
+(strict types, finite floats, id ranges, vector widths, sequence lengths, candidate limits), so a request
+is parsed and validated in one pass in Rust (`decode`), then turned into tensors with numpy (`encode`).
+
+Input rules (also in the API docs):
+- Every feature of the schema is required; unknown features are refused.
+- sparse_id: an integer in [0, max_id]; ids >= vocab_size score with the out-of-vocabulary row.
+- dense: a list of exactly `dim` finite numbers (finite in float32).
+- id_sequence: a list of at most `max_len` ids in [0, max_id], right-padded with 0 (0 is padding);
+  longer lists are a 422, or are cut to their first max_len ids with sequence_overflow="truncate".
+- candidates: either columnar (one list per candidate feature, all of the same length) or row-wise
+  (a list of objects, one per candidate); 1 to max_candidates of them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Union
+
+import numpy as np
+import torch
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from typing_extensions import NotRequired, TypedDict
+from torch import Tensor
+
+from service.api.errors import InvalidRequest, MalformedRequest
+from service.features.schema import FeatureSchema, FeatureSpec, Kind
+
+USER_ID_MAX_CHARS = 256
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+COLUMNS_BRANCH = "CandidateColumns"
+ROWS_BRANCH = "list[CandidateRow]"
+FEATURE_CONTAINERS = ("user", "candidates")
+
+
+@dataclass(frozen=True)
+class DecodedRequest:
+    """A validated body: plain Python values, candidates already columnar."""
+
+    user_id: str
+    request_id: str | None
+    top_k: int | None
+    user: dict[str, Any]
+    candidates: dict[str, list[Any]]
+    n_candidates: int
+
+
+@dataclass(frozen=True)
+class EncodedRequest:
+    """Model inputs: user features at batch 1, item/cross features at batch n_candidates."""
+
+    features: dict[str, Tensor]
+    n_candidates: int
+
+
+class RequestCodec:
+    """Validates /rank bodies against one feature schema and encodes them as model input tensors."""
+
+    def __init__(
+        self, schema: FeatureSchema, *, max_candidates: int, max_id: int, sequence_overflow: Literal["reject", "truncate"]
+    ) -> None:
+        self.schema = schema
+        self.max_id = max_id
+        self.truncate_sequences = sequence_overflow == "truncate"
+        self._validator = TypeAdapter(_request_type(schema, max_candidates, max_id, self.truncate_sequences))
+        self._user = schema.user_features
+        self._candidates = schema.candidate_features
+
+    def decode(self, body: bytes) -> DecodedRequest:
+        """Parse and validate a JSON body; raises MalformedRequest or InvalidRequest naming the field."""
+        try:
+            request = self._validator.validate_json(body)
+        except ValidationError as exc:
+            raise _to_service_error(exc, self.schema) from None
+        candidates = request["candidates"]
+        if isinstance(candidates, list):  # row-wise -> columnar
+            candidates = {spec.name: [row[spec.name] for row in candidates] for spec in self._candidates}
+        n_candidates = _common_length(candidates)
+        return DecodedRequest(
+            user_id=request["user_id"],
+            request_id=request.get("request_id"),
+            top_k=request.get("top_k"),
+            user=request["user"],
+            candidates=candidates,
+            n_candidates=n_candidates,
+        )
+
+    def encode(self, request: DecodedRequest) -> EncodedRequest:
+        """Build the model input dict; ids past the vocabulary go to the OOV row, sequences are padded."""
+        features: dict[str, Tensor] = {}
+        for spec in self._user:
+            features[spec.name] = self._encode_column(spec, [request.user[spec.name]], "user")
+        for spec in self._candidates:
+            features[spec.name] = self._encode_column(spec, request.candidates[spec.name], "candidates")
+        return EncodedRequest(features=features, n_candidates=request.n_candidates)
+
+    def _encode_column(self, spec: FeatureSpec, values: list[Any], container: str) -> Tensor:
+        if spec.kind is Kind.SPARSE_ID:
+            ids = np.asarray(values, dtype=np.int64)  # [B]
+            return torch.from_numpy(np.minimum(ids, spec.vocab_size, out=ids))
+        if spec.kind is Kind.DENSE:
+            with np.errstate(over="ignore"):  # float32 overflow becomes inf, refused just below
+                dense = np.asarray(values, dtype=np.float32)  # [B, dim]
+            if not np.isfinite(dense).all():  # finite in float64 but past float32's range
+                row = int(np.flatnonzero(~np.isfinite(dense).all(axis=1))[0])
+                where = spec.name if container == "user" else f"{spec.name}[{row}]"
+                raise InvalidRequest(
+                    f"feature {spec.name!r} has a value outside float32's finite range",
+                    field=f"{container}.{where}",
+                    code="non_finite",
+                )
+            return torch.from_numpy(dense)
+        return torch.from_numpy(self._pad_sequences(spec, values))
+
+    def _pad_sequences(self, spec: FeatureSpec, sequences: list[list[int]]) -> np.ndarray:
+        if self.truncate_sequences:
+            sequences = [sequence[: spec.max_len] for sequence in sequences]
+        lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
+        flat = np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64, count=int(lengths.sum()))
+        padded = np.zeros((len(sequences), spec.max_len), dtype=np.int64)  # [B, max_len], 0 = padding
+        padded[np.arange(spec.max_len) < lengths[:, None]] = flat
+        return np.minimum(padded, spec.vocab_size, out=padded)
+
+
+def _common_length(columns: dict[str, list[Any]]) -> int:
+    """The number of candidates; names the column that disagrees with the most common length."""
+    lengths = {name: len(column) for name, column in columns.items()}
+    counts = Counter(lengths.values())
+    n_candidates = max(counts, key=lambda length: (counts[length], length))
+    for name, length in lengths.items():
+        if length != n_candidates:
+            raise InvalidRequest(
+                f"candidates.{name}: has {length} values but the other columns have {n_candidates}; "
+                "every candidate column needs one value per candidate",
+                field=f"candidates.{name}",
+                code="length_mismatch",
+            )
+    return n_candidates
+
+
+# --- the schema compiled into pydantic types (once per model) ---------------------------------------------
+
+def _value_type(spec: FeatureSpec, max_id: int, truncate: bool) -> Any:
+    """The JSON type of one value of a feature (one user's, or one candidate's)."""
+    identifier = Annotated[int, Field(strict=True, ge=0, le=max_id)]
+    if spec.kind is Kind.SPARSE_ID:
+        return identifier
+    if spec.kind is Kind.DENSE:
+        number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+        return Annotated[list[number], Field(min_length=spec.dim, max_length=spec.dim)]
+    return list[identifier] if truncate else Annotated[list[identifier], Field(max_length=spec.max_len)]
+
+
+def _typed_dict(name: str, fields: dict[str, Any]) -> Any:
+    typed = TypedDict(name, fields)  # type: ignore[misc]  # functional form: feature names may be any string
+    typed.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
+    return typed
+
+
+def _request_type(schema: FeatureSchema, max_candidates: int, max_id: int, truncate: bool) -> Any:
+    user = _typed_dict("UserFeatures", {s.name: _value_type(s, max_id, truncate) for s in schema.user_features})
+    candidates = schema.candidate_features
+    count = Field(min_length=1, max_length=max_candidates)
+    columns = _typed_dict(
+        COLUMNS_BRANCH, {s.name: Annotated[list[_value_type(s, max_id, truncate)], count] for s in candidates}
+    )
+    row = _typed_dict("CandidateRow", {s.name: _value_type(s, max_id, truncate) for s in candidates})
+    candidate_forms = Annotated[Union[columns, Annotated[list[row], count]], Field(union_mode="left_to_right")]
+    return _typed_dict(
+        "RankRequest",
+        {
+            "user_id": Annotated[str, Field(strict=True, min_length=1, max_length=USER_ID_MAX_CHARS)],
+            "user": user,
+            "candidates": candidate_forms,
+            "top_k": NotRequired[Annotated[int, Field(strict=True, ge=1)] | None],
+            "request_id": NotRequired[Annotated[str, Field(pattern=REQUEST_ID_PATTERN)] | None],
+        },
+    )
+
+
+# --- pydantic errors -> one service error naming the field ------------------------------------------------
+
+_TYPE_ERRORS = ("_type", "_parsing")
+
+
+def _to_service_error(exc: ValidationError, schema: FeatureSchema) -> MalformedRequest | InvalidRequest:
+    errors = exc.errors(include_url=False, include_input=False)
+    if any(error["type"] == "json_invalid" for error in errors):
+        message = next(error["msg"] for error in errors if error["type"] == "json_invalid")
+        return MalformedRequest(f"body is not valid JSON: {message}")
+    if errors and errors[0]["type"] == "model_type" and not errors[0]["loc"]:
+        return MalformedRequest("body must be a JSON object")
+    error = _most_relevant(errors)
+    loc = _strip_union_branch(tuple(error["loc"]))
+    code = _error_code(error["type"], loc, schema)
+    return InvalidRequest(_message(error, loc, code, schema), field=_field_path(loc), code=code)
+
+
+def _most_relevant(errors: list[Any]) -> Any:
+    """Drop 'wrong form' errors of the union branch the client did not use (a dict is not rows, and so on)."""
+    def wrong_branch(error: Any) -> bool:
+        loc = error["loc"]
+        return len(loc) == 2 and loc[0] == "candidates" and error["type"] in ("dict_type", "list_type", "model_type")
+
+    relevant = [error for error in errors if not wrong_branch(error)]
+    if relevant:
+        return relevant[0]
+    first = dict(errors[0])
+    first["loc"] = ("candidates",)
+    first["msg"] = "candidates must be an object of columns (columnar) or a list of objects (row-wise)"
+    return first
+
+
+def _strip_union_branch(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    if len(loc) >= 2 and loc[0] == "candidates" and loc[1] in (COLUMNS_BRANCH, ROWS_BRANCH):
+        return (loc[0],) + loc[2:]
+    return loc
+
+
+def _field_path(loc: tuple[Any, ...]) -> str | None:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or None
+
+
+def _feature_of(loc: tuple[Any, ...], schema: FeatureSchema) -> FeatureSpec | None:
+    if not loc or loc[0] not in FEATURE_CONTAINERS:
+        return None
+    name = next((part for part in loc[1:] if isinstance(part, str)), None)
+    return schema.get(name) if name is not None and name in schema else None
+
+
+def _error_code(kind: str, loc: tuple[Any, ...], schema: FeatureSchema) -> str:
+    in_features = bool(loc) and loc[0] in FEATURE_CONTAINERS and len(loc) > 1
+    spec = _feature_of(loc, schema)
+    if kind == "missing":
+        return "missing_feature" if in_features else "missing_field"
+    if kind == "extra_forbidden":
+        return "unknown_feature" if in_features else "unknown_field"
+    if kind == "finite_number":
+        return "non_finite"
+    if kind in ("greater_than_equal", "less_than_equal") and spec is not None:
+        return "id_out_of_range"
+    if kind in ("too_short", "too_long"):
+        if loc[:1] == ("candidates",) and (len(loc) == 1 or (len(loc) == 2 and isinstance(loc[1], str))):
+            return "empty_candidates" if kind == "too_short" else "too_many_candidates"
+        if spec is not None:
+            return "wrong_width" if spec.kind is Kind.DENSE else "sequence_too_long"
+    if kind.endswith(_TYPE_ERRORS):
+        return "invalid_type"
+    return "invalid_value"
+
+
+def _message(error: Any, loc: tuple[Any, ...], code: str, schema: FeatureSchema) -> str:
+    field = _field_path(loc) or "body"
+    spec = _feature_of(loc, schema)
+    if code == "missing_feature":
+        return f"{field}: feature is missing; every feature of the model's schema is required"
+    if code == "unknown_feature":
+        name = next(part for part in reversed(loc) if isinstance(part, str))
+        if name in schema:
+            where = "user" if schema.get(name).is_user else "candidates"
+            return f"{field}: {name!r} is a feature of {where!r}, not of {loc[0]!r}"
+        return f"{field}: {name!r} is not a feature of the loaded model; known: {list(schema.names)}"
+    if code == "wrong_width" and spec is not None:
+        return f"{field}: dense feature {spec.name!r} needs exactly {spec.dim} numbers ({error['msg']})"
+    if code == "sequence_too_long" and spec is not None:
+        return f"{field}: sequence {spec.name!r} holds at most {spec.max_len} ids ({error['msg']})"
+    return f"{field}: {error['msg']}"

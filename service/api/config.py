@@ -1,0 +1,149 @@
+"""Every setting of the ranking service, in one typed place.
+
+Values come from (highest priority first): keyword arguments, environment variables prefixed `RANKER_`,
+an optional TOML or JSON file named by `RANKER_CONFIG_FILE`, then the defaults below. Structured values
+(`RANKER_AB_SPLIT`, `RANKER_WARMUP_CANDIDATES`) are JSON in the environment. Unsafe values are refused at
+start-up with a message naming the setting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from service.engine import Variant
+
+ENV_PREFIX = "RANKER_"
+CONFIG_FILE_ENV = "RANKER_CONFIG_FILE"
+MAX_INT64 = 2**63 - 1
+MIN_ADMIN_TOKEN_CHARS = 16
+
+
+class Settings(BaseSettings):
+    """Configuration of `ranker serve`; host, port and worker count are command-line arguments instead."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True, protected_namespaces=())
+
+    # --- model store ---
+    model_store: Path = Field(Path("model_store"), description="Root of the artifact store.")
+    model_name: str = Field("default", min_length=1, description="Model directory under the store.")
+    model_version: str | None = Field(None, description="Version to load; the latest (natural sort) when unset.")
+
+    # --- variants, A/B and shadow ---
+    variant: Variant = Field(Variant.MARI, description="Variant serving every request when ab_split is empty.")
+    ab_split: dict[Variant, float] = Field(
+        default_factory=dict, description='Weights per variant, e.g. {"mari": 0.9, "vani": 0.1}; bucketed by user id.'
+    )
+    shadow_variant: Variant | None = Field(None, description="Variant that re-scores a sample of requests.")
+    shadow_sample_rate: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of requests copied to the shadow.")
+    shadow_queue_size: int = Field(64, ge=1, description="Pending shadow comparisons; beyond it they are dropped.")
+    tolerance: float = Field(1e-5, gt=0.0, description="Largest |shadow - primary| score difference that matches.")
+
+    # --- request limits ---
+    max_candidates: int = Field(5000, ge=1, description="Candidates per request; more is a 422.")
+    max_body_bytes: int = Field(16 * 2**20, ge=1024, description="Request body size; more is a 413.")
+    max_id: int = Field(2**53, ge=1, le=MAX_INT64, description="Largest id accepted; ids >= vocab_size go to OOV.")
+    sequence_overflow: Literal["reject", "truncate"] = Field(
+        "reject", description="Sequences longer than max_len: 422 (reject) or keep the first max_len ids."
+    )
+
+    # --- inference execution ---
+    torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads; torch's default when unset.")
+    inference_concurrency: int = Field(1, ge=1, description="Requests scored at the same time (thread pool slots).")
+    max_queued_requests: int = Field(32, ge=0, description="Requests waiting for a slot; beyond it a 503 at once.")
+    queue_timeout_s: float = Field(2.0, gt=0.0, description="Longest wait for a slot before a 503.")
+    retry_after_s: int = Field(1, ge=1, description="Retry-After header value on a 503.")
+    warmup_candidates: tuple[int, ...] = Field(
+        (1, 100, 1000), description="Batch sizes each variant runs once before readiness turns true."
+    )
+    trace_candidates: int = Field(8, ge=2, description="Candidate batch used to trace the model into variants.")
+    analysis_candidates: int = Field(1000, ge=1, description="N at which /v1/models reports FLOPs.")
+
+    # --- operations ---
+    admin_token: SecretStr | None = Field(None, description="Bearer token for /admin/*; admin is off when unset.")
+    graceful_shutdown_s: float = Field(30.0, gt=0.0, description="How long shutdown waits for in-flight requests.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    access_log: bool = Field(False, description="uvicorn's per-request access log line.")
+
+    @field_validator("ab_split")
+    @classmethod
+    def _check_ab_split(cls, split: dict[Variant, float]) -> dict[Variant, float]:
+        if any(weight < 0 for weight in split.values()):
+            raise ValueError(f"ab_split weights must be >= 0, got {split}")
+        if split and sum(split.values()) <= 0:
+            raise ValueError(f"ab_split weights must sum to more than 0, got {split}")
+        return split
+
+    @field_validator("warmup_candidates")
+    @classmethod
+    def _check_warmup(cls, sizes: tuple[int, ...]) -> tuple[int, ...]:
+        if any(size < 1 for size in sizes):
+            raise ValueError(f"warmup_candidates must all be >= 1, got {sizes}")
+        return sizes
+
+    @field_validator("admin_token")
+    @classmethod
+    def _check_admin_token(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and len(token.get_secret_value()) < MIN_ADMIN_TOKEN_CHARS:
+            raise ValueError(f"admin_token must have at least {MIN_ADMIN_TOKEN_CHARS} characters")
+        return token
+
+    @model_validator(mode="after")
+    def _check_shadow(self) -> Settings:
+        if self.shadow_sample_rate > 0 and self.shadow_variant is None:
+            raise ValueError("shadow_sample_rate > 0 needs shadow_variant")
+        return self
+
+    @property
+    def model_path(self) -> Path:
+        """model_store/<name>[/<version>] as the artifact loader expects it."""
+        path = self.model_store / self.model_name
+        return path / self.model_version if self.model_version else path
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, ConfigFileSource(settings_cls))
+
+
+class ConfigFileSource(PydanticBaseSettingsSource):
+    """Settings from the TOML or JSON file named by RANKER_CONFIG_FILE (keys are the field names)."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        path = os.environ.get(CONFIG_FILE_ENV)
+        self._values = read_config_file(Path(path)) if path else {}
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._values)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Parse a TOML (.toml) or JSON (anything else) settings file into a dict."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ValueError(f"{CONFIG_FILE_ENV}={path}: cannot read the file ({exc})") from exc
+    try:
+        values = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{CONFIG_FILE_ENV}={path}: not valid {path.suffix.lstrip('.') or 'json'} ({exc})") from exc
+    if not isinstance(values, dict):
+        raise ValueError(f"{CONFIG_FILE_ENV}={path}: the file must hold one object of settings")
+    return values

@@ -1,0 +1,145 @@
+"""Typed service errors and their one mapping to HTTP.
+
+The codec, runtime and admission code raise these without knowing HTTP; `install_error_handlers` maps them
+(and FastAPI's own errors) to a status code and the uniform body {"error": {"code", "message", "field"}}.
+A client never sees a 500 or a stack trace for its input: anything unexpected is logged and answered as
+`internal_error` without details.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """Base of every error the service answers on purpose; `code` is stable, `field` names the input at fault."""
+
+    code = "service_error"
+
+    def __init__(self, message: str, *, field: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        if code is not None:
+            self.code = code
+
+
+class MalformedRequest(ServiceError):
+    """The body is not JSON (or not an object)."""
+
+    code = "malformed_json"
+
+
+class InvalidRequest(ServiceError):
+    """The body is JSON but breaks the feature schema or a limit; `code` says which rule."""
+
+    code = "invalid_request"
+
+
+class PayloadTooLarge(ServiceError):
+    """The body exceeds max_body_bytes."""
+
+    code = "body_too_large"
+
+
+class Overloaded(ServiceError):
+    """Every inference slot is busy and the wait would exceed the budget."""
+
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class NotReady(ServiceError):
+    """No model is loaded yet, or the server is shutting down."""
+
+    code = "not_ready"
+
+
+class Unauthorized(ServiceError):
+    """Admin call without the right bearer token."""
+
+    code = "unauthorized"
+
+
+class AdminDisabled(ServiceError):
+    """Admin call while no admin token is configured."""
+
+    code = "admin_disabled"
+
+
+class ModelRejected(ServiceError):
+    """A reload target is corrupted, missing or does not match; the old model keeps serving."""
+
+    code = "model_rejected"
+
+
+class ReloadInProgress(ServiceError):
+    """Another reload is still building its model."""
+
+    code = "reload_in_progress"
+
+
+HTTP_STATUS: dict[type[ServiceError], int] = {
+    MalformedRequest: 400,
+    InvalidRequest: 422,
+    PayloadTooLarge: 413,
+    Overloaded: 503,
+    NotReady: 503,
+    Unauthorized: 401,
+    AdminDisabled: 403,
+    ModelRejected: 409,
+    ReloadInProgress: 409,
+}
+
+
+def status_of(error: ServiceError) -> int:
+    """HTTP status for a service error (500 for an unmapped subclass, which is a bug)."""
+    for cls in type(error).__mro__:
+        if cls in HTTP_STATUS:
+            return HTTP_STATUS[cls]
+    return 500
+
+
+def error_body(code: str, message: str, field: str | None = None) -> dict:
+    return {"error": {"code": code, "message": message, "field": field}}
+
+
+def error_response(error: ServiceError) -> JSONResponse:
+    headers = {"Retry-After": str(error.retry_after_s)} if isinstance(error, Overloaded) else None
+    return JSONResponse(error_body(error.code, error.message, error.field), status_code=status_of(error), headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every error a request can raise to the uniform JSON body."""
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request", "type": "invalid"}
+        field = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or None
+        code = "malformed_json" if first.get("type") == "json_invalid" else "invalid_request"
+        status = 400 if code == "malformed_json" else 422
+        return JSONResponse(error_body(code, str(first.get("msg")), field), status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unexpected error serving %s %s", request.method, request.url.path)
+        return JSONResponse(error_body("internal_error", "internal error; see the server log"), status_code=500)

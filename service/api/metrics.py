@@ -1,0 +1,119 @@
+"""Prometheus metrics of the ranking service (DESIGN section 4), base unit seconds, prefix `ranker_`.
+
+Labels stay low-cardinality (variant, status, stage, model name/version); never a user or request id.
+With several uvicorn workers, prometheus_client's multiprocess mode is used: `PROMETHEUS_MULTIPROC_DIR`
+(set by `service.api.server.serve` before any worker starts) holds one file per process, and /metrics
+sums them. Without it, each app instance keeps its own registry (so in-process tests do not collide).
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
+
+PREFIX = "ranker"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own switch, read here and nowhere else
+
+# End-to-end server time: a few ms for small N, tens to hundreds of ms at N = 1000 on 2 cores.
+LATENCY_BUCKETS = (0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
+# One stage: decode/encode/respond take well under a ms to a few ms; infer spans the latency range.
+STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+CANDIDATE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
+SHADOW_DIFF_BUCKETS = (1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+STAGES = ("queue", "decode", "encode", "infer", "respond")
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+class ServiceMetrics:
+    """Every metric the service exports, created once per app."""
+
+    def __init__(self) -> None:
+        self.multiprocess = multiprocess_dir() is not None
+        # In multiprocess mode values live in files; registering them anywhere would only duplicate them.
+        self.registry = None if self.multiprocess else CollectorRegistry()
+        registry = self.registry
+        self.requests = Counter(
+            f"{PREFIX}_requests", "Rank requests by variant and HTTP status.", ["variant", "status"], registry=registry
+        )
+        self.request_seconds = Histogram(
+            f"{PREFIX}_request_duration_seconds", "Server-side time of a rank request (queue to response body).",
+            ["variant"], buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self.stage_seconds = Histogram(
+            f"{PREFIX}_stage_duration_seconds", "Time of one stage of a rank request.",
+            ["stage", "variant"], buckets=STAGE_BUCKETS, registry=registry,
+        )
+        self.candidates_per_request = Histogram(
+            f"{PREFIX}_candidates_per_request", "Candidates in a scored request.", buckets=CANDIDATE_BUCKETS,
+            registry=registry,
+        )
+        self.candidates_scored = Counter(
+            f"{PREFIX}_candidates_scored", "Candidates scored (rate() gives throughput).", ["variant"],
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            f"{PREFIX}_requests_in_flight", "Rank requests being served (waiting or scoring).",
+            multiprocess_mode="livesum", registry=registry,
+        )
+        self.shadow_comparisons = Counter(
+            f"{PREFIX}_shadow_comparisons", "Shadow comparisons made.", ["primary", "shadow"], registry=registry
+        )
+        self.shadow_mismatches = Counter(
+            f"{PREFIX}_shadow_mismatches", "Shadow comparisons outside the tolerance.", ["primary", "shadow"],
+            registry=registry,
+        )
+        self.shadow_dropped = Counter(
+            f"{PREFIX}_shadow_dropped", "Sampled requests not compared because the shadow queue was full.",
+            registry=registry,
+        )
+        self.shadow_max_difference = Gauge(
+            f"{PREFIX}_shadow_max_abs_difference", "Largest |shadow - primary| score seen since start.",
+            multiprocess_mode="max", registry=registry,
+        )
+        self.shadow_difference = Histogram(
+            f"{PREFIX}_shadow_abs_difference", "Largest |shadow - primary| score per comparison.",
+            buckets=SHADOW_DIFF_BUCKETS, registry=registry,
+        )
+        self.model_info = Gauge(
+            f"{PREFIX}_model_info", "1 for the model and default variant being served.",
+            ["name", "version", "variant"], multiprocess_mode="livemax", registry=registry,
+        )
+        self.reloads = Counter(f"{PREFIX}_reloads", "Admin reloads by outcome.", ["outcome"], registry=registry)
+        self._largest_difference = 0.0
+
+    def observe_stage(self, stage: str, variant: str, seconds: float) -> None:
+        self.stage_seconds.labels(stage=stage, variant=variant).observe(seconds)
+
+    def observe_shadow(self, primary: str, shadow: str, difference: float, mismatched: bool) -> None:
+        self.shadow_comparisons.labels(primary=primary, shadow=shadow).inc()
+        if mismatched:
+            self.shadow_mismatches.labels(primary=primary, shadow=shadow).inc()
+        self.shadow_difference.observe(difference)
+        if difference > self._largest_difference:
+            self._largest_difference = difference
+            self.shadow_max_difference.set(difference)
+
+    def set_model(self, previous: tuple[str, str, str] | None, current: tuple[str, str, str]) -> None:
+        """Point ranker_model_info at (name, version, variant)."""
+        if previous is not None and previous != current:
+            self.model_info.labels(*previous).set(0)
+        self.model_info.labels(*current).set(1)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text format of every metric (summed over worker processes in multiprocess mode)."""
+        if self.multiprocess:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def mark_process_dead() -> None:
+    """Drop this process's live gauges from the multiprocess directory (on worker shutdown)."""
+    if multiprocess_dir() is not None:
+        multiprocess.mark_process_dead(os.getpid())

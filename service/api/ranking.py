@@ -1,0 +1,133 @@
+"""The /rank pipeline: body -> decode -> encode -> variant -> scores -> response body, each stage timed.
+
+All stages of one request run on one inference slot (a worker thread), so the event loop only accepts
+connections and moves bytes. Nothing here knows HTTP beyond the bytes and headers it returns.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+import pydantic_core
+import torch
+
+from service.api.admission import InferencePool
+from service.api.metrics import ServiceMetrics
+from service.api.runtime import ModelRuntime, ServingModel
+from service.api.shadow import ShadowComparator, ShadowJob
+from service.engine import Variant
+
+
+@dataclass(frozen=True)
+class StageTimes:
+    """Seconds per stage of one request."""
+
+    queue: float
+    decode: float
+    encode: float
+    infer: float
+    respond: float
+
+    @property
+    def total(self) -> float:
+        return self.queue + self.decode + self.encode + self.infer + self.respond
+
+    def server_timing(self) -> str:
+        """Server-Timing header value, in milliseconds."""
+        parts = [f"{name};dur={getattr(self, name) * 1e3:.3f}" for name in ("queue", "decode", "encode", "infer",
+                                                                          "respond")]
+        return ", ".join(parts + [f"total;dur={self.total * 1e3:.3f}"])
+
+
+@dataclass(frozen=True)
+class RankResult:
+    body: bytes
+    request_id: str
+    model_name: str
+    model_version: str
+    variant: Variant
+    n_candidates: int
+    times: StageTimes
+
+
+@dataclass(frozen=True)
+class _Scored:
+    body: bytes
+    request_id: str
+    variant: Variant
+    n_candidates: int
+    decode: float
+    encode: float
+    infer: float
+    respond: float
+
+
+class Ranker:
+    """Scores one request end to end on the current model; stateless apart from its collaborators."""
+
+    def __init__(
+        self, runtime: ModelRuntime, pool: InferencePool, shadow: ShadowComparator, metrics: ServiceMetrics
+    ) -> None:
+        self.runtime = runtime
+        self.pool = pool
+        self.shadow = shadow
+        self.metrics = metrics
+
+    async def rank(self, body: bytes, request_id: str | None) -> RankResult:
+        serving = self.runtime.serving  # one model for the whole request, even if a reload swaps it meanwhile
+        scored, waited = await self.pool.run(lambda: self._score(serving, body, request_id))
+        times = StageTimes(waited, scored.decode, scored.encode, scored.infer, scored.respond)
+        self._observe(scored, times)
+        return RankResult(scored.body, scored.request_id, serving.name, serving.version, scored.variant,
+                          scored.n_candidates, times)
+
+    def _score(self, serving: ServingModel, body: bytes, header_request_id: str | None) -> _Scored:
+        t0 = time.perf_counter()
+        request = serving.codec.decode(body)
+        t1 = time.perf_counter()
+        encoded = serving.codec.encode(request)
+        t2 = time.perf_counter()
+        variant = self.runtime.choose_variant(request.user_id)
+        scores = serving.score(variant, encoded.features)
+        t3 = time.perf_counter()
+        request_id = request.request_id or header_request_id or uuid.uuid4().hex
+        response = _response_body(serving, variant, request_id, scores, request.top_k)
+        t4 = time.perf_counter()
+        if self.shadow.wants(variant):
+            self.shadow.submit(ShadowJob(request_id, serving, variant, encoded.features, scores))
+        return _Scored(response, request_id, variant, encoded.n_candidates, t1 - t0, t2 - t1, t3 - t2, t4 - t3)
+
+    def _observe(self, scored: _Scored, times: StageTimes) -> None:
+        variant = scored.variant.value
+        for stage in ("queue", "decode", "encode", "infer", "respond"):
+            self.metrics.observe_stage(stage, variant, getattr(times, stage))
+        self.metrics.request_seconds.labels(variant=variant).observe(times.total)
+        self.metrics.candidates_per_request.observe(scored.n_candidates)
+        self.metrics.candidates_scored.labels(variant=variant).inc(scored.n_candidates)
+
+
+def _response_body(
+    serving: ServingModel, variant: Variant, request_id: str, scores: dict[str, torch.Tensor], top_k: int | None
+) -> bytes:
+    """JSON of the response: every candidate's per-task and final score, and the top_k order."""
+    final = serving.final_scores(scores).numpy()  # [N]
+    n = final.shape[0]
+    k = n if top_k is None else min(top_k, n)
+    if k < n:
+        top = np.argpartition(-final, k - 1)[:k]
+        order = top[np.argsort(-final[top], kind="stable")]
+    else:
+        order = np.argsort(-final, kind="stable")
+    return pydantic_core.to_json({
+        "request_id": request_id,
+        "model": {"name": serving.name, "version": serving.version},
+        "variant": variant.value,
+        "n_candidates": n,
+        "tasks": list(serving.tasks),
+        "scores": {task: scores[task].tolist() for task in serving.tasks},
+        "final_scores": final.tolist(),
+        "ranking": order.tolist(),
+    })

@@ -1,0 +1,46 @@
+"""GET /v1/models: what is loaded, how it is served and what each variant costs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from fastapi.encoders import jsonable_encoder
+
+from service.api.deps import AppState, get_state
+from service.api.schemas import ERROR_RESPONSES
+
+router = APIRouter(tags=["models"])
+
+
+@router.get("/v1/models", responses={503: ERROR_RESPONSES[503]})
+async def get_models(state: AppState = Depends(get_state)) -> dict[str, Any]:
+    """The loaded model, its variants (engine reports), A/B and shadow configuration and the FLOPs report."""
+    serving = state.runtime.serving
+    settings = state.settings
+    return jsonable_encoder({
+        "name": serving.name,
+        "version": serving.version,
+        "architecture": serving.architecture,
+        "path": str(serving.path),
+        "loaded_at": serving.loaded_at,
+        "tasks": list(serving.tasks),
+        "task_weights": serving.manifest["task_weights"],
+        "feature_schema": serving.manifest["feature_schema"],
+        "training_metrics": serving.manifest.get("metrics", {}),
+        "variants": {variant.value: report for variant, report in serving.reports.items()},
+        "routing": state.runtime.router.to_dict(),
+        "shadow": {
+            "variant": state.shadow.variant.value if state.shadow.variant else None,
+            "sample_rate": state.shadow.sample_rate,
+            "queue_size": settings.shadow_queue_size,
+            "tolerance": settings.tolerance,
+        },
+        "limits": {
+            "max_candidates": settings.max_candidates,
+            "max_body_bytes": settings.max_body_bytes,
+            "max_id": settings.max_id,
+            "sequence_overflow": settings.sequence_overflow,
+        },
+        "flops": serving.analysis,
+    })

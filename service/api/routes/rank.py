@@ -1,0 +1,42 @@
+"""POST /rank."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from service.api.deps import AppState, client_request_id, get_state, read_body
+from service.api.errors import ServiceError, status_of
+from service.api.schemas import ERROR_RESPONSES, RankResponse, rank_request_openapi
+
+router = APIRouter(tags=["ranking"])
+_REQUEST_BODY, RANK_REQUEST_SCHEMAS = rank_request_openapi()
+
+
+@router.post(
+    "/rank",
+    response_model=RankResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra={"requestBody": _REQUEST_BODY},
+)
+async def rank_candidates(request: Request, state: AppState = Depends(get_state)) -> Response:
+    """Score N candidates for one user (columnar or row-wise body) and order them by final score."""
+    variant, status = "none", 500
+    state.metrics.in_flight.inc()
+    try:
+        body = await read_body(request, state.settings.max_body_bytes)
+        result = await state.ranker.rank(body, client_request_id(request))
+        variant, status = result.variant.value, 200
+        headers = {
+            "X-Request-Id": result.request_id,
+            "X-Model-Name": result.model_name,
+            "X-Model-Version": result.model_version,
+            "X-Variant": result.variant.value,
+            "Server-Timing": result.times.server_timing(),
+        }
+        return Response(result.body, media_type="application/json", headers=headers)
+    except ServiceError as exc:
+        status = status_of(exc)
+        raise
+    finally:
+        state.metrics.in_flight.dec()
+        state.metrics.requests.labels(variant=variant, status=str(status)).inc()

@@ -1,0 +1,77 @@
+"""`ranker serve`: run the service under uvicorn with graceful shutdown.
+
+Host, port and worker count are arguments; every other setting comes from Settings (RANKER_* environment
+variables or RANKER_CONFIG_FILE). With several workers each process loads its own copy of the model, and
+metrics switch to prometheus_client's multiprocess mode through a fresh PROMETHEUS_MULTIPROC_DIR.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import uvicorn
+
+from service.api.app import create_app
+from service.api.config import ENV_PREFIX, Settings
+from service.api.metrics import MULTIPROC_ENV
+from service.store.artifact import ArtifactError, read_manifest, resolve_version
+
+logger = logging.getLogger(__name__)
+
+APP_FACTORY = "service.api.app:create_app_from_environment"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+
+
+def serve(host: str | None = None, port: int | None = None, workers: int | None = None) -> None:
+    """Serve until SIGINT/SIGTERM; in-flight requests finish (up to graceful_shutdown_s) before exit.
+
+    Defaults: 127.0.0.1, port 8000, one worker.
+    """
+    host = DEFAULT_HOST if host is None else host
+    port = DEFAULT_PORT if port is None else port
+    workers = 1 if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    settings = Settings()  # refuse a bad configuration before any worker starts
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _check_model_exists(settings)
+    common = dict(host=host, port=port, log_level=settings.log_level, access_log=settings.access_log,
+                  timeout_graceful_shutdown=settings.graceful_shutdown_s)
+    if workers == 1:
+        uvicorn.run(create_app(settings), **common)
+        return
+    metrics_dir, owned = _prepare_multiprocess_dir()
+    if settings.torch_threads is None:  # do not let W workers each take every core
+        os.environ[f"{ENV_PREFIX}TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    try:
+        uvicorn.run(APP_FACTORY, factory=True, workers=workers, **common)
+    finally:
+        if owned:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _check_model_exists(settings: Settings) -> None:
+    """Fail fast with one clear line when the configured model is missing (workers verify it fully)."""
+    try:
+        read_manifest(resolve_version(settings.model_path))
+    except ArtifactError as exc:
+        raise SystemExit(f"cannot serve: {exc}") from None
+
+
+def _prepare_multiprocess_dir() -> tuple[Path, bool]:
+    """A clean PROMETHEUS_MULTIPROC_DIR for this run; returns it and whether serve() created it."""
+    configured = os.environ.get(MULTIPROC_ENV)
+    if configured:
+        path = Path(configured)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):  # files of a previous run would be summed into this one
+            stale.unlink()
+        return path, False
+    path = Path(tempfile.mkdtemp(prefix="ranker-metrics-"))
+    os.environ[MULTIPROC_ENV] = str(path)
+    return path, True

@@ -1,0 +1,73 @@
+"""Settings: environment, config file, priorities and refusal of unsafe values at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.api.config import Settings
+from service.api.runtime import VariantRouter
+from service.engine import Variant
+
+
+def test_defaults_serve_mari_from_the_latest_default_model() -> None:
+    settings = Settings()
+    assert settings.variant is Variant.MARI and settings.model_path == Path("model_store/default")
+    assert settings.admin_token is None and settings.shadow_sample_rate == 0
+
+
+def test_environment_overrides_the_config_file_which_overrides_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "ranker.toml"
+    config.write_text('variant = "uoi"\nmax_candidates = 77\n[ab_split]\nmari = 0.75\nvani = 0.25\n')
+    monkeypatch.setenv("RANKER_CONFIG_FILE", str(config))
+    monkeypatch.setenv("RANKER_MAX_CANDIDATES", "99")
+    settings = Settings()
+    assert settings.variant is Variant.UOI
+    assert settings.max_candidates == 99
+    assert settings.ab_split == {Variant.MARI: 0.75, Variant.VANI: 0.25}
+
+
+def test_json_config_files_and_json_environment_values_are_read(tmp_path: Path, monkeypatch) -> None:
+    config = tmp_path / "ranker.json"
+    config.write_text('{"model_version": "v3", "warmup_candidates": [2, 8]}')
+    monkeypatch.setenv("RANKER_CONFIG_FILE", str(config))
+    monkeypatch.setenv("RANKER_AB_SPLIT", '{"uoi": 1}')
+    settings = Settings()
+    assert settings.model_path == Path("model_store/default/v3") and settings.warmup_candidates == (2, 8)
+    assert settings.ab_split == {Variant.UOI: 1.0}
+
+
+@pytest.mark.parametrize("values", [
+    {"shadow_sample_rate": 0.5},  # no shadow variant
+    {"shadow_sample_rate": 1.5, "shadow_variant": "vani"},
+    {"admin_token": "short"},
+    {"ab_split": {"mari": -1.0}},
+    {"ab_split": {"mari": 0.0}},
+    {"variant": "turbo"},
+    {"max_candidates": 0},
+    {"max_id": 2**64},
+    {"unknown_setting": 1},
+])
+def test_unsafe_or_unknown_settings_are_refused(values: dict) -> None:
+    with pytest.raises(ValidationError):
+        Settings(**values)
+
+
+def test_a_missing_config_file_is_refused_with_its_name(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("RANKER_CONFIG_FILE", str(tmp_path / "absent.toml"))
+    with pytest.raises(ValueError, match="absent.toml"):
+        Settings()
+
+
+def test_router_is_deterministic_and_follows_the_split() -> None:
+    router = VariantRouter(Variant.MARI, {Variant.MARI: 0.8, Variant.VANI: 0.2})
+    again = VariantRouter(Variant.MARI, {Variant.VANI: 0.2, Variant.MARI: 0.8})
+    arms = [router.route(f"user-{i}") for i in range(5000)]
+    assert arms == [again.route(f"user-{i}") for i in range(5000)]
+    assert 0.77 < arms.count(Variant.MARI) / len(arms) < 0.83
+    assert set(arms) == {Variant.MARI, Variant.VANI}
+    assert VariantRouter(Variant.UOI, {}).route("anyone") is Variant.UOI
