@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STORE := model_store
 STAMP := $(VENV)/.installed
+PORT ?= 8000
 
 .PHONY: setup run test train analyze bench clean
 
@@ -24,6 +25,7 @@ train: $(STAMP)
 
 run: $(STAMP) $(STORE)/default
 	$(BIN)/ranker analyze $(STORE)/default --n 1000
+	RANKER_MODEL_STORE=$(STORE) RANKER_MODEL_NAME=default $(BIN)/ranker serve --host 127.0.0.1 --port $(PORT)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
