@@ -91,8 +91,9 @@ class ServiceMetrics:
 
     def observe_shadow(self, primary: str, shadow: str, difference: float, mismatched: bool) -> None:
         self.shadow_comparisons.labels(primary=primary, shadow=shadow).inc()
+        mismatches = self.shadow_mismatches.labels(primary=primary, shadow=shadow)  # the series exists at 0
         if mismatched:
-            self.shadow_mismatches.labels(primary=primary, shadow=shadow).inc()
+            mismatches.inc()
         self.shadow_difference.observe(difference)
         if difference > self._largest_difference:
             self._largest_difference = difference
