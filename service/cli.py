@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a ranker on synthetic data and write an artifact")
-    train.add_argument("--arch", default="mmoe", help="architecture (mmoe, dcn)")
+    train.add_argument("--arch", default="mmoe", help="architecture: mmoe (default), dcn, dcnv2, deepfm, autoint, rdcn")
     train.add_argument("--name", default="default")
     train.add_argument("--version", default=None, help="default: the next vN")
     train.add_argument("--store", default=DEFAULT_STORE)

@@ -264,10 +264,14 @@ class TileSinker:
         factors = []
         for out in outputs:
             exprs = shape_exprs(out)
+            if len(outputs) > 1 and not any(depends_on(e, self.batch) for e in exprs):
+                continue  # a side output without batch rows (e.g. eval BatchNorm's empty statistics)
             k = batch_factor(exprs[0], self.batch) if exprs else None
             if k is None or any(depends_on(e, self.batch) for e in exprs[1:]):
                 raise _NotCompact("output is not batch-major")
             factors.append(k)
+        if not factors:
+            raise _NotCompact("no batch-major output")
         if node.target is operator.getitem:
             if node.args[0] not in self.compact:
                 raise _NotCompact("tuple is not compact")

@@ -151,6 +151,8 @@ class ConcatSplitter:
     def _is_mixed_feature_concat(self, node: fx.Node) -> bool:
         if self.colours[node] != Colour.CANDIDATE or not self._is_feature_concat(node):
             return False
+        if node.users and all(u.target in CAT_TARGETS and self._is_feature_concat(u) for u in node.users):
+            return False  # absorbed: the enclosing concat flattens it into its own parts
         sides = {self.colours[p] for p in self._parts(node)}
         return Colour.USER in sides and Colour.CANDIDATE in sides
 
