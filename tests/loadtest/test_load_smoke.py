@@ -1,0 +1,75 @@
+"""Smoke test of the load-test runner: real `ranker serve`, real headless locust, a small model in a tmp store."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.store.artifact import save_artifact
+from service.training.train import TrainSettings, train_model
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RUN_TIMEOUT_S = 150
+# Every size small: trains in seconds, yet the default ranker's structure (user tower, sequence attention, MMoE).
+SMALL_MMOE = {
+    "user_vocab": 100, "item_vocab": 300, "author_vocab": 50, "category_vocab": 20,
+    "profile_fields": (("user_gender", 3), ("user_city", 20)),
+    "user_id_dim": 8, "profile_dim": 4, "user_dense_dim": 6, "user_mlp_dims": (16, 8), "seq_len": 8,
+    "item_dim": 8, "author_dim": 4, "category_dim": 4, "item_dense_dim": 5, "cross_dense_dim": 3,
+    "attention_dim": 8, "num_experts": 2, "expert_dims": (32, 16), "tower_dims": (8,),
+}
+TRAIN = TrainSettings(steps=3, batch_size=64, holdout_rows=512, eval_batch_size=512)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    store = tmp_path_factory.mktemp("model_store")
+    trained = train_model("mmoe", seed=0, config_overrides=SMALL_MMOE, settings=TRAIN)
+    save_artifact(store, "small", "v1", "mmoe", trained.config, trained.model, trained.metrics)
+    return store / "small"
+
+
+def run_load_test(model: Path, tmp_path: Path, duration: str, p99_bound_ms: str) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable, "-m", "loadtest.run", "--model", str(model), "--variants", "mari",
+        "--users", "2", "--spawn-rate", "2", "--duration", duration, "--p99-bound-ms", p99_bound_ms,
+        "--bodies", "6", "--out", str(tmp_path / "docs"), "--results-dir", str(tmp_path / "results"),
+        # a short start-up: warm two small batch sizes, FLOPs report at N = 100
+        "--server-env", "RANKER_WARMUP_CANDIDATES=[1, 16]", "--server-env", "RANKER_ANALYSIS_CANDIDATES=100",
+    ]
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+
+
+def aggregated_row(stats_csv: Path) -> dict[str, str]:
+    with open(stats_csv, newline="") as handle:
+        return next(row for row in csv.DictReader(handle) if row["Name"] == "Aggregated")
+
+
+def test_load_run_against_real_server_passes_and_writes_csvs_and_report(model: Path, tmp_path: Path) -> None:
+    done = run_load_test(model, tmp_path, "8s", "10000")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    total = aggregated_row(tmp_path / "results" / "mari_u2_stats.csv")
+    assert int(total["Request Count"]) > 0
+    assert int(total["Failure Count"]) == 0
+    report = (tmp_path / "docs" / "loadtest.md").read_text()
+    assert "| mari |" in report and "infer" in report
+    assert (tmp_path / "docs" / "figures" / "loadtest_summary.png").stat().st_size > 0
+    point = json.loads((tmp_path / "results" / "results.json").read_text())["points"][0]
+    assert point["exit_code"] == 0 and point["candidates_per_s"] > 0
+    assert point["server_statuses"] == {"200": int(total["Request Count"])}  # server saw what locust sent
+
+
+def test_load_run_exits_non_zero_when_p99_bound_is_impossible(model: Path, tmp_path: Path) -> None:
+    done = run_load_test(model, tmp_path, "3s", "0.001")
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    summary = json.loads((tmp_path / "results" / "mari_u2_summary.json").read_text())
+    assert summary["failures"] == 0 and summary["requests"] > 0
+    assert any("p99" in reason for reason in summary["failed_because"])
+    assert "p99" in done.stderr
