@@ -110,7 +110,7 @@ def concat_widths(config: MMoEConfig) -> list[tuple[str, Side, int]]:
 
 
 class MMoE(nn.Module):
-    """Shared-bottom-free multi-gate mixture of experts: every task mixes the experts with its own gate."""
+    """Multi-gate mixture of experts: every task mixes the shared experts with its own softmax gate."""
 
     def __init__(self, in_dim: int, num_experts: int, expert_dims: tuple[int, ...], tasks: tuple[str, ...]) -> None:
         super().__init__()

@@ -1,0 +1,121 @@
+"""rDCN vs DCNv2 (3 cross layers): holdout AUC on the same synthetic data, and FLOPs per request at N.
+
+Both architectures are trained by `service.training.train.train_model` with the same seed, step budget and
+optimiser settings on the same planted-signal data (same feature names, same sizes), then analysed by the
+engine: `analyze(model, (example,), user_inputs, n).flops(variant)` for VanI, UOI and MaRI.
+
+    .venv/bin/python -m bench.rdcn_vs_dcn --seeds 0 1 --steps 500 --n 1000 --json rdcn_vs_dcn.json
+
+`--what-if-user-bn-affine` adds one extra, clearly labelled row: rDCN with its eval-mode user BatchNorm
+replaced by the identical per-feature affine x * scale + shift (same scores), to show the FLOPs once the
+engine runs an eval BatchNorm on user-only data at batch 1 (it does not at the time of writing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from service.engine import Variant, analyze
+from service.models.registry import get_architecture
+from service.training.train import train_model
+
+ARCHITECTURES = ("dcnv2", "rdcn")
+ANALYSIS_BUILD_N = 8  # candidates in the example request the engine captures with
+
+
+class EvalBatchNormAffine(nn.Module):
+    """Eval-mode BatchNorm1d written as its per-feature affine map (identical scores; for the what-if row)."""
+
+    def __init__(self, norm: nn.BatchNorm1d) -> None:
+        super().__init__()
+        scale = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
+        self.register_buffer("scale", scale)
+        self.register_buffer("shift", norm.bias.detach() - norm.running_mean * scale)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale + self.shift
+
+
+def flops_per_variant(model: nn.Module, architecture: str, config: object, n: int) -> dict:
+    arch = get_architecture(architecture)
+    schema = arch.schema(config)
+    example = schema.example_batch(ANALYSIS_BUILD_N, torch.Generator().manual_seed(0))
+    users = [spec.name for spec in schema.user_features]
+    analysis = analyze(model, (example,), users, n=n)
+    report = analysis.to_dict()
+    return {
+        "flops": {v.value: analysis.flops(v) for v in Variant},
+        "runs_as": {name: row["runs_as"] for name, row in report["flops"].items()},
+        "rewritten": [k["node"] for c in report["concats"] for k in c["consumers"] if k["rewritten"]],
+        "not_rewritten": [f"{k['node']}: {k['reason']}" for c in report["concats"] for k in c["consumers"]
+                          if not k["rewritten"]],
+        "tiled_merges": [f"{m['node']} ({m['op']}) <- {', '.join(m['user_inputs'])}" for m in report["merges"]
+                         if m["how"] == "tiled"],
+    }
+
+
+def run(seeds: list[int], steps: int, n: int, what_if: bool) -> dict:
+    results: dict = {"n": n, "steps": steps, "seeds": seeds, "runs": {}, "flops": {}}
+    for architecture in ARCHITECTURES:
+        runs = []
+        for seed in seeds:
+            result = train_model(architecture, seed=seed, steps=steps)
+            runs.append({"seed": seed, **{k: result.metrics[k] for k in
+                                          ("holdout_auc", "oracle_holdout_auc", "train_seconds", "final_train_loss")}})
+            print(f"{architecture} seed {seed}: holdout AUC {runs[-1]['holdout_auc']} "
+                  f"(oracle {runs[-1]['oracle_holdout_auc']}), {runs[-1]['train_seconds']:.1f} s", flush=True)
+        results["runs"][architecture] = runs
+        results["parameters"] = {**results.get("parameters", {}),
+                                 architecture: sum(p.numel() for p in result.model.parameters())}
+        # FLOPs do not depend on the weights: analyse the last trained model.
+        results["flops"][architecture] = flops_per_variant(result.model, architecture, result.config, n)
+        if what_if and architecture == "rdcn":
+            variant_model = copy.deepcopy(result.model).eval()
+            variant_model.user_norm = EvalBatchNormAffine(variant_model.user_norm)
+            results["flops"]["rdcn (what-if: user BatchNorm as affine)"] = flops_per_variant(
+                variant_model, architecture, result.config, n)
+    return results
+
+
+def print_report(results: dict) -> None:
+    print(f"\nholdout AUC (mean over seeds {results['seeds']}, {results['steps']} steps)")
+    for architecture, runs in results["runs"].items():
+        for task in runs[0]["holdout_auc"]:
+            values = [r["holdout_auc"][task] for r in runs]
+            spread = f" +- {statistics.stdev(values):.4f}" if len(values) > 1 else ""
+            print(f"  {architecture:6s} {task:10s} {statistics.mean(values):.4f}{spread}  per seed {values}")
+    base = results["flops"]["dcnv2"]["flops"]["vani"]
+    print(f"\nFLOPs per request at N = {results['n']} (ratio to DCNv2 VanI)")
+    for name, row in results["flops"].items():
+        for variant, flops in row["flops"].items():
+            print(f"  {name:45s} {variant:5s} {flops / 1e6:10.1f} MFLOP  {flops / base:6.3f}  runs as {row['runs_as'][variant]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--what-if-user-bn-affine", action="store_true")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    results = run(args.seeds, args.steps, args.n, args.what_if_user_bn_affine)
+    results["wall_seconds"] = round(time.perf_counter() - started, 1)
+    print_report(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""The feature-interaction rankers (DeepFM, DCNv2 with 3 cross layers, AutoInt, rDCN): shapes, export, float64,
+learning, and that every engine variant reproduces the eager model on tiled user inputs (DESIGN section 3)."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from torch import nn
+
+from service.engine import Reparameterized, Variant, reparameterize_all
+from service.models.registry import SMALL_OVERRIDES
+from service.training.train import TrainSettings, train_model
+from tests.models.conftest import TileUserFeatures, small_model, tiled_batch
+
+INTERACTION_ARCHITECTURES = ["deepfm", "dcnv2", "autoint", "rdcn"]
+SCORE_TOLERANCE = 1e-5  # fp32, post-sigmoid (DESIGN section 3)
+ENGINE_N = (1, 7, 300)
+BUILD_N = 7
+# A few hundred Adam steps on small models: enough to learn the planted signal, a few seconds per model.
+QUICK_TRAINING = TrainSettings(steps=120, batch_size=256, learning_rate=5e-3, holdout_rows=4096)
+
+
+@pytest.fixture(params=INTERACTION_ARCHITECTURES)
+def interaction_arch(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def _randomize(model: nn.Module, seed: int) -> nn.Module:
+    """Non-trivial weights everywhere (zero-initialised biases would hide a dropped user-side bias)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 1:
+                param.copy_(torch.empty_like(param).uniform_(-0.3, 0.3, generator=generator) + (1.0 if "norm" in name else 0.0))
+            elif "embeddings" in name or "first_order" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+            else:
+                param.copy_(torch.randn(param.shape, generator=generator) / param.shape[1] ** 0.5)
+    return model
+
+
+@functools.cache
+def _variants(name: str) -> tuple[nn.Module, object, dict[Variant, Reparameterized]]:
+    """One small model with random weights per architecture, and every variant the engine derives from it."""
+    _, _, model, schema = small_model(name, seed=3)
+    model = _randomize(model, seed=4).eval()
+    example = schema.example_batch(BUILD_N, torch.Generator().manual_seed(5))
+    users = [spec.name for spec in schema.user_features]
+    return model, schema, reparameterize_all(model, (example,), users)
+
+
+def test_interaction_ranker_returns_a_probability_per_candidate_and_task(interaction_arch: str) -> None:
+    arch, config, model, schema = small_model(interaction_arch)
+    with torch.no_grad():
+        scores = model(tiled_batch(schema, 9))
+    assert list(scores) == arch.tasks(config) and len(scores) >= 2
+    for task, value in scores.items():
+        assert value.shape == (9,) and value.dtype == torch.float32, task
+        assert torch.all((value > 0) & (value < 1)), task
+
+
+def test_schema_splits_user_and_candidate_features_and_dcnv2_has_three_cross_layers() -> None:
+    for name in INTERACTION_ARCHITECTURES:
+        _, _, model, schema = small_model(name)
+        assert {s.name for s in schema.user_features} >= {"user_id", "user_dense"}
+        assert {s.name for s in schema.candidate_features} >= {"item_id", "item_dense", "cross_dense"}
+    assert len(small_model("dcnv2")[2].cross.layers) == 3
+    assert len(small_model("rdcn")[2].cross.candidate_layers) == 3
+
+
+def test_interaction_ranker_exports_with_a_dynamic_candidate_batch(interaction_arch: str) -> None:
+    _, _, model, schema = small_model(interaction_arch)
+    served = TileUserFeatures(model, schema).eval()
+    example = schema.example_batch(4, torch.Generator().manual_seed(0))
+    candidates = torch.export.Dim("candidates", min=2)
+    dynamic = {"features": {spec.name: None if spec.is_user else {0: candidates} for spec in schema.features}}
+    exported = torch.export.export(served, (example,), dynamic_shapes=dynamic, strict=False)
+    batch = schema.example_batch(37, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, actual = served(batch), exported.module()(batch)
+    for task in expected:
+        torch.testing.assert_close(actual[task], expected[task], rtol=0, atol=1e-6)
+
+
+def test_interaction_ranker_runs_in_float64(interaction_arch: str) -> None:
+    _, _, model, schema = small_model(interaction_arch)
+    batch = tiled_batch(schema, 5)
+    with torch.no_grad():
+        single = model(batch)
+        double = model.double()({k: v.double() if v.is_floating_point() else v for k, v in batch.items()})
+    for task in single:
+        assert double[task].dtype == torch.float64
+        torch.testing.assert_close(double[task].float(), single[task], rtol=0, atol=1e-5)
+
+
+def test_short_training_beats_chance_on_every_task(interaction_arch: str) -> None:
+    result = train_model(interaction_arch, seed=1, config_overrides=SMALL_OVERRIDES[interaction_arch],
+                         settings=QUICK_TRAINING)
+    for task, auc in result.metrics["holdout_auc"].items():
+        assert auc > 0.55, f"{interaction_arch} {task}: holdout AUC {auc}"
+
+
+@pytest.mark.parametrize("variant", list(Variant), ids=lambda v: v.value)
+def test_every_engine_variant_matches_the_eager_model_on_tiled_users(interaction_arch: str, variant: Variant) -> None:
+    model, schema, variants = _variants(interaction_arch)
+    built = variants[variant]
+    assert built.report.fallback_reason is None, built.report.fallback_reason
+    for n in ENGINE_N:
+        features = schema.example_batch(n, torch.Generator().manual_seed(100 + n))
+        with torch.no_grad():
+            reference = model(schema.tile_user_features(features, n))
+        with torch.inference_mode():
+            scores = built.module(features)
+        assert list(scores) == list(reference)
+        for task, want in reference.items():
+            assert scores[task].shape == (n,)
+            worst = (scores[task] - want).abs().max().item()
+            assert worst <= SCORE_TOLERANCE, f"{variant.value} N={n} {task}: max |diff| {worst:.2e}"
+
+
+def test_mari_splits_the_rdcn_candidate_cross_layers_and_head() -> None:
+    """Every candidate cross Linear reads cat([u, c]); MaRI must split each (user GEMM once per request)."""
+    model, _, variants = _variants("rdcn")
+    rewritten = {c.node for c in variants[Variant.MARI].report.rewritten}
+    num_layers = len(model.cross.candidate_layers)
+    num_tasks = len(model.config.tasks)
+    # one Linear per candidate cross layer, the deep MLP's first Linear, one head per task
+    assert len(rewritten) == num_layers + 1 + num_tasks
