@@ -81,7 +81,7 @@ def format_analysis(analysis: Analysis) -> str:
     for name, row in data["flops"].items():
         flops = row["flops"]
         text = f"{flops / 1e6:12.1f} MFLOP" if flops is not None else "  (not counted)"
-        ratio = f"  {row['ratio_vs_vani']:.2f}x fewer than VanI" if row["ratio_vs_vani"] else ""
+        ratio = f"  {row['ratio_vs_vani']:.2f}x fewer than VanI" if row["ratio_vs_vani"] and name != "vani" else ""
         note = f"  [runs as {row['runs_as']}: {row['fallback_reason']}]" if row["fallback_reason"] else ""
         lines.append(f"  {name:5s} {text}{ratio}{note}")
     for concat in data["concats"]:
