@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write a markdown table here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    lines = [f"| architecture | variant | median ms | speedup vs VanI | FLOPs ratio | speedup / FLOPs ratio | GFLOP/s |",
+    lines = ["| architecture | variant | median ms | speedup vs VanI | FLOPs ratio | speedup / FLOPs ratio | GFLOP/s |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for name in args.archs.split(","):
         rows = bench_architecture(name, args.n, args.repeats, args.seed)

@@ -462,7 +462,7 @@ def _differences_section(result: StudyResult) -> list[str]:
 
 
 def write_markdown(result: StudyResult, path: Path, figures: Sequence[Path], command: str, machine: str) -> Path:
-    plan, base = result.plan, result.plan.base
+    plan = result.plan
     lines = [
         "# The MaRI paper's offline study, reproduced on this machine",
         "",

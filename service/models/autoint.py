@@ -18,36 +18,23 @@ from torch import Tensor, nn
 
 from service.features.schema import FeatureSchema
 from service.models.deepfm import ITEM_FIELDS, USER_FIELDS, catalog_schema
+from service.models.catalog import CatalogConfig
 from service.models.layers import OOVEmbedding, TaskTowers
 
 
 @dataclass(frozen=True)
-class AutoIntConfig:
+class AutoIntConfig(CatalogConfig):
     """Every size of the AutoInt ranker (feature names and vocabularies shared with the DCN catalogue)."""
 
-    user_vocab: int = 10_000
-    item_vocab: int = 30_000
-    author_vocab: int = 5_000
-    category_vocab: int = 500
-    age_vocab: int = 8
-    gender_vocab: int = 3
-    city_vocab: int = 200
-    device_vocab: int = 20
-    os_vocab: int = 5
     embedding_dim: int = 16  # token width d
     user_dense_dim: int = 32
-    item_dense_dim: int = 16
-    cross_dense_dim: int = 8
     num_layers: int = 2
     num_heads: int = 2
     head_dim: int = 16
     tower_dims: tuple[int, ...] = (64,)
-    tasks: tuple[str, ...] = ("click", "like")
-    task_weights: tuple[float, ...] = (1.0, 0.5)
 
     def __post_init__(self) -> None:
-        if len(self.tasks) != len(self.task_weights) or not self.tasks:
-            raise ValueError(f"tasks {self.tasks} and task_weights {self.task_weights} must be non-empty, same length")
+        super().__post_init__()
         if min(self.embedding_dim, self.num_layers, self.num_heads, self.head_dim) < 1:
             raise ValueError("embedding_dim, num_layers, num_heads and head_dim must be >= 1")
 

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from service.features.schema import FeatureSchema, FeatureSpec, Kind
-from service.models.dcn import FEATURE_CATALOG
+from service.models.catalog import FEATURE_CATALOG
+from service.models.catalog import CatalogConfig
 from service.models.layers import MLP, OOVEmbedding
 
 USER_FIELDS: tuple[str, ...] = ("user_id", "user_age_bucket", "user_gender", "user_city", "user_device", "user_os")
@@ -42,29 +43,15 @@ def catalog_schema(config: object, order: tuple[str, ...] = USER_FIRST_ORDER) ->
 
 
 @dataclass(frozen=True)
-class DeepFMConfig:
+class DeepFMConfig(CatalogConfig):
     """Every size of the DeepFM ranker (feature names and vocabularies shared with the DCN catalogue)."""
 
-    user_vocab: int = 10_000
-    item_vocab: int = 30_000
-    author_vocab: int = 5_000
-    category_vocab: int = 500
-    age_vocab: int = 8
-    gender_vocab: int = 3
-    city_vocab: int = 200
-    device_vocab: int = 20
-    os_vocab: int = 5
     embedding_dim: int = 16  # one width for every field: FM needs it
     user_dense_dim: int = 32
-    item_dense_dim: int = 16
-    cross_dense_dim: int = 8
     deep_dims: tuple[int, ...] = (256, 128)
-    tasks: tuple[str, ...] = ("click", "like")
-    task_weights: tuple[float, ...] = (1.0, 0.5)
 
     def __post_init__(self) -> None:
-        if len(self.tasks) != len(self.task_weights) or not self.tasks:
-            raise ValueError(f"tasks {self.tasks} and task_weights {self.task_weights} must be non-empty, same length")
+        super().__post_init__()
         if self.embedding_dim < 1 or not self.deep_dims or min(self.deep_dims) < 1:
             raise ValueError("embedding_dim must be >= 1 and deep_dims non-empty with positive widths")
 

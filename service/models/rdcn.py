@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from service.features.schema import FeatureSchema, Kind
 from service.models.dcn import DCNConfig
 from service.models.deepfm import USER_FIRST_ORDER, catalog_schema
+from service.models.catalog import CatalogConfig
 from service.models.layers import MLP, OOVEmbedding, TaskTowers
 
 
@@ -33,30 +34,14 @@ class DCNv2Config(DCNConfig):
 
 
 @dataclass(frozen=True)
-class RDCNConfig:
+class RDCNConfig(CatalogConfig):
     """Every size of the rDCN ranker; sizes and defaults match DCNv2Config so the two compare like for like."""
 
-    user_vocab: int = 10_000
-    item_vocab: int = 30_000
-    author_vocab: int = 5_000
-    category_vocab: int = 500
-    age_vocab: int = 8
-    gender_vocab: int = 3
-    city_vocab: int = 200
-    device_vocab: int = 20
-    os_vocab: int = 5
-    embedding_dim: int = 32
-    user_dense_dim: int = 96
-    item_dense_dim: int = 16
-    cross_dense_dim: int = 8
     num_cross_layers: int = 3
     deep_dims: tuple[int, ...] = (512, 256)
-    tasks: tuple[str, ...] = ("click", "like")
-    task_weights: tuple[float, ...] = (1.0, 0.5)
 
     def __post_init__(self) -> None:
-        if len(self.tasks) != len(self.task_weights) or not self.tasks:
-            raise ValueError(f"tasks {self.tasks} and task_weights {self.task_weights} must be non-empty, same length")
+        super().__post_init__()
         if self.num_cross_layers < 1 or not self.deep_dims:
             raise ValueError("num_cross_layers must be >= 1 and deep_dims non-empty")
 
