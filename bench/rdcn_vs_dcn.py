@@ -4,24 +4,19 @@ Both architectures are trained by `service.training.train.train_model` with the 
 optimiser settings on the same planted-signal data (same feature names, same sizes), then analysed by the
 engine: `analyze(model, (example,), user_inputs, n).flops(variant)` for VanI, UOI and MaRI.
 
-    .venv/bin/python -m bench.rdcn_vs_dcn --seeds 0 1 --steps 500 --n 1000 --json rdcn_vs_dcn.json
-
-`--what-if-user-bn-affine` adds one extra, clearly labelled row: rDCN with its eval-mode user BatchNorm
-replaced by the identical per-feature affine x * scale + shift (same scores), to show the FLOPs once the
-engine runs an eval BatchNorm on user-only data at batch 1 (it does not at the time of writing).
+    .venv/bin/python -m bench.rdcn_vs_dcn --seeds 0 1 2 --steps 500 --n 1000 --json rdcn_vs_dcn.json
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from service.engine import Variant, analyze
 from service.models.registry import get_architecture
@@ -29,19 +24,6 @@ from service.training.train import train_model
 
 ARCHITECTURES = ("dcnv2", "rdcn")
 ANALYSIS_BUILD_N = 8  # candidates in the example request the engine captures with
-
-
-class EvalBatchNormAffine(nn.Module):
-    """Eval-mode BatchNorm1d written as its per-feature affine map (identical scores; for the what-if row)."""
-
-    def __init__(self, norm: nn.BatchNorm1d) -> None:
-        super().__init__()
-        scale = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
-        self.register_buffer("scale", scale)
-        self.register_buffer("shift", norm.bias.detach() - norm.running_mean * scale)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * self.scale + self.shift
 
 
 def flops_per_variant(model: nn.Module, architecture: str, config: object, n: int) -> dict:
@@ -62,7 +44,7 @@ def flops_per_variant(model: nn.Module, architecture: str, config: object, n: in
     }
 
 
-def run(seeds: list[int], steps: int, n: int, what_if: bool) -> dict:
+def run(seeds: list[int], steps: int, n: int) -> dict:
     results: dict = {"n": n, "steps": steps, "seeds": seeds, "runs": {}, "flops": {}}
     for architecture in ARCHITECTURES:
         runs = []
@@ -77,11 +59,6 @@ def run(seeds: list[int], steps: int, n: int, what_if: bool) -> dict:
                                  architecture: sum(p.numel() for p in result.model.parameters())}
         # FLOPs do not depend on the weights: analyse the last trained model.
         results["flops"][architecture] = flops_per_variant(result.model, architecture, result.config, n)
-        if what_if and architecture == "rdcn":
-            variant_model = copy.deepcopy(result.model).eval()
-            variant_model.user_norm = EvalBatchNormAffine(variant_model.user_norm)
-            results["flops"]["rdcn (what-if: user BatchNorm as affine)"] = flops_per_variant(
-                variant_model, architecture, result.config, n)
     return results
 
 
@@ -105,12 +82,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--what-if-user-bn-affine", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    results = run(args.seeds, args.steps, args.n, args.what_if_user_bn_affine)
+    results = run(args.seeds, args.steps, args.n)
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
     print_report(results)
     if args.json:
