@@ -1,3 +1,5 @@
+"""Shared by every test folder."""
+
 from collections.abc import Iterator
 
 import pytest
