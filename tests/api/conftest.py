@@ -14,22 +14,12 @@ from service.api.app import create_app
 from service.api.config import Settings
 from service.api.example_request import example_request
 from service.features.schema import FeatureSchema
-from service.store.artifact import load_artifact, save_artifact
-from service.training.train import TrainSettings, train_model
+from service.store.artifact import load_artifact
+from tests.small_artifacts import save_small_mmoe
 
 MODEL_NAME = "default"
 ADMIN_TOKEN = "test-admin-token-0123456789"
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-# Every size small: the suite trains and serves it in seconds, yet keeps the default model's structure
-# (user tower, behaviour sequence + target attention, MMoE over a user/candidate concat).
-SMALL_MMOE = {
-    "user_vocab": 100, "item_vocab": 300, "author_vocab": 50, "category_vocab": 20,
-    "profile_fields": (("user_gender", 3), ("user_city", 20)),
-    "user_id_dim": 8, "profile_dim": 4, "user_dense_dim": 6, "user_mlp_dims": (16, 8), "seq_len": 8,
-    "item_dim": 8, "author_dim": 4, "category_dim": 4, "item_dense_dim": 5, "cross_dense_dim": 3,
-    "attention_dim": 8, "num_experts": 2, "expert_dims": (32, 16), "tower_dims": (8,),
-}
-TRAIN = TrainSettings(steps=3, batch_size=64, holdout_rows=512, eval_batch_size=512)
 
 
 def make_settings(store: Path, **overrides: Any) -> Settings:
@@ -47,8 +37,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """model_store with default/v1 and default/v2 (different seeds: different scores)."""
     root = tmp_path_factory.mktemp("model_store")
     for version, seed in (("v1", 1), ("v2", 2)):
-        trained = train_model("mmoe", seed=seed, config_overrides=SMALL_MMOE, settings=TRAIN)
-        save_artifact(root, MODEL_NAME, version, "mmoe", trained.config, trained.model, trained.metrics)
+        save_small_mmoe(root, MODEL_NAME, version, seed)
     return root
 
 

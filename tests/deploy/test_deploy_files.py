@@ -363,15 +363,10 @@ def _map_paths(value: str, image_to_host: dict[str, str]) -> str:
 
 
 def _train_small_model(store: Path, name: str) -> None:
-    """A small default-structured MMoE, trained for two steps: seconds, not the image's minute."""
-    from service.models.registry import SMALL_OVERRIDES
-    from service.store.artifact import save_artifact
-    from service.training.train import TrainSettings, train_model
+    """A small default-structured MMoE: seconds to train, not the image's minute."""
+    from tests.small_artifacts import save_small_mmoe
 
-    # train_model, not train_and_save: its TrainSettings shrink the 16k-row holdout evaluation.
-    result = train_model("mmoe", seed=0, steps=2, config_overrides=SMALL_OVERRIDES["mmoe"],
-                         settings=TrainSettings(batch_size=64, holdout_rows=512, eval_batch_size=512))
-    save_artifact(store, name, "v1", "mmoe", result.config, result.model, result.metrics)
+    save_small_mmoe(store, name)
 
 
 def _wait_for(url: str, process: subprocess.Popen, log_path: Path, deadline: float) -> int:

@@ -10,27 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from service.store.artifact import save_artifact
-from service.training.train import TrainSettings, train_model
+from tests.small_artifacts import save_small_mmoe
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT_S = 150
-# Every size small: trains in seconds, yet the default ranker's structure (user tower, sequence attention, MMoE).
-SMALL_MMOE = {
-    "user_vocab": 100, "item_vocab": 300, "author_vocab": 50, "category_vocab": 20,
-    "profile_fields": (("user_gender", 3), ("user_city", 20)),
-    "user_id_dim": 8, "profile_dim": 4, "user_dense_dim": 6, "user_mlp_dims": (16, 8), "seq_len": 8,
-    "item_dim": 8, "author_dim": 4, "category_dim": 4, "item_dense_dim": 5, "cross_dense_dim": 3,
-    "attention_dim": 8, "num_experts": 2, "expert_dims": (32, 16), "tower_dims": (8,),
-}
-TRAIN = TrainSettings(steps=3, batch_size=64, holdout_rows=512, eval_batch_size=512)
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = tmp_path_factory.mktemp("model_store")
-    trained = train_model("mmoe", seed=0, config_overrides=SMALL_MMOE, settings=TRAIN)
-    save_artifact(store, "small", "v1", "mmoe", trained.config, trained.model, trained.metrics)
+    save_small_mmoe(store, "small")
     return store / "small"
 
 
