@@ -15,8 +15,8 @@ from service.training.train import TrainSettings, train_model
 from tests.models.conftest import TileUserFeatures, small_model, tiled_batch
 
 INTERACTION_ARCHITECTURES = ["deepfm", "dcnv2", "autoint", "rdcn"]
-SCORE_TOLERANCE = 1e-5  # fp32, post-sigmoid (DESIGN section 3)
-ENGINE_N = (1, 7, 300)
+SCORE_TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}  # post-sigmoid (DESIGN section 3)
+ENGINE_N = (1, 7, 1000)
 BUILD_N = 7
 # A few hundred Adam steps on small models: enough to learn the planted signal, a few seconds per model.
 QUICK_TRAINING = TrainSettings(steps=120, batch_size=256, learning_rate=5e-3, holdout_rows=4096)
@@ -41,12 +41,16 @@ def _randomize(model: nn.Module, seed: int) -> nn.Module:
     return model
 
 
+def _as(features: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in features.items()}
+
+
 @functools.cache
-def _variants(name: str) -> tuple[nn.Module, object, dict[Variant, Reparameterized]]:
-    """One small model with random weights per architecture, and every variant the engine derives from it."""
+def _variants(name: str, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, object, dict[Variant, Reparameterized]]:
+    """One small model with random weights per architecture and dtype, and every variant the engine derives."""
     _, _, model, schema = small_model(name, seed=3)
-    model = _randomize(model, seed=4).eval()
-    example = schema.example_batch(BUILD_N, torch.Generator().manual_seed(5))
+    model = _randomize(model, seed=4).eval().to(dtype)
+    example = _as(schema.example_batch(BUILD_N, torch.Generator().manual_seed(5)), dtype)
     users = [spec.name for spec in schema.user_features]
     return model, schema, reparameterize_all(model, (example,), users)
 
@@ -102,13 +106,16 @@ def test_short_training_beats_chance_on_every_task(interaction_arch: str) -> Non
         assert auc > 0.55, f"{interaction_arch} {task}: holdout AUC {auc}"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("variant", list(Variant), ids=lambda v: v.value)
-def test_every_engine_variant_matches_the_eager_model_on_tiled_users(interaction_arch: str, variant: Variant) -> None:
-    model, schema, variants = _variants(interaction_arch)
+def test_every_engine_variant_matches_the_eager_model_on_tiled_users(
+    interaction_arch: str, variant: Variant, dtype: torch.dtype
+) -> None:
+    model, schema, variants = _variants(interaction_arch, dtype)
     built = variants[variant]
     assert built.report.fallback_reason is None, built.report.fallback_reason
     for n in ENGINE_N:
-        features = schema.example_batch(n, torch.Generator().manual_seed(100 + n))
+        features = _as(schema.example_batch(n, torch.Generator().manual_seed(100 + n)), dtype)
         with torch.no_grad():
             reference = model(schema.tile_user_features(features, n))
         with torch.inference_mode():
@@ -117,7 +124,7 @@ def test_every_engine_variant_matches_the_eager_model_on_tiled_users(interaction
         for task, want in reference.items():
             assert scores[task].shape == (n,)
             worst = (scores[task] - want).abs().max().item()
-            assert worst <= SCORE_TOLERANCE, f"{variant.value} N={n} {task}: max |diff| {worst:.2e}"
+            assert worst <= SCORE_TOLERANCE[dtype], f"{variant.value} N={n} {task}: max |diff| {worst:.2e}"
 
 
 def test_mari_splits_the_rdcn_candidate_cross_layers_and_head() -> None:
@@ -128,3 +135,17 @@ def test_mari_splits_the_rdcn_candidate_cross_layers_and_head() -> None:
     num_tasks = len(model.config.tasks)
     # one Linear per candidate cross layer, the deep MLP's first Linear, one head per task
     assert len(rewritten) == num_layers + 1 + num_tasks
+
+
+def test_token_sets_are_decomposed_in_deepfm_and_autoint() -> None:
+    """FM sums and the first attention layer's user-token projections are found in the graph, not declared."""
+    for name, pushed in (("deepfm", "sum"), ("autoint", "linear")):
+        report = _variants(name)[2][Variant.MARI].report
+        assert report.token_concats, f"{name}: no user/candidate token set found"
+        assert any(pushed in t.pushed_through for t in report.token_concats), f"{name}: {report.token_concats}"
+
+
+def test_rdcn_user_block_runs_once_per_request_under_uoi() -> None:
+    """The user cross layers (behind an eval BatchNorm on user-only data) must not be tiled."""
+    _, _, variants = _variants("rdcn")
+    assert variants[Variant.UOI].flops(1000) < 0.8 * variants[Variant.VANI].flops(1000)
