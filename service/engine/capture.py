@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from service.engine.graph_tools import shape_exprs
-from service.engine.variants import EngineError
+from service.engine.variants import CaptureError, EngineError
 
 TRACE_BATCH = 4  # candidate batch used while capturing; export treats sizes 0 and 1 as constants
 MAX_BATCH = 1 << 20
@@ -174,4 +174,4 @@ def _batch_symbol(graph_module: fx.GraphModule, layout: InputLayout) -> sympy.Sy
             dim0 = shape_exprs(node.meta["val"])[0]
             if isinstance(dim0, sympy.Symbol):
                 return dim0
-    raise EngineError("capture did not keep the candidate batch dynamic (the model specializes on N)")
+    raise CaptureError("capture did not keep the candidate batch dynamic (the model specializes on N)")

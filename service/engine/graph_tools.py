@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import sympy
@@ -13,7 +13,6 @@ from torch._guards import detect_fake_mode
 aten = torch.ops.aten
 
 LINEAR_TARGETS = (aten.linear.default,)
-MATMUL_TARGETS = (aten.matmul.default, aten.mm.default, aten.bmm.default)
 CAT_TARGETS = (aten.cat.default,)
 BATCH_NORM_TARGETS = (aten._native_batch_norm_legit_no_training.default, aten.batch_norm.default)
 IDENTITY_TARGETS = (aten.clone.default, aten.alias.default, aten.detach.default, aten.contiguous.default)
@@ -97,10 +96,6 @@ def substitute_batch(expr: sympy.Expr | int, batch: sympy.Symbol, size: int) -> 
         return expr
     value = expr.subs(batch, size)
     return int(value) if value.is_Integer else None
-
-
-def input_nodes(node: fx.Node) -> Iterator[fx.Node]:
-    yield from node.all_input_nodes
 
 
 def normalize_dim(dim: int, rank: int) -> int:

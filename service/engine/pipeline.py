@@ -21,7 +21,7 @@ from service.engine.report import EngineReport
 from service.engine.sink_tiles import sink_tiles
 from service.engine.split_matmuls import SplitOptions, split_concat_matmuls
 from service.engine.split_token_concats import split_token_concats
-from service.engine.variants import EngineError, Variant
+from service.engine.variants import CaptureError, EngineError, Variant
 
 # Build-time check against VanI on the example inputs: catches a wrong rewrite (errors of order 1),
 # far looser than the serving bound, which tests prove separately (DESIGN section 3).
@@ -155,10 +155,10 @@ def reparameterize_all(
     try:
         captured = capture(model, layout, layout.tensor_leaves(args, kwargs))
         vani_graph, vani_report = build_variant(captured, Variant.VANI)
-    except EngineError as exc:
-        if "specializes" not in str(exc) and "capture" not in str(exc):
-            raise
+    except CaptureError as exc:
         return {v: _eager(model, layout, v, f"capture failed ({_first_line(exc)})") for v in variants}
+    except EngineError:
+        raise  # the call was wrong (names, batch sizes): the caller must fix it
     except Exception as exc:  # capture limits are model properties: serve eagerly as VanI
         return {v: _eager(model, layout, v, f"capture failed ({_first_line(exc)})") for v in variants}
     vani_module = GraphRunner(vani_graph, layout, captured.out_spec)

@@ -13,3 +13,7 @@ class Variant(str, Enum):
 
 class EngineError(ValueError):
     """The engine was called wrongly (e.g. a user-input name that matches no input)."""
+
+
+class CaptureError(EngineError):
+    """The model itself cannot be captured as a batch-polymorphic graph (e.g. it specializes on N)."""
