@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client.parser import text_string_to_metric_families
+from loadtest.report import Samples, parse_metrics
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def parse_metrics(text: str) -> Samples:
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return samples
+__all__ = ["Samples", "parse_metrics", "total", "value"]
 
 
 def value(samples: Samples, metric: str, **labels: str) -> float:
