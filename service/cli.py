@@ -79,6 +79,42 @@ def cmd_bench(args: argparse.Namespace) -> None:
         print(format_rows(rows))
 
 
+def cmd_package(args: argparse.Namespace) -> None:
+    from service.engine.analysis import Analysis, format_analysis
+    from service.store.manifest import ArtifactError
+    from service.store.package import PackageError, package
+    from service.store.user_code import UserCodeError, call_build_function
+
+    try:
+        model, example, schema, options = call_build_function(args.build)
+    except UserCodeError as exc:
+        sys.exit(f"ranker package: {exc}")
+    if args.tasks:
+        options["tasks"] = [task.strip() for task in args.tasks.split(",") if task.strip()]
+    if args.logits:
+        options["scores"] = "logit"
+    if "tasks" not in options:
+        sys.exit("ranker package: name the tasks with --tasks click,like (or return them from the build function)")
+    try:
+        loaded = package(model, example, schema, store=args.store, name=args.name, version=args.version, **options)
+    except (PackageError, ArtifactError, TypeError) as exc:
+        sys.exit(f"ranker package: {exc}")
+    print(f"wrote {loaded.path}")
+    print(format_analysis(Analysis(args.n, _build_all(loaded))))
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from service.store.artifact import resolve_version
+    from service.store.manifest import ArtifactError
+    from service.training.convert import convert_legacy
+
+    try:
+        path = convert_legacy(resolve_version(args.artifact))
+    except (ArtifactError, KeyError, ValueError) as exc:
+        sys.exit(f"ranker convert: {exc}")
+    print(f"converted {path} to the program format")
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from service.api.server import serve
 
@@ -121,6 +157,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, default=2)
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(func=cmd_bench)
+
+    pack = sub.add_parser("package", help="package your own trained ranker (file.py:function) into the store")
+    pack.add_argument("build", help="path/to/file.py:function; the function returns (model, example_features, "
+                                    "schema[, options]) or a dict of package() arguments")
+    pack.add_argument("--name", required=True)
+    pack.add_argument("--version", default=None, help="default: the next vN")
+    pack.add_argument("--store", default=DEFAULT_STORE)
+    pack.add_argument("--tasks", default=None, help="comma-separated task names, one per output column")
+    pack.add_argument("--logits", action="store_true", help="the model returns logits: serve sigmoid(logit)")
+    pack.add_argument("--n", type=int, default=1000, help="candidates for the FLOPs report printed at the end")
+    pack.set_defaults(func=cmd_package)
+
+    convert = sub.add_parser("convert", help="convert a format-1 artifact (architecture name) to the program format")
+    convert.add_argument("artifact", help="model_store/<name>/<version> (or the model folder: latest version)")
+    convert.set_defaults(func=cmd_convert)
 
     serve = sub.add_parser("serve", help="start the ranking service (other settings: RANKER_* environment)")
     serve.add_argument("--host", default=None)

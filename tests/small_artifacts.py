@@ -3,8 +3,7 @@ structure (user tower, behaviour sequence + target attention, MMoE over a user/c
 
 from pathlib import Path
 
-from service.store.artifact import save_artifact
-from service.training.train import TrainSettings, train_model
+from service.training.train import TrainSettings, save_trained, train_model
 
 SMALL_MMOE = {
     "user_vocab": 100, "item_vocab": 300, "author_vocab": 50, "category_vocab": 20,
@@ -19,4 +18,4 @@ QUICK_TRAINING = TrainSettings(steps=3, batch_size=64, holdout_rows=512, eval_ba
 
 def save_small_mmoe(store: Path, name: str, version: str = "v1", seed: int = 0) -> Path:
     trained = train_model("mmoe", seed=seed, config_overrides=SMALL_MMOE, settings=QUICK_TRAINING)
-    return save_artifact(store, name, version, "mmoe", trained.config, trained.model, trained.metrics)
+    return save_trained(trained, "mmoe", store, name, version, seed)

@@ -1,16 +1,10 @@
-"""Artifact store: versioned, checksummed model folders (model.json + weights.safetensors)."""
+"""Artifact store: one format for every model (model.json + program.json + weights.safetensors), never pickle."""
 
-from service.store.artifact import (
-    ArtifactError,
-    LoadedArtifact,
-    ModelManifest,
-    load_artifact,
-    next_version,
-    resolve_version,
-    save_artifact,
-)
+from service.store.artifact import LoadedArtifact, load_artifact, next_version, resolve_version
+from service.store.manifest import ArtifactError, ModelManifest
+from service.store.package import PackageError, package
 
 __all__ = [
-    "ArtifactError", "LoadedArtifact", "ModelManifest", "load_artifact", "next_version", "resolve_version",
-    "save_artifact",
+    "ArtifactError", "LoadedArtifact", "ModelManifest", "PackageError", "load_artifact", "next_version", "package",
+    "resolve_version",
 ]

@@ -1,9 +1,9 @@
-"""Model artifacts: model_store/<name>/<version>/{model.json, weights.safetensors}; never pickle.
+"""Model artifacts: model_store/<name>/<version>/{model.json, program.json, weights.safetensors}; never pickle.
 
-Loading verifies, before a model is handed out: the manifest fields, the sha256 of the weights file, that the
-hyper-parameters rebuild the architecture, that the stored feature schema is the one the architecture
-expects, and that every weight tensor has the expected name and shape. Any failure is an ArtifactError
-naming the file or field and what was expected.
+One format for every model, built-in or packaged: the captured program (torch.export's JSON graph) and its
+tensors. Loading verifies the manifest, the sha256 of every file, the feature schema and the program
+before anything runs, and never imports model code: the service can serve a model whose Python source it
+has never seen. Any failure is an ArtifactError naming the file or field and what was expected.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ import json
 import os
 import re
 import shutil
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,60 +23,31 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from service.features.schema import FeatureSchema
-from service.models.registry import Architecture, config_to_dict, get_architecture, json_ready
+from service.store.manifest import (
+    ARTIFACT_FILES,
+    MANIFEST_FILE,
+    PROGRAM_FILE,
+    WEIGHTS_FILE,
+    ArtifactError,
+    ModelManifest,
+)
+from service.store.program import ProgramError, program_from_json, program_module
 
-FORMAT_VERSION = 1
-MANIFEST_FILE = "model.json"
-WEIGHTS_FILE = "weights.safetensors"
-_SAFE_COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SAFE_COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _HASH_CHUNK = 1 << 20
-
-
-class ArtifactError(ValueError):
-    """A stored model cannot be written or trusted; the message names the file/field and the expectation."""
-
-
-@dataclass(frozen=True)
-class ModelManifest:
-    """Contents of model.json."""
-
-    name: str
-    version: str
-    architecture: str
-    hyper_parameters: dict[str, Any]
-    feature_schema: dict[str, Any]
-    tasks: list[str]
-    task_weights: dict[str, float]
-    weights_sha256: str
-    metrics: dict[str, Any] = field(default_factory=dict)
-    created_at: str = ""
-    weights_file: str = WEIGHTS_FILE
-    format_version: int = FORMAT_VERSION
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Any, source: Path) -> ModelManifest:
-        if not isinstance(data, dict):
-            raise ArtifactError(f"{source}: expected a JSON object, got {type(data).__name__}")
-        required = {"name", "version", "architecture", "hyper_parameters", "feature_schema", "tasks",
-                    "task_weights", "weights_sha256", "weights_file", "format_version"}
-        missing = sorted(required - set(data))
-        if missing:
-            raise ArtifactError(f"{source}: missing fields {missing}")
-        if data["format_version"] != FORMAT_VERSION:
-            raise ArtifactError(f"{source}: format_version is {data['format_version']!r}, expected {FORMAT_VERSION}")
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{key: value for key, value in data.items() if key in known})
+EXAMPLE_BATCH = 4  # rows of the example call that tells torch the program's input structure
 
 
 @dataclass(frozen=True)
 class LoadedArtifact:
     manifest: ModelManifest
-    model: nn.Module  # eval mode
+    model: nn.Module  # features dict (every feature at batch N) -> {task: score [N]}; eval mode
     schema: FeatureSchema
     path: Path  # the version folder
+
+    @property
+    def user_features(self) -> list[str]:
+        return list(self.manifest.user_features)
 
 
 def _natural_key(name: str) -> list[tuple[int, Any]]:
@@ -85,9 +55,11 @@ def _natural_key(name: str) -> list[tuple[int, Any]]:
     return [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name) if part]
 
 
-def _check_component(kind: str, value: str) -> None:
-    if not _SAFE_COMPONENT.match(value):
+def check_component(kind: str, value: str) -> str:
+    """A model name or version is one short path component (no traversal out of the store)."""
+    if not isinstance(value, str) or not _SAFE_COMPONENT.match(value):
         raise ArtifactError(f"{kind} {value!r} must match {_SAFE_COMPONENT.pattern} (a single path component)")
+    return value
 
 
 def sha256_file(path: Path) -> str:
@@ -120,43 +92,31 @@ def next_version(store_root: Path | str, name: str) -> str:
     return f"v{max(numbers, default=0) + 1}"
 
 
-def save_artifact(
-    store_root: Path | str, name: str, version: str, architecture: str, config: Any, model: nn.Module,
-    metrics: dict[str, Any],
-) -> Path:
-    """Write model.json + weights.safetensors atomically to store_root/name/version; refuses to overwrite."""
-    _check_component("model name", name)
-    _check_component("version", version)
-    arch = get_architecture(architecture)
-    target = Path(store_root) / name / version
-    if target.exists():
-        raise ArtifactError(f"{target}: version already exists; artifacts are immutable")
-    staging = target.parent / f".staging-{version}-{os.getpid()}"
+def write_artifact(
+    folder: Path, manifest_fields: dict[str, Any], program_json: bytes, tensors: dict[str, torch.Tensor]
+) -> ModelManifest:
+    """Write the three files into an empty `folder`; the manifest gets the sha256 of the other two."""
+    (folder / PROGRAM_FILE).write_bytes(program_json)
+    save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    files = {name: sha256_file(folder / name) for name in ARTIFACT_FILES}
+    manifest = ModelManifest(**manifest_fields, files=files)
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+    return manifest
+
+
+def staging_folder(target: Path) -> Path:
+    """A fresh hidden folder beside `target`, renamed onto it once complete (atomic publish)."""
+    staging = target.parent / f".staging-{target.name}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    try:
-        state = {key: tensor.detach().cpu().contiguous() for key, tensor in model.state_dict().items()}
-        save_file(state, staging / WEIGHTS_FILE, metadata={"format": "pt"})
-        manifest = ModelManifest(
-            name=name, version=version, architecture=architecture,
-            hyper_parameters=config_to_dict(config), feature_schema=arch.schema(config).to_dict(),
-            tasks=arch.tasks(config), task_weights=arch.task_weights(config),
-            weights_sha256=sha256_file(staging / WEIGHTS_FILE), metrics=json_ready(metrics),
-            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        )
-        (staging / MANIFEST_FILE).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
-        os.rename(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
+    return staging
 
 
 def read_manifest(version_dir: Path) -> ModelManifest:
     manifest_path = version_dir / MANIFEST_FILE
     try:
         data = json.loads(manifest_path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ArtifactError(f"{manifest_path}: cannot read JSON ({error})") from error
     return ModelManifest.from_dict(data, manifest_path)
 
@@ -166,77 +126,61 @@ def load_artifact(path: Path | str) -> LoadedArtifact:
     version_dir = resolve_version(path)
     manifest = read_manifest(version_dir)
     manifest_path = version_dir / MANIFEST_FILE
-    weights_path = _verified_weights_path(version_dir, manifest)
+    for name in ARTIFACT_FILES:
+        _verify_checksum(version_dir / name, manifest.files[name])
+    schema = _verified_schema(manifest, manifest_path)
+    tensors = _read_tensors(version_dir / WEIGHTS_FILE)
+    example = schema.tile_user_features(schema.example_batch(EXAMPLE_BATCH, torch.Generator().manual_seed(0)),
+                                        EXAMPLE_BATCH)
     try:
-        arch = get_architecture(manifest.architecture)
-    except KeyError as error:
-        raise ArtifactError(f"{manifest_path}: field 'architecture': {error.args[0]}") from None
+        program = program_from_json((version_dir / PROGRAM_FILE).read_bytes(), tensors, ((example,), {}))
+        model = program_module(program)
+    except ProgramError as error:
+        raise ArtifactError(f"{version_dir / PROGRAM_FILE}: {error}") from error
+    _check_program_runs(model, example, manifest, version_dir / PROGRAM_FILE)
+    return LoadedArtifact(manifest=manifest, model=model, schema=schema, path=version_dir)
+
+
+def _check_program_runs(model: nn.Module, example: dict[str, torch.Tensor], manifest: ModelManifest,
+                        program_path: Path) -> None:
+    """The program takes the schema's features and returns one score per candidate for every task."""
     try:
-        config = arch.config_from_dict(manifest.hyper_parameters)
-    except (TypeError, ValueError) as error:
-        raise ArtifactError(f"{manifest_path}: field 'hyper_parameters': {error}") from error
-    schema = _verified_schema(manifest, arch, config, manifest_path)
-    if list(manifest.tasks) != arch.tasks(config):
-        raise ArtifactError(f"{manifest_path}: field 'tasks' is {manifest.tasks}, expected {arch.tasks(config)}")
-    model = arch.build(config)
-    _load_weights(model, weights_path)
-    return LoadedArtifact(manifest=manifest, model=model.eval(), schema=schema, path=version_dir)
+        with torch.no_grad():
+            scores = model(example)
+    except Exception as error:  # any failure here means the program and the schema disagree
+        text = str(error).strip().splitlines()
+        raise ArtifactError(f"{program_path}: the program does not run on the feature schema's inputs "
+                            f"({type(error).__name__}: {text[0] if text else ''})"[:600]) from error
+    if not isinstance(scores, dict) or list(scores) != list(manifest.tasks):
+        found = list(scores) if isinstance(scores, dict) else type(scores).__name__
+        raise ArtifactError(f"{program_path}: the program returns {found}, expected scores for tasks {manifest.tasks}")
+    shapes = {task: tuple(value.shape) for task, value in scores.items()}
+    if any(shape != (EXAMPLE_BATCH,) for shape in shapes.values()):
+        raise ArtifactError(f"{program_path}: score shapes {shapes}, expected ({EXAMPLE_BATCH},) per task")
 
 
-def _verified_weights_path(version_dir: Path, manifest: ModelManifest) -> Path:
-    if Path(manifest.weights_file).name != manifest.weights_file:
-        raise ArtifactError(f"{version_dir / MANIFEST_FILE}: field 'weights_file' must be a plain file name, "
-                            f"got {manifest.weights_file!r}")
-    weights_path = version_dir / manifest.weights_file
-    if not weights_path.is_file():
-        raise ArtifactError(f"{weights_path}: weights file is missing")
-    actual = sha256_file(weights_path)
-    if actual != manifest.weights_sha256:
-        raise ArtifactError(
-            f"{weights_path}: sha256 is {actual}, expected {manifest.weights_sha256} (field 'weights_sha256')"
-        )
-    return weights_path
+def _verify_checksum(path: Path, expected: str) -> None:
+    if not path.is_file():
+        raise ArtifactError(f"{path}: file is missing")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ArtifactError(f"{path}: sha256 is {actual}, expected {expected} (field 'files' of {MANIFEST_FILE})")
 
 
-def _verified_schema(manifest: ModelManifest, arch: Architecture, config: Any, manifest_path: Path) -> FeatureSchema:
+def _verified_schema(manifest: ModelManifest, manifest_path: Path) -> FeatureSchema:
     try:
-        stored = FeatureSchema.from_dict(manifest.feature_schema)
+        schema = FeatureSchema.from_dict(manifest.feature_schema)
     except (TypeError, ValueError) as error:
         raise ArtifactError(f"{manifest_path}: field 'feature_schema' is invalid: {error}") from error
-    expected = arch.schema(config)
-    if stored == expected:
-        return stored
-    stored_by_name = {spec.name: spec for spec in stored.features}
-    for index, spec in enumerate(expected.features):
-        found = stored_by_name.get(spec.name)
-        if found != spec:
-            raise ArtifactError(
-                f"{manifest_path}: field 'feature_schema': feature {spec.name!r} is "
-                f"{found.to_dict() if found else 'missing'}, expected {spec.to_dict()} "
-                f"(architecture {arch.name!r} with the stored hyper_parameters)"
-            )
-    extra = sorted(set(stored.names) - set(expected.names))
-    raise ArtifactError(
-        f"{manifest_path}: field 'feature_schema': features {list(stored.names)} (unexpected {extra}), "
-        f"expected exactly {list(expected.names)} in that order"
-    )
+    expected = [spec.name for spec in schema.user_features]
+    if list(manifest.user_features) != expected:
+        raise ArtifactError(f"{manifest_path}: field 'user_features' is {manifest.user_features}, expected the "
+                            f"schema's user-side features {expected}")
+    return schema
 
 
-def _load_weights(model: nn.Module, weights_path: Path) -> None:
+def _read_tensors(weights_path: Path) -> dict[str, torch.Tensor]:
     try:
-        state = load_file(weights_path)
-    except (SafetensorError, OSError) as error:
+        return load_file(weights_path)
+    except (SafetensorError, OSError, ValueError) as error:
         raise ArtifactError(f"{weights_path}: not a readable safetensors file ({error})") from error
-    expected = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
-    found = {key: tuple(tensor.shape) for key, tensor in state.items()}
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    wrong_shape = [f"{key}: {found[key]} (expected {expected[key]})"
-                   for key in sorted(set(expected) & set(found)) if expected[key] != found[key]]
-    if missing or unexpected or wrong_shape:
-        raise ArtifactError(
-            f"{weights_path}: tensors do not match the architecture: missing {missing}, "
-            f"unexpected {unexpected}, wrong shapes {wrong_shape}"
-        )
-    with torch.no_grad():
-        model.load_state_dict(state, strict=True)

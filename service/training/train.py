@@ -11,10 +11,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from service.models.registry import get_architecture
-from service.store.artifact import next_version, save_artifact
+from service.models.registry import config_to_dict, get_architecture
+from service.store.artifact import next_version
+from service.store.package import builtin_source, package
 from service.training.auc import roc_auc
 from service.training.synthetic import LabeledBatch, make_dataset
+
+
+EXAMPLE_CANDIDATES = 8  # rows of the packaging example; any N >= 2 captures the same program
 
 
 @dataclass(frozen=True)
@@ -127,5 +131,18 @@ def train_and_save(
     """Train and write model_store/<name>/<version>/ (version None: the next "vN"); returns that folder."""
     store_root = Path(store_root)
     result = train_model(architecture, seed=seed, steps=steps, config_overrides=config_overrides)
-    version = version or next_version(store_root, name)
-    return save_artifact(store_root, name, version, architecture, result.config, result.model, result.metrics)
+    return save_trained(result, architecture, store_root, name, version or next_version(store_root, name), seed)
+
+
+def save_trained(result: TrainResult, architecture: str, store_root: Path | str, name: str, version: str,
+                 seed: int = 0) -> Path:
+    """Package a trained built-in ranker like any user's model: the same store format, one loading path."""
+    arch = get_architecture(architecture)
+    schema = arch.schema(result.config)
+    example = schema.example_batch(EXAMPLE_CANDIDATES, torch.Generator().manual_seed(seed))
+    loaded = package(
+        result.model, example, schema, tasks=arch.tasks(result.config), task_weights=arch.task_weights(result.config),
+        store=store_root, name=name, version=version, metrics=result.metrics,
+        source=builtin_source(architecture, config_to_dict(result.config)),
+    )
+    return loaded.path

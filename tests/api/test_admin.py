@@ -51,7 +51,9 @@ def test_reload_of_a_mismatching_artifact_is_refused(admin_client: TestClient, s
     if not mismatched.exists():
         shutil.copytree(store / MODEL_NAME / "v1", mismatched)
         manifest = json.loads((mismatched / "model.json").read_text())
-        manifest["hyper_parameters"]["expert_dims"] = [64, 16]  # weights no longer fit this architecture
+        for feature in manifest["feature_schema"]["features"]:  # the program no longer takes this schema
+            if feature["kind"] == "dense":
+                feature["dim"] += 1
         (mismatched / "model.json").write_text(json.dumps(manifest))
     for version in ("v1-mismatch", "no-such-version", "../v1"):
         response = admin_client.post("/admin/reload", json={"version": version}, headers=ADMIN_HEADERS)

@@ -1,15 +1,16 @@
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from service.models.registry import ARCHITECTURES, SMALL_OVERRIDES
-from service.store.artifact import (
-    MANIFEST_FILE, WEIGHTS_FILE, ArtifactError, load_artifact, next_version, resolve_version, save_artifact,
-    sha256_file,
-)
+from service.models.registry import ARCHITECTURES, SMALL_OVERRIDES, config_to_dict
+from service.store import ArtifactError, load_artifact, next_version, package, resolve_version
+from service.store.artifact import sha256_file
+from service.store.manifest import MANIFEST_FILE, PROGRAM_FILE, WEIGHTS_FILE
+from service.store.package import builtin_source
 
 METRICS = {"holdout_auc": {"click": 0.8}}
 
@@ -19,7 +20,26 @@ def _save(store: Path, architecture: str = "mmoe", version: str = "v1", seed: in
     config = arch.with_overrides(arch.default_config(), SMALL_OVERRIDES[architecture])
     torch.manual_seed(seed)
     model = arch.build(config).eval()
-    return save_artifact(store, "ranker", version, architecture, config, model, METRICS), model
+    schema = arch.schema(config)
+    loaded = package(
+        model, schema.example_batch(5, torch.Generator().manual_seed(seed)), schema, tasks=arch.tasks(config),
+        task_weights=arch.task_weights(config), store=store, name="ranker", version=version, metrics=METRICS,
+        source=builtin_source(architecture, config_to_dict(config)),
+    )
+    return loaded.path, model
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
+    return _save(tmp_path_factory.mktemp("store"))
+
+
+@pytest.fixture
+def version_dir(saved: tuple[Path, torch.nn.Module], tmp_path: Path) -> Path:
+    """A private copy of the saved artifact, free to corrupt."""
+    copy = tmp_path / "ranker" / "v1"
+    shutil.copytree(saved[0], copy)
+    return copy
 
 
 def _edit_manifest(version_dir: Path, edit) -> None:
@@ -30,114 +50,99 @@ def _edit_manifest(version_dir: Path, edit) -> None:
 
 
 @pytest.mark.parametrize("architecture", ["mmoe", "dcn"])
-def test_reloaded_artifact_scores_identically(tmp_path: Path, architecture: str) -> None:
+def test_reloaded_artifact_scores_like_the_eager_model_at_any_batch(tmp_path: Path, architecture: str) -> None:
     version_dir, model = _save(tmp_path, architecture)
     loaded = load_artifact(version_dir)
     assert not loaded.model.training
-    batch = loaded.schema.tile_user_features(loaded.schema.example_batch(9, torch.Generator().manual_seed(1)), 9)
-    with torch.no_grad():
-        before, after = model(batch), loaded.model(batch)
-    assert all(torch.equal(before[task], after[task]) for task in before)
+    for n in (1, 9, 300):
+        batch = loaded.schema.tile_user_features(loaded.schema.example_batch(n, torch.Generator().manual_seed(n)), n)
+        with torch.no_grad():
+            before, after = model(batch), loaded.model(batch)
+        assert set(after) == set(before)
+        assert all(torch.allclose(before[task], after[task], atol=1e-6, rtol=0) for task in before)
     assert loaded.manifest.architecture == architecture and loaded.manifest.metrics == METRICS
 
 
-def test_manifest_records_checksum_schema_tasks_and_weights(tmp_path: Path) -> None:
-    version_dir, _ = _save(tmp_path)
+def test_the_service_never_needs_model_code_to_load(saved: tuple[Path, torch.nn.Module]) -> None:
+    loaded = load_artifact(saved[0])
+    modules = {type(module).__module__ for module in loaded.model.modules()}
+    assert not any(name.startswith("service.models") for name in modules), modules
+
+
+def test_manifest_records_every_checksum_the_schema_tasks_and_provenance(version_dir: Path) -> None:
     manifest = json.loads((version_dir / MANIFEST_FILE).read_text())
-    assert manifest["format_version"] == 1 and manifest["weights_file"] == WEIGHTS_FILE
-    assert manifest["weights_sha256"] == sha256_file(version_dir / WEIGHTS_FILE)
+    assert manifest["format_version"] == 2
+    assert manifest["files"] == {name: sha256_file(version_dir / name) for name in (PROGRAM_FILE, WEIGHTS_FILE)}
     assert manifest["tasks"] == ["click", "long_view", "like"]
     assert set(manifest["task_weights"]) == set(manifest["tasks"])
     assert manifest["feature_schema"]["features"][0]["name"] == "user_id"
+    assert manifest["user_features"][0] == "user_id" and "item_id" not in manifest["user_features"]
+    assert manifest["source"]["kind"] == "builtin" and manifest["source"]["architecture"] == "mmoe"
     assert manifest["created_at"].endswith("+00:00")
-    assert sorted(p.name for p in version_dir.iterdir()) == [MANIFEST_FILE, WEIGHTS_FILE]
+    assert sorted(p.name for p in version_dir.iterdir()) == [MANIFEST_FILE, PROGRAM_FILE, WEIGHTS_FILE]
 
 
-def test_corrupted_weights_are_refused_by_checksum(tmp_path: Path) -> None:
-    version_dir, _ = _save(tmp_path)
-    weights = version_dir / WEIGHTS_FILE
-    data = bytearray(weights.read_bytes())
+@pytest.mark.parametrize("file_name", [WEIGHTS_FILE, PROGRAM_FILE])
+def test_corrupted_files_are_refused_by_checksum(version_dir: Path, file_name: str) -> None:
+    target = version_dir / file_name
+    data = bytearray(target.read_bytes())
     data[-5] ^= 0xFF
-    weights.write_bytes(bytes(data))
-    with pytest.raises(ArtifactError, match="sha256"):
+    target.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=f"{file_name}: sha256"):
         load_artifact(version_dir)
 
 
-def test_missing_weights_are_refused(tmp_path: Path) -> None:
-    version_dir, _ = _save(tmp_path)
-    (version_dir / WEIGHTS_FILE).unlink()
-    with pytest.raises(ArtifactError, match="weights file is missing"):
+def test_missing_files_are_refused(version_dir: Path) -> None:
+    (version_dir / PROGRAM_FILE).unlink()
+    with pytest.raises(ArtifactError, match="program.json: file is missing"):
         load_artifact(version_dir)
 
 
-def test_schema_in_manifest_that_differs_from_the_architecture_is_refused(tmp_path: Path) -> None:
-    version_dir, _ = _save(tmp_path)
+def test_user_features_that_disagree_with_the_schema_are_refused(version_dir: Path) -> None:
+    _edit_manifest(version_dir, lambda m: m["user_features"].append("item_id"))
+    with pytest.raises(ArtifactError, match="user_features"):
+        load_artifact(version_dir)
 
+
+def test_a_schema_that_no_longer_fits_the_program_is_refused(version_dir: Path) -> None:
     def widen_cross_dense(manifest: dict) -> None:
         for feature in manifest["feature_schema"]["features"]:
             if feature["name"] == "cross_dense":
                 feature["dim"] += 1
 
     _edit_manifest(version_dir, widen_cross_dense)
-    with pytest.raises(ArtifactError, match="feature_schema.*cross_dense"):
+    with pytest.raises(ArtifactError, match="program.json"):
         load_artifact(version_dir)
 
 
-def test_reordered_schema_is_refused(tmp_path: Path) -> None:
-    version_dir, _ = _save(tmp_path, "dcn")
-    _edit_manifest(version_dir, lambda m: m["feature_schema"]["features"].reverse())
-    with pytest.raises(ArtifactError, match="in that order"):
-        load_artifact(version_dir)
-
-
-def test_hyper_parameters_that_change_weight_shapes_are_refused(tmp_path: Path) -> None:
-    version_dir, _ = _save(tmp_path)
-    _edit_manifest(version_dir, lambda m: m["hyper_parameters"].update(expert_dims=[64, 16]))
-    with pytest.raises(ArtifactError, match="wrong shapes.*mmoe.experts.0.0.weight"):
-        load_artifact(version_dir)
-
-
-def test_hyper_parameters_that_change_the_schema_are_refused(tmp_path: Path) -> None:
-    version_dir, _ = _save(tmp_path)
-    _edit_manifest(version_dir, lambda m: m["hyper_parameters"].update(item_vocab=999))
-    with pytest.raises(ArtifactError, match="feature_schema.*'vocab_size': 999"):
-        load_artifact(version_dir)
-
-
-def test_unknown_hyper_parameters_and_architectures_are_refused(tmp_path: Path) -> None:
-    version_dir, _ = _save(tmp_path)
-    _edit_manifest(version_dir, lambda m: m["hyper_parameters"].update(dropout=0.1))
-    with pytest.raises(ArtifactError, match="hyper_parameters.*dropout"):
-        load_artifact(version_dir)
-    _edit_manifest(version_dir, lambda m: m.update(architecture="transformer"))
-    with pytest.raises(ArtifactError, match="architecture"):
-        load_artifact(version_dir)
-
-
-def test_weights_with_a_matching_checksum_but_wrong_tensors_are_refused(tmp_path: Path) -> None:
-    version_dir, _ = _save(tmp_path)
+def test_weights_with_a_matching_checksum_but_missing_tensors_are_refused(version_dir: Path) -> None:
     weights = version_dir / WEIGHTS_FILE
     state = load_file(weights)
-    state.pop("towers.towers.like.1.bias")
+    state.pop("state_dict/model.towers.towers.like.1.bias")
     save_file(state, weights)
-    _edit_manifest(version_dir, lambda m: m.update(weights_sha256=sha256_file(weights)))
-    with pytest.raises(ArtifactError, match="missing \\['towers.towers.like.1.bias'\\]"):
+    _edit_manifest(version_dir, lambda m: m["files"].update({WEIGHTS_FILE: sha256_file(weights)}))
+    with pytest.raises(ArtifactError, match="lacks tensors.*towers.like.1.bias"):
         load_artifact(version_dir)
 
 
-def test_unsupported_format_version_and_broken_json_are_refused(tmp_path: Path) -> None:
-    version_dir, _ = _save(tmp_path)
-    _edit_manifest(version_dir, lambda m: m.update(format_version=2))
-    with pytest.raises(ArtifactError, match="format_version"):
+def test_unsupported_format_version_and_broken_json_are_refused(version_dir: Path) -> None:
+    _edit_manifest(version_dir, lambda m: m.update(format_version=3))
+    with pytest.raises(ArtifactError, match="format_version is 3"):
+        load_artifact(version_dir)
+    _edit_manifest(version_dir, lambda m: m.update(format_version=1))
+    with pytest.raises(ArtifactError, match="ranker convert"):
         load_artifact(version_dir)
     (version_dir / MANIFEST_FILE).write_text("{not json")
     with pytest.raises(ArtifactError, match="cannot read JSON"):
         load_artifact(version_dir)
 
 
-def test_model_folder_resolves_to_the_latest_version_in_natural_order(tmp_path: Path) -> None:
+def test_model_folder_resolves_to_the_latest_version_in_natural_order(
+    saved: tuple[Path, torch.nn.Module], tmp_path: Path
+) -> None:
     for version in ("v2", "v10", "v9"):
-        _save(tmp_path, version=version)
+        shutil.copytree(saved[0], tmp_path / "ranker" / version)
+        _edit_manifest(tmp_path / "ranker" / version, lambda m, version=version: m.update(version=version))
     (tmp_path / "ranker" / "v11-incomplete").mkdir()  # no model.json: not a version
     assert resolve_version(tmp_path / "ranker").name == "v10"
     assert resolve_version(tmp_path / "ranker" / "v2").name == "v2"
@@ -146,15 +151,16 @@ def test_model_folder_resolves_to_the_latest_version_in_natural_order(tmp_path: 
     assert next_version(tmp_path, "new-model") == "v1"
 
 
-def test_existing_versions_are_never_overwritten(tmp_path: Path) -> None:
-    _save(tmp_path)
+def test_existing_versions_are_never_overwritten(saved: tuple[Path, torch.nn.Module]) -> None:
     with pytest.raises(ArtifactError, match="already exists"):
-        _save(tmp_path, seed=1)
+        _save(saved[0].parent.parent, seed=1)
 
 
 def test_unsafe_names_and_missing_folders_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="version"):
         _save(tmp_path, version="../escape")
+    with pytest.raises(ArtifactError, match="version"):
+        _save(tmp_path, version="v" * 300)
     with pytest.raises(ArtifactError, match="no such"):
         load_artifact(tmp_path / "absent")
     (tmp_path / "empty").mkdir()

@@ -1,0 +1,274 @@
+"""package(): turn any trained ranker (an nn.Module) into a servable artifact, without its source code.
+
+    from service.store import package
+    package(model, example_features, schema, tasks=["click", "like"], store="model_store", name="my_ranker")
+
+`model` is called as `model(features)`, where `features` is the service's request encoding: a dict of
+tensors keyed by the schema's feature names, every feature at batch N (user features tiled). The user
+wraps their own model in the few lines that turn that dict into its inputs (a flat column tensor, a
+KeyedJaggedTensor, several positional tensors). Its output (a tensor with one column per task, a tuple or
+a dict) is mapped to task names here, so every stored program returns {task: score [N]}.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from service.features.schema import FeatureSchema, Kind
+from service.store.artifact import (
+    LoadedArtifact,
+    check_component,
+    load_artifact,
+    next_version,
+    staging_folder,
+    write_artifact,
+)
+from service.store.manifest import BUILTIN, PACKAGED, ArtifactError
+from service.store.program import ProgramError, program_to_json
+
+TRACE_BATCH = 8  # candidate rows while exporting; torch.export fixes sizes 0 and 1, so never fewer than 2
+CHECK_BATCHES = (1, 3)  # the stored program is compared with the eager model at these N as well
+CHECK_TOLERANCE = 1e-5  # absolute, on scores; the program runs the same ops, so differences are ~0
+MAX_CANDIDATE_BATCH = 1 << 20
+TaskSpec = Sequence[str] | Mapping[str, str | int]
+ScoreKind = Literal["probability", "logit"]
+
+
+class PackageError(ValueError):
+    """The model, example or schema cannot be packaged; the message names the argument and the problem."""
+
+
+class TaskScores(nn.Module):
+    """The user's model with its output mapped to {task: score [N]} (sigmoid applied to logits)."""
+
+    def __init__(self, model: nn.Module, outputs: dict[str, str | int | None], scores: ScoreKind) -> None:
+        super().__init__()
+        self.model = model
+        self.outputs = outputs  # task -> dict key, tuple index or tensor column (None: the whole 1-D output)
+        self.apply_sigmoid = scores == "logit"
+
+    def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
+        output = self.model(features)
+        scores = {task: _select(output, where, task) for task, where in self.outputs.items()}
+        return {task: torch.sigmoid(score) if self.apply_sigmoid else score for task, score in scores.items()}
+
+
+def _select(output: Any, where: str | int | None, task: str) -> Tensor:
+    if isinstance(output, Tensor):
+        picked = output if where is None else output[:, where]
+    elif isinstance(output, Mapping):
+        picked = output[where]
+    else:
+        picked = output[where]  # tuple or list
+    if picked.dim() == 2 and picked.size(1) == 1:
+        picked = picked[:, 0]
+    if picked.dim() != 1:
+        raise PackageError(f"task {task!r}: output {where!r} has shape {tuple(picked.shape)}, expected [N] or [N, 1]")
+    return picked
+
+
+def output_mapping(output: Any, tasks: TaskSpec) -> tuple[dict[str, str | int | None], str]:
+    """Where each task's scores are in the model's output, and the output's structure, checked on a real call."""
+    if isinstance(tasks, Mapping):
+        mapping: dict[str, Any] = dict(tasks)
+    else:
+        mapping = {task: (task if isinstance(output, Mapping) else index) for index, task in enumerate(tasks)}
+    if not mapping or not all(isinstance(task, str) and task for task in mapping):
+        raise PackageError(f"tasks must name at least one task, got {tasks!r}")
+    if isinstance(output, Tensor):
+        structure = "tensor"
+        columns = 1 if output.dim() == 1 or (output.dim() == 2 and output.size(1) == 1) else None
+        if output.dim() == 1 or columns == 1:
+            if len(mapping) != 1:
+                raise PackageError(f"the model returns one score column (shape {tuple(output.shape)}) but "
+                                   f"tasks names {len(mapping)}: {list(mapping)}")
+            mapping = {task: None for task in mapping}
+        elif output.dim() == 2:
+            bad = {t: w for t, w in mapping.items() if not isinstance(w, int) or not 0 <= w < output.size(1)}
+            if bad or len(mapping) != output.size(1) and not isinstance(tasks, Mapping):
+                raise PackageError(f"the model returns {output.size(1)} score columns; tasks {list(mapping)} "
+                                   f"must name one per column (or map task -> column index)")
+        else:
+            raise PackageError(f"the model returns a tensor of shape {tuple(output.shape)}; expected [N] or [N, T]")
+    elif isinstance(output, Mapping):
+        structure = "dict"
+        unknown = {t: w for t, w in mapping.items() if w not in output}
+        if unknown:
+            raise PackageError(f"tasks {unknown} name keys the model's output does not have; keys: {list(output)}")
+    elif isinstance(output, (tuple, list)):
+        structure = "tuple"
+        bad = {t: w for t, w in mapping.items() if not isinstance(w, int) or not 0 <= w < len(output)}
+        if bad:
+            raise PackageError(f"tasks {bad} are not positions of the model's {len(output)}-element output")
+    else:
+        raise PackageError(f"the model returns a {type(output).__name__}; expected a tensor, tuple or dict")
+    return mapping, structure
+
+
+def check_example(schema: FeatureSchema, example: Mapping[str, Tensor]) -> int:
+    """The example call matches the schema: same names, dtypes, widths; returns its candidate batch."""
+    if not isinstance(example, Mapping):
+        raise PackageError(f"example_features must be a dict of tensors, got {type(example).__name__}")
+    missing, unknown = sorted(set(schema.names) - set(example)), sorted(set(example) - set(schema.names))
+    if missing or unknown:
+        raise PackageError(f"example_features: missing features {missing}, features not in the schema {unknown}")
+    batches = set()
+    for spec in schema.features:
+        value = example[spec.name]
+        if not isinstance(value, Tensor):
+            raise PackageError(f"example_features[{spec.name!r}] is a {type(value).__name__}, expected a tensor")
+        want_float = spec.kind is Kind.DENSE
+        if want_float != value.is_floating_point():
+            raise PackageError(f"example_features[{spec.name!r}] has dtype {value.dtype}, expected "
+                               f"{'a float dtype' if want_float else 'torch.int64'} for a {spec.kind.value} feature")
+        width = {Kind.DENSE: (spec.dim,), Kind.ID_SEQUENCE: (spec.max_len,), Kind.SPARSE_ID: ()}[spec.kind]
+        if value.dim() != 1 + len(width) or tuple(value.shape[1:]) != width:
+            raise PackageError(f"example_features[{spec.name!r}] has shape {tuple(value.shape)}, expected "
+                               f"[batch{', ' + str(width[0]) if width else ''}]")
+        if not spec.is_user:
+            batches.add(value.size(0))
+        elif value.size(0) != 1:
+            batches.add(value.size(0))  # user features may come tiled, then they share the candidate batch
+    if len(batches) != 1:
+        raise PackageError(f"example_features: candidate features must share one batch size, got {sorted(batches)}")
+    return batches.pop()
+
+
+def _rows(schema: FeatureSchema, example: Mapping[str, Tensor], n: int) -> dict[str, Tensor]:
+    """The example at candidate batch n, user features tiled (the VanI call), in schema order."""
+    out = {}
+    for spec in schema.features:
+        value = example[spec.name]
+        index = torch.arange(n) % value.size(0)
+        out[spec.name] = value[index].contiguous()
+    return out
+
+
+def export_program(head: TaskScores, features: dict[str, Tensor]) -> torch.export.ExportedProgram:
+    """torch.export with a dynamic candidate batch; functional ATen with linear/matmul/layer_norm whole."""
+    batch = torch.export.Dim("candidates", min=1, max=MAX_CANDIDATE_BATCH)
+    dynamic = ({name: {0: batch} for name in features},)
+    try:
+        program = torch.export.export(head, (features,), dynamic_shapes=dynamic, strict=False)
+        return program.run_decompositions({})
+    except PackageError:
+        raise
+    except Exception as error:  # export's failures are many kinds; all mean "this call cannot be captured"
+        text = str(error).strip().splitlines()
+        raise PackageError(f"torch.export could not capture the model with a dynamic candidate batch: "
+                           f"{type(error).__name__}: {text[0] if text else ''}"[:600]) from error
+
+
+def package(
+    model: nn.Module,
+    example_features: Mapping[str, Tensor],
+    schema: FeatureSchema,
+    *,
+    tasks: TaskSpec,
+    store: Path | str = "model_store",
+    name: str = "default",
+    version: str | None = None,
+    user_features: Sequence[str] | None = None,
+    task_weights: Mapping[str, float] | None = None,
+    scores: ScoreKind = "probability",
+    metrics: Mapping[str, Any] | None = None,
+    source: Mapping[str, Any] | None = None,
+) -> LoadedArtifact:
+    """Capture `model`, check the capture against the eager model, and write store/name/version.
+
+    `user_features` (default: the schema's user-side features) must be exactly the schema's user side.
+    `tasks` lists task names per output column / tuple position / dict key, or maps task -> key or index.
+    `scores`: "probability" if the model returns probabilities, "logit" to apply a sigmoid.
+    Returns the artifact as the service will load it.
+    """
+    if not isinstance(schema, FeatureSchema):
+        raise PackageError(f"schema must be a FeatureSchema, got {type(schema).__name__}")
+    schema_users = [spec.name for spec in schema.user_features]
+    if user_features is not None and sorted(user_features) != sorted(schema_users):
+        raise PackageError(f"user_features {sorted(user_features)} must be the schema's user-side features "
+                           f"{sorted(schema_users)}")
+    if scores not in ("probability", "logit"):
+        raise PackageError(f"scores must be 'probability' or 'logit', got {scores!r}")
+    check_example(schema, example_features)
+    check_component("model name", name)
+    version = check_component("version", version or next_version(store, name))
+    model.eval()
+    features = _rows(schema, example_features, TRACE_BATCH)
+    with torch.no_grad():
+        mapping, structure = output_mapping(model(features), tasks)
+    head = TaskScores(model, mapping, scores).eval()
+    weights = {task: float((task_weights or {}).get(task, 1.0)) for task in mapping}
+    unknown_weights = sorted(set(task_weights or {}) - set(mapping))
+    if unknown_weights:
+        raise PackageError(f"task_weights names tasks {unknown_weights} that are not in tasks {list(mapping)}")
+    program = export_program(head, features)
+    try:
+        program_json, tensors = program_to_json(program)
+    except ProgramError as error:
+        raise PackageError(f"the captured program cannot be stored: {error}") from error
+    manifest_fields = {
+        "name": name, "version": version, "feature_schema": schema.to_dict(), "user_features": schema_users,
+        "tasks": list(mapping), "task_weights": weights,
+        "source": dict(source) if source else {"kind": PACKAGED, "model_class": _class_path(model)},
+        "outputs": {"structure": structure, "mapping": mapping, "scores": scores},
+        "metrics": _json_ready(dict(metrics or {})),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch_version": torch.__version__,
+    }
+    return publish(Path(store) / name / version, manifest_fields, program_json, tensors,
+                   lambda loaded: _check_against_eager(loaded, head, schema, example_features))
+
+
+def publish(target: Path, manifest_fields: dict[str, Any], program_json: bytes, tensors: dict[str, Tensor],
+            check: Any = None) -> LoadedArtifact:
+    """Write to a staging folder, load it back as the service would, run `check`, then rename into place."""
+    if target.exists():
+        raise ArtifactError(f"{target}: version already exists; artifacts are immutable")
+    staging = staging_folder(target)
+    try:
+        write_artifact(staging, manifest_fields, program_json, tensors)
+        loaded = load_artifact(staging)
+        if check is not None:
+            check(loaded)
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return load_artifact(target)
+
+
+def _check_against_eager(loaded: LoadedArtifact, head: TaskScores, schema: FeatureSchema,
+                         example: Mapping[str, Tensor]) -> None:
+    for n in (TRACE_BATCH, *CHECK_BATCHES):
+        features = _rows(schema, example, n)
+        with torch.no_grad():
+            want, got = head(features), loaded.model(features)
+        difference = max((want[t].double() - got[t].double()).abs().max().item() for t in want)
+        if not difference <= CHECK_TOLERANCE:
+            raise PackageError(f"the stored program differs from the eager model by {difference:.3g} at N={n}")
+
+
+def _class_path(model: nn.Module) -> str:
+    return f"{type(model).__module__}.{type(model).__qualname__}"
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(key): _json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(item) for item in value]
+    if isinstance(value, Tensor):
+        return value.tolist()
+    return value
+
+
+def builtin_source(architecture: str, hyper_parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """Provenance of a model trained by `ranker train`."""
+    return {"kind": BUILTIN, "architecture": architecture, "hyper_parameters": _json_ready(hyper_parameters)}
