@@ -32,10 +32,20 @@ class BenchRow:
         return asdict(self)
 
 
-def _time_call(module: torch.nn.Module, inputs: dict) -> float:
-    start = time.perf_counter()
-    module(inputs)
-    return time.perf_counter() - start
+def interleaved_medians(
+    calls: dict[str, Callable[[], object]], repeats: int = 20, warmup: int = 3
+) -> dict[str, float]:
+    """Median seconds per call, the calls interleaved and rotated each round so none always runs first."""
+    order = list(calls)
+    samples: dict[str, list[float]] = {name: [] for name in order}
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            for name in order[i % len(order):] + order[: i % len(order)]:
+                start = time.perf_counter()
+                calls[name]()
+                if i >= warmup:
+                    samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def bench_variants(
@@ -49,15 +59,10 @@ def bench_variants(
     order = list(built)
     for n in ns:
         inputs = make_inputs(n)
-        samples: dict[Variant, list[float]] = {v: [] for v in order}
-        with torch.inference_mode():
-            for i in range(warmup + repeats):
-                rotation = order[i % len(order):] + order[: i % len(order)]  # no variant always runs first
-                for variant in rotation:
-                    elapsed = _time_call(built[variant].module, inputs)
-                    if i >= warmup:
-                        samples[variant].append(elapsed)
-        medians = {v: statistics.median(s) for v, s in samples.items()}
+        by_name = interleaved_medians(
+            {v.value: (lambda v=v: built[v].module(inputs)) for v in order}, repeats, warmup
+        )
+        medians = {v: by_name[v.value] for v in order}
         vani_time = medians.get(Variant.VANI)
         vani_flops = built[Variant.VANI].flops(n) if Variant.VANI in built else None
         for variant in order:
