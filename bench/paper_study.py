@@ -548,7 +548,8 @@ def _method_section(plan: StudyPlan) -> list[str]:
         f"| hidden | {b.hidden} | same | middle of the usual 256..1024 of ranking MLPs; the paper sweeps 64..2048 |",
         f"| user tower | {b.user_width}->{b.user_tower}->{b.user_width} | - | user-only work exists, so VanI and UOI "
         "differ, without swamping the first layer MaRI rewrites |",
-        f"| N | {plan.n} | {', '.join(map(str, plan.ns))} | DESIGN section 1 (100..5,000); above the paper's N >= 500 |",
+        f"| N | {plan.n} | {', '.join(map(str, plan.ns))} | docs/ARCHITECTURE.md section 1 (100..5,000); "
+        "above the paper's N >= 500 |",
         f"| chunk | - | {', '.join(map(str, plan.chunks))} | chunk 1 is left out: the engine's build time grows with "
         "the number of concat parts (about 1,200 parts, ~90 s to build, against ~3 s at chunk 50) |",
         "",

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the ranking service (DESIGN section 4), base unit seconds, prefix `ranker_`.
+"""Prometheus metrics of the ranking service (docs/ARCHITECTURE.md section 4), base unit seconds, prefix `ranker_`.
 
 Labels stay low-cardinality (variant, status, stage, model name/version); never a user or request id.
 With several uvicorn workers, prometheus_client's multiprocess mode is used: `PROMETHEUS_MULTIPROC_DIR`

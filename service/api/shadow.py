@@ -1,10 +1,10 @@
 """Shadow mode: re-score a sample of live requests on another variant, off the critical path, and compare.
 
 The primary response never waits: a sampled request is put on a bounded queue (dropped and counted when
-full) and one background thread scores it on the shadow variant. Scores are compared under DESIGN
-section 3: every candidate and task within `tolerance`, and the candidates' order the same except between
-candidates whose primary final scores differ by no more than the tolerance. Each mismatch is logged with
-the request id and the largest difference.
+full) and one background thread scores it on the shadow variant. Scores are compared under
+docs/ARCHITECTURE.md section 3: every candidate and task within `tolerance`, and the candidates' order the
+same except between candidates whose primary final scores differ by no more than the tolerance. Each
+mismatch is logged with the request id and the largest difference.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from service.engine import Variant
 from service.features.schema import FeatureSchema
 from tests.api.conftest import ADMIN_HEADERS, make_settings, rank_body
 
-TOLERANCE = 1e-5  # DESIGN section 3, fp32
+TOLERANCE = 1e-5  # docs/ARCHITECTURE.md section 3, fp32
 
 
 def test_rank_returns_scores_per_task_the_final_order_and_who_served_it(client: TestClient, schema) -> None:

@@ -1,4 +1,5 @@
-"""Shadow mode: comparisons under DESIGN section 3, mismatches counted and logged, drops when the queue is full."""
+"""Shadow mode: comparisons under docs/ARCHITECTURE.md section 3, mismatches counted and logged, drops when the
+queue is full."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """The feature-interaction rankers (DeepFM, DCNv2 with 3 cross layers, AutoInt, rDCN): shapes, export, float64,
-learning, and that every engine variant reproduces the eager model on tiled user inputs (DESIGN section 3)."""
+learning, and that every engine variant reproduces the eager model on tiled user inputs
+(docs/ARCHITECTURE.md section 3)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from service.training.train import TrainSettings, train_model
 from tests.models.conftest import TileUserFeatures, small_model, tiled_batch
 
 INTERACTION_ARCHITECTURES = ["deepfm", "dcnv2", "autoint", "rdcn"]
-SCORE_TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}  # post-sigmoid (DESIGN section 3)
+SCORE_TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}  # post-sigmoid (docs/ARCHITECTURE.md section 3)
 ENGINE_N = (1, 7, 1000)
 BUILD_N = 7
 # A few hundred Adam steps on small models: enough to learn the planted signal, a few seconds per model.
