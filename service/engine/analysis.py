@@ -21,6 +21,11 @@ class Analysis:
     def flops(self, variant: Variant) -> int | None:
         return self.variants[variant].flops(self.n)
 
+    def uncounted(self, variant: Variant) -> list[str]:
+        """Nodes whose FLOPs depend on data-dependent sizes (not in `flops`, which is then a lower bound)."""
+        count = self.variants[variant].flop_count(self.n)
+        return list(count.uncounted) if count is not None else []
+
     def to_dict(self) -> dict:
         vani = self.flops(Variant.VANI)
         mari = self.variants[Variant.MARI].report
@@ -30,6 +35,8 @@ class Analysis:
                 v.value: {
                     "flops": self.flops(v),
                     "ratio_vs_vani": (vani / self.flops(v)) if vani and self.flops(v) else None,
+                    "uncounted_nodes": len(self.uncounted(v)),
+                    "uncounted": self.uncounted(v),
                     "runs_as": r.report.variant.value,
                     "fallback_reason": r.report.fallback_reason,
                 }
@@ -61,6 +68,10 @@ class Analysis:
                 for t in mari.token_concats
             ],
             "merges": [{"node": m.node, "op": m.op, "user_inputs": m.user_inputs, "how": m.how} for m in mari.merges],
+            "folded_slices": [
+                {"node": f.node, "op": f.op, "concat": f.concat, "columns": f.columns, "parts": f.parts, "side": f.side}
+                for f in mari.folded_slices
+            ],
         }
 
 
@@ -83,6 +94,8 @@ def format_analysis(analysis: Analysis) -> str:
         text = f"{flops / 1e6:12.1f} MFLOP" if flops is not None else "  (not counted)"
         ratio = f"  {row['ratio_vs_vani']:.2f}x fewer than VanI" if row["ratio_vs_vani"] and name != "vani" else ""
         note = f"  [runs as {row['runs_as']}: {row['fallback_reason']}]" if row["fallback_reason"] else ""
+        if row.get("uncounted_nodes"):
+            note += f"  (at least: {row['uncounted_nodes']} node(s) with data-dependent sizes not counted)"
         lines.append(f"  {name:5s} {text}{ratio}{note}")
     for concat in data["concats"]:
         lines.append(f"concat {concat['node']}: user width {concat['user_width']}, candidate width {concat['candidate_width']}")
@@ -103,4 +116,6 @@ def format_analysis(analysis: Analysis) -> str:
             lines.append(f"  stopped at {stop['node']}: {stop['reason']}")
     for m in data["merges"]:
         lines.append(f"merge {m['node']} ({m['op']}) reads user {', '.join(m['user_inputs'])}: {m['how']}")
+    for f in data["folded_slices"]:
+        lines.append(f"folded {f['node']} ({f['op']} of {f['concat']}, {len(f['columns'])} column(s)): reads {', '.join(f['parts'])} [{f['side']}]")
     return "\n".join(lines)

@@ -16,7 +16,8 @@ from torch.utils import _pytree as pytree
 
 from service.engine.capture import CapturedModel, InputLayout, TiledCall, capture, describe_inputs
 from service.engine.colouring import colour_graph
-from service.engine.flops import graph_flops
+from service.engine.flops import FlopCount, count_flops, graph_flops
+from service.engine.fold_concat_slices import fold_concat_slices
 from service.engine.report import EngineReport
 from service.engine.sink_tiles import sink_tiles
 from service.engine.split_matmuls import SplitOptions, split_concat_matmuls
@@ -56,10 +57,17 @@ class Reparameterized:
     batch: sympy.Symbol | None = None
 
     def flops(self, n: int) -> int | None:
-        """FLOPs of one call with n candidates; None for the eager fallback (no graph to count)."""
+        """FLOPs of one call with n candidates; None for the eager fallback (no graph to count). A lower
+        bound when some node's size is data-dependent: `flop_count(n).uncounted` names those nodes."""
         if self.graph_module is None:
             return None
         return graph_flops(self.graph_module, self.batch, n)
+
+    def flop_count(self, n: int) -> FlopCount | None:
+        """flops(n) with the nodes it could not count (data-dependent sizes); None for the eager fallback."""
+        if self.graph_module is None:
+            return None
+        return count_flops(self.graph_module, self.batch, n)
 
 
 def _user_placeholders(gm: fx.GraphModule, layout: InputLayout) -> set[fx.Node]:
@@ -78,6 +86,8 @@ def build_variant(
         graph = copy.deepcopy(captured.graph_module.graph)
     root = fx.GraphModule(captured.graph_module, graph)
     users = _user_placeholders(root, layout)
+    if variant != Variant.VANI:  # VanI stays the captured graph
+        report.folded_slices = fold_concat_slices(root, users, captured.batch)
     if variant == Variant.MARI:
         report.token_concats = split_token_concats(root, users, captured.batch)
         report.concats = split_concat_matmuls(root, users, captured.batch, options)

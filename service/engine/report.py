@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from service.engine.fold_concat_slices import FoldRecord
 from service.engine.sink_tiles import MergeRecord
 from service.engine.split_matmuls import ConcatReport, ConsumerReport
 from service.engine.split_token_concats import TokenConcatReport
@@ -19,6 +20,7 @@ class EngineReport:
     concats: list[ConcatReport] = field(default_factory=list)
     merges: list[MergeRecord] = field(default_factory=list)
     token_concats: list[TokenConcatReport] = field(default_factory=list)
+    folded_slices: list[FoldRecord] = field(default_factory=list)  # concat reads folded onto the parts
 
     @property
     def rewritten(self) -> list[ConsumerReport]:
@@ -37,6 +39,7 @@ class EngineReport:
             "concats": [asdict(c) for c in self.concats],
             "merges": [asdict(m) for m in self.merges],
             "token_concats": [asdict(t) for t in self.token_concats],
+            "folded_slices": [asdict(f) for f in self.folded_slices],
         }
 
 
