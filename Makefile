@@ -13,6 +13,10 @@ $(STAMP): pyproject.toml
 	# torch first, pinned to the CPU build, so no later requirement pulls a CUDA wheel.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	# torchrec (a test dependency) CPU-only: its metadata asks for the CUDA fbgemm-gpu, so it goes in without
+	# dependencies beside fbgemm-gpu-cpu of the same release and the light packages `import torchrec` needs.
+	$(BIN)/pip install -q --no-deps torchrec==1.8.0 fbgemm-gpu-cpu==1.8.0 tensordict==0.15.3
+	$(BIN)/pip install -q cloudpickle 'pyvers>=0.2,<0.3' pyre-extensions==0.0.32
 	touch $(STAMP)
 
 setup: $(STAMP)

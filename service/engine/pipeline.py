@@ -18,6 +18,7 @@ from service.engine.capture import CapturedModel, InputLayout, TiledCall, captur
 from service.engine.colouring import colour_graph
 from service.engine.flops import FlopCount, count_flops, graph_flops
 from service.engine.fold_concat_slices import fold_concat_slices
+from service.engine.fold_jagged import fold_jagged
 from service.engine.report import EngineReport
 from service.engine.sink_tiles import sink_tiles
 from service.engine.split_matmuls import SplitOptions, split_concat_matmuls
@@ -85,6 +86,8 @@ def build_variant(
         warnings.simplefilter("ignore", FutureWarning)
         graph = copy.deepcopy(captured.graph_module.graph)
     root = fx.GraphModule(captured.graph_module, graph)
+    if variant != Variant.VANI:  # jagged sizes first (it may swap root's graph), then the slice passes
+        report.jagged = fold_jagged(root, _user_placeholders(root, layout), captured.batch)
     users = _user_placeholders(root, layout)
     if variant != Variant.VANI:  # VanI stays the captured graph
         report.folded_slices = fold_concat_slices(root, users, captured.batch)

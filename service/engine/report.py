@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from service.engine.fold_concat_slices import FoldRecord
+from service.engine.fold_jagged import JaggedFold
 from service.engine.sink_tiles import MergeRecord
 from service.engine.split_matmuls import ConcatReport, ConsumerReport
 from service.engine.split_token_concats import TokenConcatReport
@@ -21,6 +22,7 @@ class EngineReport:
     merges: list[MergeRecord] = field(default_factory=list)
     token_concats: list[TokenConcatReport] = field(default_factory=list)
     folded_slices: list[FoldRecord] = field(default_factory=list)  # concat reads folded onto the parts
+    jagged: list[JaggedFold] = field(default_factory=list)  # jagged sizes and lookups folded
 
     @property
     def rewritten(self) -> list[ConsumerReport]:
@@ -40,6 +42,7 @@ class EngineReport:
             "merges": [asdict(m) for m in self.merges],
             "token_concats": [asdict(t) for t in self.token_concats],
             "folded_slices": [asdict(f) for f in self.folded_slices],
+            "jagged": [asdict(j) for j in self.jagged],
         }
 
 

@@ -75,6 +75,7 @@ def program_from_json(
         else:
             raise ProgramError(f"tensor {key!r} is neither under {STATE_PREFIX!r} nor under {CONSTANT_PREFIX!r}")
     _check_tensor_names(document, state_dict, constants)
+    _register_library_operators(document)
     artifact = SerializedArtifact(json.dumps(document).encode(), state_dict, constants, example_inputs)  # type: ignore[arg-type]
     try:
         return deserialize(artifact)
@@ -104,6 +105,16 @@ def check_program_document(document: Any) -> None:
     for name in _value_names(document["graph_module"]):
         if not _IDENTIFIER.match(name):
             raise ProgramError(f"graph value name {name!r} is not an identifier")
+
+
+def _register_library_operators(document: dict[str, Any]) -> None:
+    """fbgemm's operators (torchrec's jagged ops) exist only once its package is imported."""
+    if any(str(node.get("target", "")).startswith("torch.ops.fbgemm.") for node in _graph_nodes(document["graph_module"])):
+        try:
+            import fbgemm_gpu  # noqa: F401  (registers torch.ops.fbgemm)
+        except ImportError as error:
+            raise ProgramError("the program calls torch.ops.fbgemm operators; install fbgemm-gpu-cpu to serve it "
+                               f"({error})") from error
 
 
 def _plain_tensor(key: str, value: torch.Tensor) -> torch.Tensor:

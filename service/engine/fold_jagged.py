@@ -1,0 +1,555 @@
+"""Jagged sizes built from the batch size fold to symbolic sizes, and jagged lookups to plain ones.
+
+Sparse-feature libraries (torchrec's KeyedJaggedTensor, fbgemm) pack every key's ids into one values
+tensor with per-sample lengths. An adapter that serves one id (or a fixed number L of ids) per sample
+builds those lengths from the batch size alone (`torch.ones(N)`, `ones_like(ids)`, `full((N,), L)`). The
+captured graph then reads sizes back from data: per-key sums via `.item()` (unbacked sizes), offsets via
+`cumsum`. Because the values tensor concatenates user and candidate keys, every lookup reads a
+candidate tensor and UOI cannot compute the user keys' lookups once.
+
+The pass works on the *shape-only* sub-graph: nodes whose values depend on the batch size N but on no
+input value (factories, `*_like` ops, sizes, parameters, and any deterministic op on those).
+
+  * per-key rows: row k of `lengths.view(F, M)`, and of row-wise ops on it (the per-key sums, the
+    cumsum offsets), is computed from key k's own lengths (exact), so one key's lengths read from
+    data do not make every key's sizes data-dependent;
+  * sizes: an `.item()` of a shape-only value that is a*N + b at every sampled batch size
+    (SAMPLE_BATCHES, evaluated concretely) becomes that symbolic size;
+  * splits: a dim-0 split or slice of a concat whose boundaries fall on the concat's parts is those
+    parts (exact; split sizes add up to the input, so boundaries are matched from both ends): a user
+    key's ids are again the user input, tiled, and UOI computes its lookup once;
+  * lookups: `embedding_bag` whose offsets are 0, s, 2s, ... at every sample (s ids per bag) is
+    `embedding` plus a sum/mean/max over the s ids (none when s == 1), per-sample weights and a
+    padding index included (max with a padding index is left alone);
+  * `fbgemm.jagged_to_padded_dense` over such offsets is a reshape (padded or cut to the length asked).
+
+The size and offset folds rest on concrete evaluation: a function of N alone that matches a*N + b (or
+a ramp) at every sample but not beyond them (a size clamped above 4099, say) would be folded wrongly;
+the pipeline's check against VanI at the example call is the backstop. Values read from input data
+(a lengths input, `ids != pad`) are never shape-only and stay as captured.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+import warnings
+from dataclasses import dataclass
+from fractions import Fraction
+
+import sympy
+import torch
+import torch.fx as fx
+
+from service.engine.colouring import is_size_value
+from service.engine.graph_tools import NodeFactory, aten, fake_mode_of, normalize_dim, shape_exprs, symbolic_expr
+
+SAMPLE_BATCHES = (1, 2, 3, 5, 8, 64, 1000, 4099)
+# Ops that read only the metadata (shape, dtype, device) of their first argument.
+METADATA_ONLY = frozenset(
+    {
+        aten.sym_size.int,
+        aten.sym_numel.default,
+        aten.sym_stride.int,
+        aten.ones_like.default,
+        aten.zeros_like.default,
+        aten.full_like.default,
+        aten.new_ones.default,
+        aten.new_zeros.default,
+        aten.new_full.default,
+    }
+)
+ITEMS = (aten.item.default, aten._local_scalar_dense.default)
+SIZE_ASSERTS = (
+    aten._assert_scalar.default,
+    aten.sym_constrain_range_for_size.default,
+    aten.sym_constrain_range.default,
+)
+EMBEDDING_BAGS = (
+    aten.embedding_bag.default,
+    aten.embedding_bag.padding_idx,
+    aten._embedding_bag.default,
+    aten._embedding_bag_forward_only.default,
+)
+SUM, MEAN, MAX = 0, 1, 2
+
+
+def _fbgemm(name: str):
+    namespace = getattr(torch.ops, "fbgemm", None)
+    try:
+        return getattr(getattr(namespace, name), "default")
+    except (AttributeError, RuntimeError):
+        return None
+
+
+@dataclass
+class JaggedFold:
+    """One jagged construct the pass rewrote."""
+
+    node: str
+    op: str
+    how: str
+
+
+class _Unknown(Exception):
+    """A value the shape-only evaluation cannot produce."""
+
+
+class _ShapeOnly:
+    """Which nodes depend on the batch size only, and their concrete values at a given batch size."""
+
+    def __init__(self, gm: fx.GraphModule, batch: sympy.Symbol) -> None:
+        self.gm = gm
+        self.batch = batch
+        self._is: dict[fx.Node, bool] = {}
+        self._values: dict[int, dict[fx.Node, object]] = {}
+        self.defining: dict[sympy.Symbol, fx.Node] = {}
+        for node in gm.graph.nodes:  # topological order: inputs are decided before their users
+            self._is[node] = self._decide(node)
+            if is_size_value(node):
+                expr = symbolic_expr(node.meta["val"])
+                if isinstance(expr, sympy.Symbol) and expr != batch:
+                    self.defining.setdefault(expr, node)
+
+    def is_shape_only(self, node) -> bool:
+        return not isinstance(node, fx.Node) or self._is.get(node, False)
+
+    def _decide(self, node: fx.Node) -> bool:
+        if node.op == "get_attr":
+            return True
+        if node.op != "call_function":
+            return False
+        if is_size_value(node) and self._free(symbolic_expr(node.meta["val"])) <= {self.batch}:
+            return True
+        target = node.target
+        if isinstance(target, torch._ops.OpOverload):
+            if torch.Tag.nondeterministic_seeded in target.tags or "empty" in target.name():
+                return False
+        inputs = node.all_input_nodes
+        if target in METADATA_ONLY:
+            inputs = [i for i in inputs if i is not node.args[0]]
+            if not self._shape_known(node.args[0]):
+                return False
+        return all(self.is_shape_only(i) for i in inputs)
+
+    def _free(self, expr) -> set:
+        return set() if isinstance(expr, int) else set(expr.free_symbols)
+
+    def _shape_known(self, node: fx.Node) -> bool:
+        value = node.meta.get("val")
+        if not isinstance(value, torch.Tensor):
+            return False
+        symbols = set().union(*(self._free(e) for e in shape_exprs(value))) - {self.batch}
+        return all(s in self.defining and self.is_shape_only(self.defining[s]) for s in symbols)
+
+    # -- concrete evaluation --------------------------------------------------------------------
+    def value(self, node, n: int):
+        if not isinstance(node, fx.Node):
+            return node
+        memo = self._values.setdefault(n, {})
+        if node not in memo:
+            if not self.is_shape_only(node):
+                raise _Unknown(node.name)
+            memo[node] = self._evaluate(node, n)
+        return memo[node]
+
+    def size_at(self, expr, n: int) -> int:
+        if isinstance(expr, int):
+            return expr
+        values = {self.batch: n}
+        for symbol in self._free(expr) - {self.batch}:
+            if symbol not in self.defining:
+                raise _Unknown(str(symbol))
+            values[symbol] = int(self.value(self.defining[symbol], n))
+        result = expr.subs(values)
+        if not result.is_Integer:
+            raise _Unknown(str(expr))
+        return int(result)
+
+    def _evaluate(self, node: fx.Node, n: int):
+        if node.op == "get_attr":
+            value = self.gm
+            for part in node.target.split("."):
+                value = getattr(value, part)
+            return value
+        if is_size_value(node) and self._free(symbolic_expr(node.meta["val"])) <= {self.batch}:
+            return self.size_at(symbolic_expr(node.meta["val"]), n)
+        args, kwargs = node.args, node.kwargs
+        if node.target in METADATA_ONLY and not self.is_shape_only(node.args[0]):
+            meta = node.args[0].meta["val"]
+            stand_in = torch.zeros([self.size_at(e, n) for e in shape_exprs(meta)], dtype=meta.dtype)
+            args = (stand_in, *args[1:])
+        args = fx.node.map_aggregate(args, lambda a: self.value(a, n) if isinstance(a, fx.Node) else a)
+        kwargs = fx.node.map_aggregate(kwargs, lambda a: self.value(a, n) if isinstance(a, fx.Node) else a)
+        with torch.no_grad():
+            return node.target(*args, **kwargs)
+
+    def at_samples(self, node: fx.Node) -> list | None:
+        try:
+            return [self.value(node, n) for n in SAMPLE_BATCHES]
+        except Exception:  # any op that cannot run on the samples leaves the node as captured
+            return None
+
+
+def _affine(values: list) -> tuple[int, int] | None:
+    """(a, b) with value == a * N + b at every sampled N, integers, else None."""
+    try:
+        ys = [int(v) for v in values]
+    except (TypeError, ValueError):
+        return None
+    (n0, n1), (y0, y1) = SAMPLE_BATCHES[:2], ys[:2]
+    a = Fraction(y1 - y0, n1 - n0)
+    b = y0 - a * n0
+    if a.denominator != 1 or b.denominator != 1:
+        return None
+    if any(y != a * n + b for n, y in zip(SAMPLE_BATCHES, ys)):
+        return None
+    return int(a), int(b)
+
+
+def _ramp_step(values: list) -> int | None:
+    """s when every sampled tensor is 0, s, 2s, ... (1-D), the same s throughout (a lone 0 fits any s)."""
+    steps = set()
+    for v in values:
+        if not isinstance(v, torch.Tensor) or v.dim() != 1 or v.numel() < 1 or v.is_floating_point():
+            return None
+        s = int(v[1] - v[0]) if v.numel() > 1 else None
+        if s is None:
+            if int(v[0]) != 0:
+                return None
+            continue
+        if not torch.equal(v, torch.arange(v.numel(), dtype=v.dtype) * s):
+            return None
+        steps.add(s)
+    return steps.pop() if len(steps) == 1 and next(iter(steps)) > 0 else None
+
+
+def _dim0(dim, node) -> bool:
+    value = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return isinstance(value, torch.Tensor) and isinstance(dim, int) and normalize_dim(dim, value.dim()) == 0
+
+
+def _same(a, b) -> bool:
+    return sympy.expand(sympy.sympify(a) - sympy.sympify(b)) == 0
+
+
+def _arguments(node: fx.Node) -> dict:
+    """The node's arguments by schema name, defaults filled in."""
+    schema = node.target._schema
+    bound = {}
+    for position, argument in enumerate(schema.arguments):
+        if position < len(node.args):
+            bound[argument.name] = node.args[position]
+        elif argument.name in node.kwargs:
+            bound[argument.name] = node.kwargs[argument.name]
+        elif argument.has_default_value():
+            bound[argument.name] = argument.default_value
+    return bound
+
+
+class JaggedFolder:
+    def __init__(self, gm: fx.GraphModule, user_placeholders: set[fx.Node], batch: sympy.Symbol) -> None:
+        self.gm = gm
+        self.graph = gm.graph
+        self.batch = batch
+        self.user_placeholders = user_placeholders
+        self.factory = NodeFactory(self.graph, fake_mode_of(self.graph))
+        self.folds: list[JaggedFold] = []
+        self._batch_node: fx.Node | None = None
+
+    def run(self) -> list[JaggedFold]:
+        self._per_key_rows()
+        self._fold_sizes()
+        shape_only = _ShapeOnly(self.gm, self.batch)
+        to_padded_dense = _fbgemm("jagged_to_padded_dense")
+        for node in list(self.graph.nodes):
+            if node.op != "call_function" or not node.users:
+                continue
+            if node.target in (aten.split_with_sizes.default, aten.split.Tensor, aten.slice.Tensor):
+                self._split_of_concat(node)
+            elif node.target in EMBEDDING_BAGS:
+                self._embedding_bag(node, shape_only)
+            elif to_padded_dense is not None and node.target == to_padded_dense:
+                self._jagged_to_padded_dense(node, shape_only)
+        self.graph.eliminate_dead_code()
+        self.gm.recompile()
+        return self.folds
+
+    # -- per-key rows -------------------------------------------------------------------------------
+    def _per_key_rows(self) -> None:
+        """Row k of lengths.view(F, M) and of row-wise ops on it (per-key sums, cumsum offsets) is key k's
+        own lengths: rewriting each row read that way lets one key's sizes fold while another's stay
+        data-dependent."""
+        shape_only = _ShapeOnly(self.gm, self.batch)
+        for node in list(self.graph.nodes):
+            if node.target == aten.select.int and _dim0(node.args[1], node.args[0]):
+                source, index = node.args[0], node.args[2]
+            elif node.target is operator.getitem and getattr(node.args[0], "target", None) == aten.unbind.int:
+                unbind = node.args[0]
+                if not _dim0(unbind.args[1] if len(unbind.args) > 1 else 0, unbind.args[0]):
+                    continue
+                source, index = unbind.args[0], node.args[1]
+            else:
+                continue
+            if shape_only.is_shape_only(source) or not isinstance(index, int):
+                continue
+            with self.graph.inserting_before(node):
+                row = self._row(source, index % source.meta["val"].shape[0], shape_only)
+            if row is not None and row is not node:
+                node.replace_all_uses_with(row)
+                self.folds.append(JaggedFold(node.name, "row", f"row {index} of {source.name} is computed from its own key"))
+
+    def _row(self, node: fx.Node, k: int, shape_only: _ShapeOnly, depth: int = 0) -> fx.Node | None:
+        """A node computing row k (along dim 0) of `node`, or None. Unused nodes left behind are dead code."""
+        value = node.meta.get("val")
+        if not isinstance(value, torch.Tensor) or value.dim() not in (1, 2) or depth > 32:
+            return None
+        call, target = self.factory.call, node.target
+        if shape_only.is_shape_only(node):
+            return call(aten.select.int, (node, 0, k))
+        if target == aten.sum.dim_IntList and list(node.args[1]) in ([1], [-1]) and not node.args[2:] and not node.kwargs:
+            inner = self._row(node.args[0], k, shape_only, depth + 1)  # per-key sums: [F, M] -> [F]
+            return None if inner is None else call(aten.sum.dim_IntList, (inner, [0]))
+        if value.dim() != 2:
+            return None
+        if target in (aten.view.default, aten.reshape.default, aten._unsafe_view.default):
+            source = node.args[0]
+            if getattr(source, "target", None) != aten.cat.default or source.meta["val"].dim() != 1:
+                return None
+            width, first = shape_exprs(value)[1], 0
+            for part in source.args[0]:  # each part holds a whole number of rows
+                rows = sympy.simplify(sympy.sympify(shape_exprs(part.meta["val"])[0]) / width)
+                if part.meta["val"].dim() != 1 or part.meta["val"].dtype != value.dtype or not rows.is_Integer:
+                    return None
+                if first <= k < first + int(rows):
+                    if int(rows) == 1:
+                        return part
+                    return call(aten.select.int, (call(aten.view.default, (part, [int(rows), -1])), 0, k - first))
+                first += int(rows)
+            return None
+        if target == aten.cumsum.default and node.args[1] in (1, -1):
+            inner = self._row(node.args[0], k, shape_only, depth + 1)
+            return None if inner is None else call(aten.cumsum.default, (inner, 0), dict(node.kwargs))
+        if target == aten.cat.default and normalize_dim(_arguments(node)["dim"], 2) == 1:
+            pieces = [self._row(p, k, shape_only, depth + 1) for p in node.args[0]]
+            return None if any(p is None for p in pieces) else call(aten.cat.default, (pieces, 0))
+        return None
+
+    # -- sizes ----------------------------------------------------------------------------------
+    def _batch(self) -> fx.Node:
+        if self._batch_node is None:
+            placeholders = [n for n in self.graph.nodes if n.op == "placeholder"]
+            candidate = next(
+                n for n in placeholders if n not in self.user_placeholders and shape_exprs(n.meta["val"])[:1] == [self.batch]
+            )
+            with self.graph.inserting_after(placeholders[-1]):
+                self._batch_node = self.factory.call(aten.sym_size.int, (candidate, 0))
+        return self._batch_node
+
+    def _size(self, a: int, b: int, before: fx.Node):
+        if a == 0:
+            return b
+        with self.graph.inserting_before(before):
+            size = self._batch()
+            if a != 1:
+                size = self.factory.call(operator.mul, (size, a))
+            if b:
+                size = self.factory.call(operator.add, (size, b))
+        return size
+
+    def _fold_sizes(self) -> None:
+        """`.item()` of a shape-only value that is a*N + b becomes that size; metadata is re-derived."""
+        shape_only = _ShapeOnly(self.gm, self.batch)
+        replaced: dict[fx.Node, object] = {}
+        for node in list(self.graph.nodes):
+            if node.target not in ITEMS or not is_size_value(node) or not shape_only.is_shape_only(node):
+                continue
+            values = shape_only.at_samples(node)
+            fit = _affine(values) if values is not None else None
+            if fit is None:
+                continue
+            replaced[node] = self._size(*fit, before=node)
+            a, b = fit
+            text = " + ".join(p for p in (f"{a}*N" if a not in (0, 1) else "N" if a == 1 else "", str(b) if b else "") if p) or "0"
+            self.folds.append(JaggedFold(node.name, "item", f"per-key length read from data is {text}"))
+        if not replaced:
+            return
+        self._drop_size_asserts(replaced)
+        touched = set()
+        for node, size in replaced.items():
+            for user in list(node.users):
+                user.args = fx.node.map_arg(user.args, lambda a: size if a is node else a)
+                user.kwargs = fx.node.map_arg(user.kwargs, lambda a: size if a is node else a)
+                touched.add(user)
+        self.graph.eliminate_dead_code()
+        self._repropagate(touched & set(self.graph.nodes))
+
+    def _drop_size_asserts(self, folded: dict) -> None:
+        """Runtime checks export added on the folded sizes (u >= 0, sum == numel) hold by construction."""
+        frontier, seen = list(folded), set()
+        while frontier:
+            node = frontier.pop()
+            for user in list(node.users):
+                if user in seen:
+                    continue
+                seen.add(user)
+                if user.target in SIZE_ASSERTS:
+                    self.graph.erase_node(user)
+                elif is_size_value(user) or (user.op == "call_function" and isinstance(user.meta.get("val"), (bool, torch.SymBool))):
+                    frontier.append(user)
+
+    def _repropagate(self, touched: set) -> None:
+        """Recompute the fake metadata of the nodes that read a folded size and of everything downstream."""
+        dirty: set[fx.Node] = set()
+        for node in self.graph.nodes:
+            if node.op != "call_function" or not (node in touched or any(i in dirty for i in node.all_input_nodes)):
+                continue
+            with self.factory.fake_mode:
+                args = fx.node.map_aggregate(node.args, lambda a: a.meta["val"] if isinstance(a, fx.Node) else a)
+                kwargs = fx.node.map_aggregate(node.kwargs, lambda a: a.meta["val"] if isinstance(a, fx.Node) else a)
+                node.meta["val"] = node.target(*args, **kwargs)
+            dirty.add(node)
+
+    # -- splits and slices of the values concat -------------------------------------------------
+    def _split_of_concat(self, node: fx.Node) -> None:
+        """A dim-0 split/slice of cat(parts) whose boundaries fall on the parts' boundaries is those parts."""
+        source = node.args[0]
+        if not (isinstance(source, fx.Node) and source.target == aten.cat.default):
+            return
+        rank = source.meta["val"].dim()
+        if normalize_dim(_arguments(source)["dim"], rank) != 0:
+            return
+        args = _arguments(node)
+        if normalize_dim(args["dim"], rank) != 0:
+            return
+        if node.target == aten.slice.Tensor:
+            if args["step"] != 1:
+                return
+            start = args["start"] if args["start"] is not None else 0
+            start = symbolic_expr(start.meta["val"]) if isinstance(start, fx.Node) else start
+            length = shape_exprs(node.meta["val"])[0]
+            pieces = [(node, [start], [start + length])]
+        else:
+            if not all(u.target is operator.getitem for u in node.users):
+                return
+            # split sizes add up to the input's length: each boundary is known from the left and the right
+            sizes = [shape_exprs(out)[0] for out in node.meta["val"]]
+            total = shape_exprs(source.meta["val"])[0]
+            lefts = [sum(sizes[:i], 0) for i in range(len(sizes) + 1)]
+            rights = [total - sum(sizes[i:], 0) for i in range(len(sizes) + 1)]
+            pieces = [(u, [lefts[u.args[1]], rights[u.args[1]]], [lefts[u.args[1] + 1], rights[u.args[1] + 1]]) for u in node.users]
+        parts = list(source.args[0])
+        bounds, total = [0], 0
+        for part in parts:
+            total = total + shape_exprs(part.meta["val"])[0]
+            bounds.append(total)
+        dtype = source.meta["val"].dtype
+        for piece, begins, ends in pieces:
+            first = next((i for i, b in enumerate(bounds) if any(_same(b, x) for x in begins)), None)
+            last = next((i for i, b in enumerate(bounds) if any(_same(b, x) for x in ends)), None)
+            if first is None or last is None or last <= first:
+                continue
+            covered = parts[first:last]
+            if any(p.meta["val"].dtype != dtype for p in covered):
+                continue  # cat promoted the dtype: the part alone is not the same tensor
+            replacement = covered[0]
+            if len(covered) > 1:
+                with self.graph.inserting_before(piece):
+                    replacement = self.factory.call(aten.cat.default, (covered, 0))
+            piece.replace_all_uses_with(replacement)
+            op = "slice" if node.target == aten.slice.Tensor else "split"
+            self.folds.append(JaggedFold(piece.name, op, f"rows of the values concat: {', '.join(p.name for p in covered)}"))
+
+    # -- lookups --------------------------------------------------------------------------------
+    def _embedding_bag(self, node: fx.Node, shape_only: _ShapeOnly) -> None:
+        args = _arguments(node)
+        weight, ids, offsets = args["weight"], args["indices"], args["offsets"]
+        mode, weights = args.get("mode", SUM), args.get("per_sample_weights")
+        padding = args.get("padding_idx")
+        padding = None if padding is None or padding == -1 else padding
+        if any(u.target is not operator.getitem or u.args[1] != 0 for u in node.users):
+            return
+        ids_shape = shape_exprs(ids.meta["val"])
+        if len(ids_shape) != 1 or not isinstance(offsets, fx.Node):
+            return
+        step = _ramp_step(shape_only.at_samples(offsets) or [None])
+        if step is None:
+            return
+        bags = shape_exprs(offsets.meta["val"])[0] - (1 if args.get("include_last_offset") else 0)
+        if not _same(ids_shape[0], step * bags):
+            return
+        how = f"offsets are 0, {step}, {2 * step}, ...: {step} id(s) per bag"
+        if step < 1 or (padding is not None and mode == MAX) or (weights is not None and mode != SUM):
+            return
+        getitem = next(iter(node.users))
+        with self.graph.inserting_before(node):
+            out = self._lookup(weight, ids, step, mode, weights, padding)
+        getitem.replace_all_uses_with(out)
+        self.folds.append(JaggedFold(node.name, "embedding_bag", f"{how} -> embedding"))
+
+    def _lookup(self, weight, ids, step, mode, weights, padding) -> fx.Node:
+        call = self.factory.call
+        flat = call(aten.reshape.default, (ids, [-1])) if ids.meta["val"].dim() != 1 else ids
+        rows = call(aten.embedding.default, (weight, flat))
+        dtype = rows.meta["val"].dtype
+        if weights is not None:
+            w = call(aten.reshape.default, (weights, [-1, 1]))
+            rows = call(aten.mul.Tensor, (rows, w))
+        mask = None
+        if padding is not None:
+            keep = call(aten.ne.Scalar, (flat, padding))
+            mask = call(aten.unsqueeze.default, (call(aten._to_copy.default, (keep,), {"dtype": dtype}), -1))
+            rows = call(aten.mul.Tensor, (rows, mask))
+        if step == 1 and mask is None:
+            return rows
+        width = int(weight.meta["val"].shape[1])
+        bags = call(aten.reshape.default, (rows, [-1, step, width]))
+        if mode == MAX:
+            return call(aten.amax.default, (bags, [1]))
+        total = call(aten.sum.dim_IntList, (bags, [1]))
+        if mode == SUM:
+            return total
+        if mask is None:
+            return call(aten.div.Scalar, (total, step))
+        count = call(aten.sum.dim_IntList, (call(aten.reshape.default, (mask, [-1, step, 1])), [1]))
+        return call(aten.div.Tensor, (total, call(aten.clamp_min.default, (count, 1))))
+
+    def _jagged_to_padded_dense(self, node: fx.Node, shape_only: _ShapeOnly) -> None:
+        values, offsets, max_lengths = node.args[:3]
+        pad = node.args[3] if len(node.args) > 3 else node.kwargs.get("padding_value", 0.0)
+        if len(offsets) != 1 or len(max_lengths) != 1 or not isinstance(max_lengths[0], int):
+            return
+        step = _ramp_step(shape_only.at_samples(offsets[0]) or [None])
+        if step is None:
+            return
+        rows = shape_exprs(values.meta["val"])
+        bags = shape_exprs(offsets[0].meta["val"])[0] - 1
+        if not _same(rows[0], step * bags):
+            return
+        length, rest = max_lengths[0], list(rows[1:])
+        if any(not isinstance(r, int) for r in rest):
+            return
+        with self.graph.inserting_before(node):
+            dense = self.factory.call(aten.reshape.default, (values, [-1, step, *rest]))
+            if length > step:
+                widths = [0, 0] * len(rest) + [0, length - step]
+                dense = self.factory.call(aten.constant_pad_nd.default, (dense, widths, pad))
+            elif length < step:
+                dense = self.factory.call(aten.slice.Tensor, (dense, 1, 0, length))
+        node.replace_all_uses_with(dense)
+        self.folds.append(JaggedFold(node.name, "jagged_to_padded_dense", f"{step} values per row: a reshape"))
+
+
+def fold_jagged(gm: fx.GraphModule, user_placeholders: set[fx.Node], batch: sympy.Symbol) -> list[JaggedFold]:
+    """Rewrite gm in place and return what was folded. All or nothing: if a rewrite fails, gm's graph is
+    restored (a new Graph object: callers take node references from gm after this call) and the one
+    record says why."""
+    with warnings.catch_warnings():  # deep-copying the pytree codegen trips a torch deprecation notice
+        warnings.simplefilter("ignore", FutureWarning)
+        backup = copy.deepcopy(gm.graph)
+    try:
+        return JaggedFolder(gm, user_placeholders, batch).run()
+    except Exception as exc:  # a fold that cannot be completed leaves the captured graph as it was
+        gm.graph = backup
+        gm.recompile()
+        return [JaggedFold("", "none", f"not folded ({type(exc).__name__}: {str(exc).strip()[:200]})")]
