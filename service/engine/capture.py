@@ -144,7 +144,8 @@ def _trace_tensors(layout: InputLayout, tensors: list[torch.Tensor]) -> list[tor
 
 def capture(model: nn.Module, layout: InputLayout, example_tensors: list[torch.Tensor]) -> CapturedModel:
     """torch.export (non-strict) the tiled call with a dynamic candidate batch; functional ATen graph."""
-    tiled = TiledCall(model, layout).eval()
+    tiled = TiledCall(model, layout)
+    tiled.training = False  # the model is in eval mode already; a loaded export program refuses .train()
     tensors = _trace_tensors(layout, example_tensors)
     batch_dim = torch.export.Dim("candidates", min=1, max=MAX_BATCH)
     dynamic = tuple(

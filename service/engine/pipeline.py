@@ -162,7 +162,8 @@ def reparameterize_all(
 ) -> dict[Variant, Reparameterized]:
     """Capture once, derive several variants (what a server builds at start-up)."""
     variants = [Variant(v) for v in variants]
-    model.eval()
+    if any(module.training for module in model.modules()):
+        model.eval()  # a loaded torch.export program is already in eval mode and refuses .eval()
     args, kwargs = tuple(example_inputs), dict(example_kwargs or {})
     layout = describe_inputs(model, args, kwargs, user_inputs)
     try:
