@@ -130,8 +130,8 @@ def load_artifact(path: Path | str) -> LoadedArtifact:
         _verify_checksum(version_dir / name, manifest.files[name])
     schema = _verified_schema(manifest, manifest_path)
     tensors = _read_tensors(version_dir / WEIGHTS_FILE)
-    example = schema.tile_user_features(schema.example_batch(EXAMPLE_BATCH, torch.Generator().manual_seed(0)),
-                                        EXAMPLE_BATCH)
+    generator = torch.Generator().manual_seed(0)
+    example = {spec.name: spec.example(EXAMPLE_BATCH, generator) for spec in schema.features}  # all rows: VanI call
     try:
         program = program_from_json((version_dir / PROGRAM_FILE).read_bytes(), tensors, ((example,), {}))
         model = program_module(program)
