@@ -158,13 +158,27 @@ def export_program(head: TaskScores, features: dict[str, Tensor]) -> torch.expor
     dynamic = ({name: {0: batch} for name in features},)
     try:
         program = torch.export.export(head, (features,), dynamic_shapes=dynamic, strict=False)
-        return program.run_decompositions({})
+        program = program.run_decompositions({})
     except PackageError:
         raise
     except Exception as error:  # export's failures are many kinds; all mean "this call cannot be captured"
         text = str(error).strip().splitlines()
         raise PackageError(f"torch.export could not capture the model with a dynamic candidate batch: "
                            f"{type(error).__name__}: {text[0] if text else ''}"[:600]) from error
+    _drop_scalar_asserts(program)
+    return program
+
+
+def _drop_scalar_asserts(program: torch.export.ExportedProgram) -> None:
+    """Export's runtime checks on data-dependent sizes can bake in the example batch (`u4 >= 40` for a
+    jagged length at N = 8), which would refuse every other N; the program is checked against the eager
+    model at several N before it is stored instead."""
+    graph = program.graph_module.graph
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target is torch.ops.aten._assert_scalar.default:
+            graph.erase_node(node)
+    graph.eliminate_dead_code()
+    program.graph_module.recompile()
 
 
 def package(
@@ -249,7 +263,12 @@ def _check_against_eager(loaded: LoadedArtifact, head: TaskScores, schema: Featu
     for n in (TRACE_BATCH, *CHECK_BATCHES):
         features = _rows(schema, example, n)
         with torch.no_grad():
-            want, got = head(features), loaded.model(features)
+            want = head(features)
+            try:
+                got = loaded.model(features)
+            except Exception as error:  # the stored program refuses a batch size the eager model takes
+                raise PackageError(f"the stored program fails at N={n} ({type(error).__name__}: "
+                                   f"{str(error).strip()[:300]})") from error
         difference = max((want[t].double() - got[t].double()).abs().max().item() for t in want)
         if not difference <= CHECK_TOLERANCE:
             raise PackageError(f"the stored program differs from the eager model by {difference:.3g} at N={n}")

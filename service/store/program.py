@@ -88,7 +88,20 @@ def program_module(program: ExportedProgram) -> torch.nn.Module:
     module = program.module(check_guards=False)
     for submodule in module.modules():
         submodule.training = False  # .eval() is refused by torch on export modules; they are eval already
+    _views_to_reshapes(module)
     return module
+
+
+def _views_to_reshapes(module: torch.fx.GraphModule) -> None:
+    """Export records the model's reshapes of contiguous inputs as views. The engine feeds user inputs as
+    zero-copy expands (stride 0), which a view refuses; a reshape gives the same values either way."""
+    changed = False
+    for node in module.graph.nodes:
+        if node.op == "call_function" and node.target is torch.ops.aten.view.default:
+            node.target = torch.ops.aten.reshape.default
+            changed = True
+    if changed:
+        module.recompile()
 
 
 def check_program_document(document: Any) -> None:
