@@ -26,6 +26,7 @@ from service.models.registry import get_architecture
 
 VARIANTS = (Variant.VANI, Variant.UOI, Variant.MARI)
 BUILD_N = 8
+PRODUCTION_SIZES = {"embedding_dim": 16, "hidden": (512, 256)}  # the tests' models are deliberately tiny
 
 
 @dataclass(frozen=True)
@@ -60,12 +61,13 @@ def flat_cases() -> list[Case]:
 
     cases = []
     for name, (cls, columns, _) in flat.MODELS.items():
-        _seeded(name)
-        model = cls(columns).eval()
-        adapter = flat.FlatTensorAdapter(model, [column[0] for column in columns])
-        users = [column[0] for column in columns if column[1]]
-        cases.append(Case(name, "one flat column tensor", adapter,
-                          lambda n, g, columns=columns: flat._features(columns, n, torch.float32, g), users))
+        for size, sizes in (("test size", {}), ("production size", PRODUCTION_SIZES)):
+            _seeded(f"{name}-{size}")
+            model = cls(columns, **sizes).eval()
+            adapter = flat.FlatTensorAdapter(model, [column[0] for column in columns])
+            users = [column[0] for column in columns if column[1]]
+            cases.append(Case(f"{name} ({size})", "one flat column tensor", adapter,
+                              lambda n, g, columns=columns: flat._features(columns, n, torch.float32, g), users))
     return cases
 
 
@@ -119,7 +121,7 @@ def measure(case: Case, n: int, repeats: int, warmup: int) -> dict[str, float | 
 
 
 def format_table(rows: list[dict], n: int) -> str:
-    lines = [f"| convention | model | eager ms | VanI ms | UOI ms | MaRI ms | MaRI vs eager | FLOPs ratio VanI/MaRI |",
+    lines = ["| convention | model | eager ms | VanI ms | UOI ms | MaRI ms | MaRI vs eager | FLOPs ratio VanI/MaRI |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         runs_as = "" if r["mari_runs_as"] == "mari" else f" (runs as {r['mari_runs_as']})"

@@ -19,6 +19,7 @@ from service.engine.colouring import colour_graph
 from service.engine.flops import FlopCount, count_flops, graph_flops
 from service.engine.fold_concat_slices import fold_concat_slices
 from service.engine.fold_jagged import fold_jagged
+from service.engine.unstack_reads import unstack_reads
 from service.engine.report import EngineReport
 from service.engine.sink_tiles import sink_tiles
 from service.engine.split_matmuls import SplitOptions, split_concat_matmuls
@@ -90,6 +91,7 @@ def build_variant(
         report.jagged = fold_jagged(root, _user_placeholders(root, layout), captured.batch)
     users = _user_placeholders(root, layout)
     if variant != Variant.VANI:  # VanI stays the captured graph
+        unstack_reads(root)
         report.folded_slices = fold_concat_slices(root, users, captured.batch)
     if variant == Variant.MARI:
         report.token_concats = split_token_concats(root, users, captured.batch)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -234,7 +234,7 @@ def package(
         "source": dict(source) if source else {"kind": PACKAGED, "model_class": _class_path(model)},
         "outputs": {"structure": structure, "mapping": mapping, "scores": scores},
         "metrics": _json_ready(dict(metrics or {})),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch_version": torch.__version__,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"), "torch_version": torch.__version__,
     }
     return publish(Path(store) / name / version, manifest_fields, program_json, tensors,
                    lambda loaded: _check_against_eager(loaded, head, schema, example_features))

@@ -122,7 +122,8 @@ def check_program_document(document: Any) -> None:
 
 def _register_library_operators(document: dict[str, Any]) -> None:
     """fbgemm's operators (torchrec's jagged ops) exist only once its package is imported."""
-    if any(str(node.get("target", "")).startswith("torch.ops.fbgemm.") for node in _graph_nodes(document["graph_module"])):
+    targets = (str(node.get("target", "")) for node in _graph_nodes(document["graph_module"]))
+    if any(target.startswith("torch.ops.fbgemm.") for target in targets):
         try:
             import fbgemm_gpu  # noqa: F401  (registers torch.ops.fbgemm)
         except ImportError as error:

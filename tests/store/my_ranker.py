@@ -13,7 +13,7 @@ VOCABS = {"user_id": 1000, "user_city": 50, "item_id": 5000, "item_category": 40
 class WideDeep(nn.Module):
     """The user's own model: knows nothing of users and candidates, only columns."""
 
-    def __init__(self, vocabs: list[int], dense_dim: int, embedding_dim: int = 16, hidden: int = 64) -> None:
+    def __init__(self, vocabs: list[int], dense_dim: int, embedding_dim: int = 32, hidden: int = 256) -> None:
         super().__init__()
         self.embeddings = nn.ModuleList(nn.Embedding(v + 1, embedding_dim) for v in vocabs)
         self.wide = nn.Linear(dense_dim, 2)
