@@ -145,3 +145,21 @@ def test_a_packaged_model_serves_every_variant_equal_to_its_eager_model(name: st
 def test_schema_kinds_cover_the_conventions() -> None:
     kinds = {spec.kind for make in CONVENTIONS.values() for spec in make().schema.features}
     assert kinds == {Kind.SPARSE_ID, Kind.DENSE, Kind.ID_SEQUENCE}
+
+
+def test_ranker_analyze_counts_a_packaged_jagged_model_with_data_dependent_sizes(tmp_path: Path) -> None:
+    """torchrec's padded-to-longest sequences have sizes read from data: analyze counts the rest and says so."""
+    import os
+    import subprocess
+    import sys
+
+    convention = _torchrec("ec_seq_longest")
+    package(convention.model, convention.schema.example_batch(8), convention.schema, tasks=["score"],
+            store=tmp_path, name="jagged")
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "service.cli", "analyze", str(tmp_path / "jagged"), "--n", "100"],
+                          cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert "at least" in done.stdout and "data-dependent" in done.stdout
