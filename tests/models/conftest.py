@@ -3,7 +3,8 @@ import torch
 from torch import nn
 
 from service.features.schema import FeatureSchema
-from service.models.registry import ARCHITECTURES, SMALL_OVERRIDES, Architecture
+from service.models.registry import ARCHITECTURES, Architecture
+from tests.models.small_configs import SMALL_OVERRIDES
 
 
 class TileUserFeatures(nn.Module):

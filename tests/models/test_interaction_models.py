@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from service.engine import Reparameterized, Variant, reparameterize_all
-from service.models.registry import SMALL_OVERRIDES
 from service.training.train import TrainSettings, train_model
 from tests.models.conftest import TileUserFeatures, small_model, tiled_batch
+from tests.models.small_configs import SMALL_OVERRIDES
 
 INTERACTION_ARCHITECTURES = ["deepfm", "dcnv2", "autoint", "rdcn"]
 SCORE_TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}  # post-sigmoid (docs/ARCHITECTURE.md section 3)

@@ -3,9 +3,8 @@ import json
 
 import pytest
 
-from service.models.registry import (
-    ARCHITECTURES, DEFAULT_ARCHITECTURE, SMALL_OVERRIDES, config_to_dict, get_architecture,
-)
+from service.models.registry import ARCHITECTURES, DEFAULT_ARCHITECTURE, config_to_dict, get_architecture
+from tests.models.small_configs import SMALL_OVERRIDES
 
 
 def test_mmoe_is_the_default_and_dcn_is_registered() -> None:

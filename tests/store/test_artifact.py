@@ -6,11 +6,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from service.models.registry import ARCHITECTURES, SMALL_OVERRIDES, config_to_dict
+from service.models.registry import ARCHITECTURES, config_to_dict
 from service.store import ArtifactError, load_artifact, next_version, package, resolve_version
 from service.store.artifact import sha256_file
 from service.store.manifest import MANIFEST_FILE, PROGRAM_FILE, WEIGHTS_FILE
 from service.store.package import builtin_source
+from tests.models.small_configs import SMALL_OVERRIDES
 
 METRICS = {"holdout_auc": {"click": 0.8}}
 

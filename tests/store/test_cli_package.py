@@ -10,9 +10,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from service.models.registry import ARCHITECTURES, SMALL_OVERRIDES, config_to_dict
+from service.models.registry import ARCHITECTURES, config_to_dict
 from service.store import ArtifactError, load_artifact
 from service.store.artifact import sha256_file
+from tests.models.small_configs import SMALL_OVERRIDES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

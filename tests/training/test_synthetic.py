@@ -1,9 +1,10 @@
 import torch
 
 from service.features.schema import Kind
-from service.models.registry import ARCHITECTURES, SMALL_OVERRIDES
+from service.models.registry import ARCHITECTURES
 from service.training.auc import roc_auc
 from service.training.synthetic import SyntheticWorld, make_dataset
+from tests.models.small_configs import SMALL_OVERRIDES
 
 
 def _small(name: str):

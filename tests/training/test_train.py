@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from service.models.registry import SMALL_OVERRIDES
 from service.store.artifact import load_artifact
 from service.training.train import TrainSettings, train_and_save, train_model
+from tests.models.small_configs import SMALL_OVERRIDES
 
 FAST = TrainSettings(batch_size=128, holdout_rows=4096, learning_rate=5e-3)
 
