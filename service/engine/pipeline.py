@@ -16,6 +16,7 @@ from torch.utils import _pytree as pytree
 
 from service.engine.capture import CapturedModel, InputLayout, TiledCall, capture, describe_inputs
 from service.engine.colouring import colour_graph
+from service.engine.equivalence import BUILD_CHECK, max_difference
 from service.engine.flops import FlopCount, count_flops, graph_flops
 from service.engine.fold_concat_slices import fold_concat_slices
 from service.engine.fold_jagged import fold_jagged
@@ -25,10 +26,6 @@ from service.engine.sink_tiles import sink_tiles
 from service.engine.split_matmuls import SplitOptions, split_concat_matmuls
 from service.engine.split_token_concats import split_token_concats
 from service.engine.variants import CaptureError, EngineError, Variant
-
-# Build-time check against VanI on the example inputs: catches a wrong rewrite (errors of order 1),
-# far looser than the serving bound, which tests prove separately (DESIGN section 3).
-VERIFY_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}
 
 
 class GraphRunner(nn.Module):
@@ -108,15 +105,9 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
-def _max_difference(a: Any, b: Any) -> float:
-    flat_a, _ = pytree.tree_flatten(a)
-    flat_b, _ = pytree.tree_flatten(b)
-    diffs = [(x.double() - y.double()).abs().max().item() for x, y in zip(flat_a, flat_b) if x.numel()]
-    return max(diffs, default=0.0)
-
-
 def _verify(candidate: nn.Module, reference: nn.Module, args: tuple, kwargs: dict, layout: InputLayout) -> None:
-    """Compare to VanI at the example batch and at one candidate; raise if the rewrite changed scores."""
+    """Compare to VanI at the example batch and at one candidate (equivalence.BUILD_CHECK); raise if the
+    rewrite changed scores."""
     leaves, spec = pytree.tree_flatten((args, kwargs))
     single = [
         leaf[:1] if i in layout.tensor_positions and i not in layout.user_positions else leaf
@@ -125,11 +116,8 @@ def _verify(candidate: nn.Module, reference: nn.Module, args: tuple, kwargs: dic
     with torch.no_grad():
         for call_args, call_kwargs in ((args, kwargs), pytree.tree_unflatten(single, spec)):
             got, want = candidate(*call_args, **call_kwargs), reference(*call_args, **call_kwargs)
-            flat = [t for t in pytree.tree_leaves(want) if isinstance(t, torch.Tensor)]
-            tolerance = VERIFY_TOLERANCE.get(flat[0].dtype if flat else torch.float32, 1e-4)
-            scale = max((t.double().abs().max().item() for t in flat if t.numel()), default=1.0)
-            difference = _max_difference(got, want)
-            if not difference <= tolerance * max(1.0, scale):
+            difference = max_difference(got, want)
+            if not difference <= BUILD_CHECK.bound(want):
                 raise EngineError(f"verification against VanI failed: max |difference| {difference:.3g}")
 
 

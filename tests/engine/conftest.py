@@ -1,5 +1,5 @@
 """Engine test support: the reference cases (which inputs are user-side, how the model is called), random
-weights and inputs, and the DESIGN section 3 equivalence check."""
+weights and inputs, and the section 3 equivalence check (service.engine.equivalence)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from service.engine.equivalence import LOGITS, SCORES, max_difference, rankings_agree
 from tests.engine import reference_models as rm
-
-# DESIGN section 3: absolute bound on post-sigmoid scores, per candidate and task.
-SCORE_TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 
 @dataclass(frozen=True)
@@ -217,30 +215,21 @@ def assert_same_structure(actual, reference) -> None:
 
 
 def score_bound(reference: Tensor, dtype: torch.dtype, post_sigmoid: bool) -> float:
-    """Absolute bound for post-sigmoid scores (DESIGN section 3). Raw logits are unbounded and the error of a
-    reordered float sum grows with the magnitude of the values summed, so for them the same bound is taken
-    relative to the largest logit (never tighter than the absolute one)."""
-    tolerance = SCORE_TOLERANCE[dtype]
-    if post_sigmoid:
-        return tolerance
-    return tolerance * max(1.0, reference.abs().max().item())
+    """The section 3 bound: absolute for post-sigmoid scores, relative to the largest logit for raw logits."""
+    return (SCORES if post_sigmoid else LOGITS).bound(reference, dtype)
 
 
 def assert_equivalent(actual, reference, dtype: torch.dtype, post_sigmoid: bool = True) -> None:
-    """DESIGN section 3: per candidate and task within the bound, and rankings agree except between
-    candidates whose reference scores differ by less than the bound."""
+    """Docs/ARCHITECTURE.md section 3: per candidate and task within the bound, and rankings agree except
+    between candidates whose reference scores differ by less than the bound."""
     assert_same_structure(actual, reference)
     got, want = score_matrix(actual), score_matrix(reference)
     assert got.dtype == want.dtype == dtype
     bound = score_bound(want, dtype, post_sigmoid)
-    worst = (got - want).abs().max().item()
+    worst = max_difference(got, want)
     assert worst <= bound, f"max |variant - reference| = {worst:.3e} > {bound:.1e}"
     for task in range(want.shape[1]):
-        ref_gap = want[:, task, None] - want[None, :, task]  # (N, N): ref_i - ref_j
-        got_gap = got[:, task, None] - got[None, :, task]
-        clearly_ordered = ref_gap >= bound
-        inverted = clearly_ordered & (got_gap <= 0)
-        assert not inverted.any(), f"task {task}: {int(inverted.sum())} candidate pairs ranked differently"
+        assert rankings_agree(got[:, task], want[:, task], bound), f"task {task}: candidates ranked differently"
 
 
 @pytest.fixture
