@@ -23,7 +23,7 @@ def bench_architecture(name: str, n: int, repeats: int, seed: int) -> list:
     config = arch.default_config()
     torch.manual_seed(seed)
     model = arch.build(config).eval()
-    schema = arch.schema(config)
+    schema = config.schema()
     generator = torch.Generator().manual_seed(seed)
     built = reparameterize_all(model, (schema.example_batch(8, generator),), [f.name for f in schema.user_features])
     return bench_variants(built, lambda k: schema.example_batch(k, generator), [n], repeats)

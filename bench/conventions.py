@@ -51,7 +51,7 @@ def dict_cases() -> list[Case]:
     config = arch.default_config()
     _seeded("mmoe")
     model = arch.build(config).eval()
-    schema = arch.schema(config)
+    schema = config.schema()
     return [Case("mmoe (default size)", "dict of tensors", model, lambda n, g: schema.example_batch(n, g),
                  [spec.name for spec in schema.user_features])]
 

@@ -19,16 +19,15 @@ import torch
 from torch import nn
 
 from service.engine import Variant, analyze
-from service.models.registry import get_architecture
+from service.models import RankerConfig
 from service.training.train import train_model
 
 ARCHITECTURES = ("dcnv2", "rdcn")
 ANALYSIS_BUILD_N = 8  # candidates in the example request the engine captures with
 
 
-def flops_per_variant(model: nn.Module, architecture: str, config: object, n: int) -> dict:
-    arch = get_architecture(architecture)
-    schema = arch.schema(config)
+def flops_per_variant(model: nn.Module, config: RankerConfig, n: int) -> dict:
+    schema = config.schema()
     example = schema.example_batch(ANALYSIS_BUILD_N, torch.Generator().manual_seed(0))
     users = [spec.name for spec in schema.user_features]
     analysis = analyze(model, (example,), users, n=n)
@@ -58,7 +57,7 @@ def run(seeds: list[int], steps: int, n: int) -> dict:
         results["parameters"] = {**results.get("parameters", {}),
                                  architecture: sum(p.numel() for p in result.model.parameters())}
         # FLOPs do not depend on the weights: analyse the last trained model.
-        results["flops"][architecture] = flops_per_variant(result.model, architecture, result.config, n)
+        results["flops"][architecture] = flops_per_variant(result.model, result.config, n)
     return results
 
 

@@ -16,15 +16,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from service.features.schema import FeatureSchema
-from service.models.deepfm import ITEM_FIELDS, USER_FIELDS, catalog_schema
-from service.models.catalog import CatalogConfig
+from service.models.catalog import ITEM_FIELDS, USER_FIELDS, CatalogConfig
 from service.models.layers import OOVEmbedding, TaskTowers
 
 
 @dataclass(frozen=True)
 class AutoIntConfig(CatalogConfig):
-    """Every size of the AutoInt ranker (feature names and vocabularies shared with the DCN catalogue)."""
+    """Every size of the AutoInt ranker (features and vocabularies from service.models.catalog)."""
 
     embedding_dim: int = 16  # token width d
     user_dense_dim: int = 32
@@ -54,7 +52,7 @@ class SelfAttentionLayer(nn.Module):
         self.out_dim = out_dim
 
     def _heads(self, x: Tensor) -> Tensor:
-        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)  # (B, H, F, dk)
+        return torch.unflatten(x, -1, (self.num_heads, self.head_dim)).transpose(1, 2)  # (B, H, F, dk)
 
     def forward(self, x: Tensor) -> Tensor:
         """x (B, F, in_dim) -> (B, F, H * dk)."""
@@ -70,7 +68,7 @@ class AutoIntRanker(nn.Module):
     def __init__(self, config: AutoIntConfig) -> None:
         super().__init__()
         self.config = config
-        specs = {spec.name: spec for spec in schema(config).features}
+        specs = {spec.name: spec for spec in config.schema().features}
         d = config.embedding_dim
         self.embeddings = nn.ModuleDict(
             {name: OOVEmbedding(specs[name].vocab_size, d) for name in USER_FIELDS + ITEM_FIELDS}
@@ -78,7 +76,8 @@ class AutoIntRanker(nn.Module):
         self.user_dense = nn.Linear(config.user_dense_dim, d)
         self.item_dense = nn.Linear(config.item_dense_dim, d)
         self.cross_dense = nn.Linear(config.cross_dense_dim, d)
-        layers, width = [], d
+        layers: list[SelfAttentionLayer] = []
+        width = d
         for _ in range(config.num_layers):
             layers.append(SelfAttentionLayer(width, config.num_heads, config.head_dim))
             width = layers[-1].out_dim
@@ -95,20 +94,6 @@ class AutoIntRanker(nn.Module):
         for layer in self.layers:
             x = layer(x)
         flat = x.flatten(1)  # (B, F * H * dk)
-        return self.towers({task: flat for task in self.config.tasks})
+        scores: dict[str, Tensor] = self.towers({task: flat for task in self.config.tasks})
+        return scores
 
-
-def schema(config: AutoIntConfig) -> FeatureSchema:
-    return catalog_schema(config)
-
-
-def build(config: AutoIntConfig) -> AutoIntRanker:
-    return AutoIntRanker(config)
-
-
-def tasks(config: AutoIntConfig) -> list[str]:
-    return list(config.tasks)
-
-
-def task_weights(config: AutoIntConfig) -> dict[str, float]:
-    return dict(zip(config.tasks, config.task_weights))

@@ -4,6 +4,8 @@ concat (in `feature_order`, user and candidate blocks interleaved) -> BatchNorm1
     -> cross network  x_{l+1} = x0 * (W_l x_l + b_l) + x_l     (DCNv2, full-rank W)
     -> deep MLP D->512->256                                    (in parallel, on x0)
     -> concat(cross, deep) -> one sigmoid head per task.
+
+`DCNv2Config` is the same ranker with three cross layers: the "dcnv2" baseline rDCN is measured against.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from service.features.schema import FeatureSchema, FeatureSpec, Kind, Side
-from service.models.catalog import FEATURE_CATALOG, INTERLEAVED_ORDER, CatalogConfig
+from service.features.schema import FeatureSchema, Kind, Side
+from service.models.catalog import FEATURE_CATALOG, INTERLEAVED_ORDER, CatalogConfig, catalog_specs
 from service.models.layers import MLP, OOVEmbedding, TaskTowers
+
 
 @dataclass(frozen=True)
 class DCNConfig(CatalogConfig):
@@ -34,25 +37,23 @@ class DCNConfig(CatalogConfig):
         if self.num_cross_layers < 1 or not self.deep_dims:
             raise ValueError("num_cross_layers must be >= 1 and deep_dims non-empty")
 
+    def schema(self) -> FeatureSchema:
+        """Every catalogue feature, in the concat order `feature_order`."""
+        return FeatureSchema(tuple(catalog_specs(self, self.feature_order)))
 
-def schema(config: DCNConfig) -> FeatureSchema:
-    """Feature schema of the DCN ranker, in the interleaved concat order."""
-    specs = []
-    for name in config.feature_order:
-        side, kind, size_attr = FEATURE_CATALOG[name]
-        size = getattr(config, size_attr)
-        if kind is Kind.DENSE:
-            specs.append(FeatureSpec(name, side, kind, dim=size))
-        else:
-            specs.append(FeatureSpec(name, side, kind, vocab_size=size))
-    return FeatureSchema(tuple(specs))
+
+@dataclass(frozen=True)
+class DCNv2Config(DCNConfig):
+    """The DCN ranker with three cross layers: the "dcnv2" architecture."""
+
+    num_cross_layers: int = 3
 
 
 def concat_widths(config: DCNConfig) -> list[tuple[str, Side, int]]:
     """(feature name, side, width) of every block of the concat, in order."""
     return [
         (spec.name, spec.side, spec.dim if spec.kind is Kind.DENSE else config.embedding_dim)
-        for spec in schema(config).features
+        for spec in config.schema().features
     ]
 
 
@@ -76,7 +77,7 @@ class DCNRanker(nn.Module):
     def __init__(self, config: DCNConfig) -> None:
         super().__init__()
         self.config = config
-        self.specs = schema(config).features
+        self.specs = config.schema().features
         self.embeddings = nn.ModuleDict(
             {
                 spec.name: OOVEmbedding(spec.vocab_size, config.embedding_dim)
@@ -97,16 +98,5 @@ class DCNRanker(nn.Module):
         ]
         x0 = self.norm(torch.cat(blocks, dim=-1))  # (B, D)
         combined = torch.cat([self.cross(x0), self.deep(x0)], dim=-1)  # (B, D + H)
-        return self.heads({task: combined for task in self.config.tasks})
-
-
-def build(config: DCNConfig) -> DCNRanker:
-    return DCNRanker(config)
-
-
-def tasks(config: DCNConfig) -> list[str]:
-    return list(config.tasks)
-
-
-def task_weights(config: DCNConfig) -> dict[str, float]:
-    return dict(zip(config.tasks, config.task_weights))
+        scores: dict[str, Tensor] = self.heads({task: combined for task in self.config.tasks})
+        return scores

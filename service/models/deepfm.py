@@ -16,35 +16,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from service.features.schema import FeatureSchema, FeatureSpec, Kind
-from service.models.catalog import FEATURE_CATALOG
-from service.models.catalog import CatalogConfig
+from service.models.catalog import DENSE_FEATURES, ITEM_FIELDS, USER_FIELDS, CatalogConfig
 from service.models.layers import MLP, OOVEmbedding
 
-USER_FIELDS: tuple[str, ...] = ("user_id", "user_age_bucket", "user_gender", "user_city", "user_device", "user_os")
-ITEM_FIELDS: tuple[str, ...] = ("item_id", "item_author", "item_category")
-DENSE_FEATURES: tuple[str, ...] = ("user_dense", "item_dense", "cross_dense")
-# Natural layout: user fields, user dense, item fields, item dense, cross dense.
-USER_FIRST_ORDER: tuple[str, ...] = USER_FIELDS + ("user_dense",) + ITEM_FIELDS + ("item_dense", "cross_dense")
 # Small initial embeddings, as in the DeepFM reference code: with N(0, 1) rows the FM sum of F(F-1)/2 dot
 # products saturates every sigmoid at initialisation.
 EMBEDDING_INIT_STD = 0.01
 
 
-def catalog_schema(config: object, order: tuple[str, ...] = USER_FIRST_ORDER) -> FeatureSchema:
-    """Schema of features from the shared DCN catalogue; sizes read from config attributes of the same names."""
-    specs = []
-    for name in order:
-        side, kind, size_attr = FEATURE_CATALOG[name]
-        size = getattr(config, size_attr)
-        specs.append(FeatureSpec(name, side, kind, dim=size) if kind is Kind.DENSE
-                     else FeatureSpec(name, side, kind, vocab_size=size))
-    return FeatureSchema(tuple(specs))
-
-
 @dataclass(frozen=True)
 class DeepFMConfig(CatalogConfig):
-    """Every size of the DeepFM ranker (feature names and vocabularies shared with the DCN catalogue)."""
+    """Every size of the DeepFM ranker (features and vocabularies from service.models.catalog)."""
 
     embedding_dim: int = 16  # one width for every field: FM needs it
     user_dense_dim: int = 32
@@ -63,19 +45,19 @@ class DeepFMRanker(nn.Module):
         super().__init__()
         self.config = config
         self.fields = USER_FIELDS + ITEM_FIELDS
-        specs = {spec.name: spec for spec in schema(config).features}
+        specs = {spec.name: spec for spec in config.schema().features}
         num_tasks = len(config.tasks)
-        self.embeddings = nn.ModuleDict(
-            {name: OOVEmbedding(specs[name].vocab_size, config.embedding_dim) for name in self.fields}
-        )
+        embeddings = {name: OOVEmbedding(specs[name].vocab_size, config.embedding_dim) for name in self.fields}
+        self.embeddings = nn.ModuleDict(embeddings)
         # first-order weights: one scalar per field value and task
-        self.first_order = nn.ModuleDict({name: OOVEmbedding(specs[name].vocab_size, num_tasks) for name in self.fields})
+        first_order = {name: OOVEmbedding(specs[name].vocab_size, num_tasks) for name in self.fields}
+        self.first_order = nn.ModuleDict(first_order)
         self.bias = nn.Parameter(torch.zeros(num_tasks))
         self.fm_scale = nn.Parameter(torch.ones(num_tasks))
         dense_width = config.user_dense_dim + config.item_dense_dim + config.cross_dense_dim
         self.deep = MLP(len(self.fields) * config.embedding_dim + dense_width, config.deep_dims)
         self.heads = nn.ModuleDict({task: nn.Linear(self.deep.out_dim, 1) for task in config.tasks})
-        for table in [*self.embeddings.values(), *self.first_order.values()]:
+        for table in [*embeddings.values(), *first_order.values()]:
             nn.init.normal_(table.weight, std=EMBEDDING_INIT_STD)
 
     def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -90,18 +72,3 @@ class DeepFMRanker(nn.Module):
             for i, (task, head) in enumerate(self.heads.items())
         }
 
-
-def schema(config: DeepFMConfig) -> FeatureSchema:
-    return catalog_schema(config)
-
-
-def build(config: DeepFMConfig) -> DeepFMRanker:
-    return DeepFMRanker(config)
-
-
-def tasks(config: DeepFMConfig) -> list[str]:
-    return list(config.tasks)
-
-
-def task_weights(config: DeepFMConfig) -> dict[str, float]:
-    return dict(zip(config.tasks, config.task_weights))

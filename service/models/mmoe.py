@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from service.features.schema import FeatureSchema, FeatureSpec, Kind, Side
+from service.models.catalog import CoreFeatureSizes, catalog_specs
 from service.models.layers import MLP, OOVEmbedding, TargetAttention, TaskTowers, masked_mean, padding_mask
 
 DEFAULT_PROFILE_FIELDS: tuple[tuple[str, int], ...] = (
@@ -32,14 +33,9 @@ DEFAULT_PROFILE_FIELDS: tuple[tuple[str, int], ...] = (
 
 
 @dataclass(frozen=True)
-class MMoEConfig:
-    """Every size of the model; benchmarks sweep these through config overrides."""
+class MMoEConfig(CoreFeatureSizes):
+    """Every size of the model (ids and dense widths from CoreFeatureSizes); benchmarks sweep these as overrides."""
 
-    # vocabularies (embedding rows are vocab + 1, the last one is OOV)
-    user_vocab: int = 10_000
-    item_vocab: int = 30_000
-    author_vocab: int = 5_000
-    category_vocab: int = 500
     profile_fields: tuple[tuple[str, int], ...] = DEFAULT_PROFILE_FIELDS  # (feature name, vocab)
     # user side
     user_id_dim: int = 128
@@ -63,33 +59,23 @@ class MMoEConfig:
     task_weights: tuple[float, ...] = (1.0, 0.5, 0.3)
 
     def __post_init__(self) -> None:
-        if len(self.tasks) != len(self.task_weights):
-            raise ValueError(f"tasks {self.tasks} and task_weights {self.task_weights} differ in length")
-        if not self.tasks or not self.expert_dims or not self.user_mlp_dims:
-            raise ValueError("tasks, expert_dims and user_mlp_dims must be non-empty")
-        sizes = (self.user_vocab, self.item_vocab, self.author_vocab, self.category_vocab, self.seq_len,
-                 self.user_id_dim, self.profile_dim, self.user_dense_dim, self.item_dim, self.author_dim,
-                 self.category_dim, self.item_dense_dim, self.cross_dense_dim, self.attention_dim, self.num_experts)
+        super().__post_init__()
+        if not self.expert_dims or not self.user_mlp_dims:
+            raise ValueError("expert_dims and user_mlp_dims must be non-empty")
+        sizes = (self.seq_len, self.user_id_dim, self.profile_dim, self.item_dim, self.author_dim,
+                 self.category_dim, self.attention_dim, self.num_experts)
         if min(sizes) < 1 or min(self.expert_dims + self.user_mlp_dims + self.tower_dims, default=1) < 1:
             raise ValueError("every size in MMoEConfig must be >= 1")
 
-
-def schema(config: MMoEConfig) -> FeatureSchema:
-    """Feature schema of the MMoE ranker (user features first, then item, then cross)."""
-    user = [FeatureSpec("user_id", Side.USER, Kind.SPARSE_ID, vocab_size=config.user_vocab)]
-    user += [FeatureSpec(name, Side.USER, Kind.SPARSE_ID, vocab_size=vocab) for name, vocab in config.profile_fields]
-    user += [
-        FeatureSpec("user_dense", Side.USER, Kind.DENSE, dim=config.user_dense_dim),
-        FeatureSpec("user_seq", Side.USER, Kind.ID_SEQUENCE, vocab_size=config.item_vocab, max_len=config.seq_len),
-    ]
-    item = [
-        FeatureSpec("item_id", Side.ITEM, Kind.SPARSE_ID, vocab_size=config.item_vocab),
-        FeatureSpec("item_author", Side.ITEM, Kind.SPARSE_ID, vocab_size=config.author_vocab),
-        FeatureSpec("item_category", Side.ITEM, Kind.SPARSE_ID, vocab_size=config.category_vocab),
-        FeatureSpec("item_dense", Side.ITEM, Kind.DENSE, dim=config.item_dense_dim),
-    ]
-    cross = [FeatureSpec("cross_dense", Side.CROSS, Kind.DENSE, dim=config.cross_dense_dim)]
-    return FeatureSchema(tuple(user + item + cross))
+    def schema(self) -> FeatureSchema:
+        """User features first (id, profile fields, dense statistics, behaviour sequence), then item, then cross."""
+        user_id, user_dense = catalog_specs(self, ("user_id", "user_dense"))
+        profile = [FeatureSpec(name, Side.USER, Kind.SPARSE_ID, vocab_size=vocab)
+                   for name, vocab in self.profile_fields]
+        sequence = FeatureSpec("user_seq", Side.USER, Kind.ID_SEQUENCE, vocab_size=self.item_vocab,
+                               max_len=self.seq_len)
+        candidate = catalog_specs(self, ("item_id", "item_author", "item_category", "item_dense", "cross_dense"))
+        return FeatureSchema((user_id, *profile, user_dense, sequence, *candidate))
 
 
 def concat_widths(config: MMoEConfig) -> list[tuple[str, Side, int]]:
@@ -163,16 +149,6 @@ class MMoERanker(nn.Module):
         ]
         cross_blocks = [features["cross_dense"], self.attention(item_emb, sequence_emb, mask)]
         x = torch.cat(user_blocks + item_blocks + cross_blocks, dim=-1)  # (B, D)
-        return self.towers(self.mmoe(x))
+        scores: dict[str, Tensor] = self.towers(self.mmoe(x))
+        return scores
 
-
-def build(config: MMoEConfig) -> MMoERanker:
-    return MMoERanker(config)
-
-
-def tasks(config: MMoEConfig) -> list[str]:
-    return list(config.tasks)
-
-
-def task_weights(config: MMoEConfig) -> dict[str, float]:
-    return dict(zip(config.tasks, config.task_weights))

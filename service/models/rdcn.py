@@ -9,28 +9,21 @@ Written the ordinary way (one Linear over cat([u, c])); MaRI splits that Linear 
 and a per-candidate W_cc c by itself. A deep MLP runs on x0 in parallel, as in the DCN ranker, and one
 sigmoid head per task reads [u_L, c_L, deep].
 
-`DCNv2Config` is the baseline rDCN is measured against: the DCN ranker with three full-rank cross layers.
+The baseline rDCN is measured against is `DCNv2Config` (service.models.dcn): the DCN ranker with three
+full-rank cross layers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from service.features.schema import FeatureSchema, Kind
-from service.models.dcn import DCNConfig
-from service.models.deepfm import USER_FIRST_ORDER, catalog_schema
+from service.features.schema import FeatureSpec, Kind
 from service.models.catalog import CatalogConfig
 from service.models.layers import MLP, OOVEmbedding, TaskTowers
-
-
-@dataclass(frozen=True)
-class DCNv2Config(DCNConfig):
-    """The DCN ranker (service.models.dcn) with three cross layers: the "dcnv2" architecture."""
-
-    num_cross_layers: int = 3
 
 
 @dataclass(frozen=True)
@@ -69,7 +62,7 @@ class RDCNRanker(nn.Module):
     def __init__(self, config: RDCNConfig) -> None:
         super().__init__()
         self.config = config
-        specs = schema(config).features
+        specs = config.schema().features
         self.user_specs = tuple(spec for spec in specs if spec.is_user)
         self.candidate_specs = tuple(spec for spec in specs if not spec.is_user)
         self.embeddings = nn.ModuleDict(
@@ -83,10 +76,10 @@ class RDCNRanker(nn.Module):
         self.deep = MLP(user_dim + candidate_dim, config.deep_dims)
         self.heads = TaskTowers(user_dim + candidate_dim + self.deep.out_dim, (), config.tasks)
 
-    def _width(self, specs) -> int:
+    def _width(self, specs: Sequence[FeatureSpec]) -> int:
         return sum(spec.dim if spec.kind is Kind.DENSE else self.config.embedding_dim for spec in specs)
 
-    def _blocks(self, specs, features: dict[str, Tensor]) -> list[Tensor]:
+    def _blocks(self, specs: Sequence[FeatureSpec], features: dict[str, Tensor]) -> list[Tensor]:
         return [self.embeddings[s.name](features[s.name]) if s.kind is Kind.SPARSE_ID else features[s.name]
                 for s in specs]
 
@@ -96,20 +89,5 @@ class RDCNRanker(nn.Module):
         deep = self.deep(torch.cat([u0, c0], dim=-1))  # (B, H)
         u, c = self.cross(u0, c0)
         combined = torch.cat([u, c, deep], dim=-1)  # (B, Du + Dc + H)
-        return self.heads({task: combined for task in self.config.tasks})
-
-
-def schema(config: RDCNConfig) -> FeatureSchema:
-    return catalog_schema(config, USER_FIRST_ORDER)
-
-
-def build(config: RDCNConfig) -> RDCNRanker:
-    return RDCNRanker(config)
-
-
-def tasks(config: RDCNConfig) -> list[str]:
-    return list(config.tasks)
-
-
-def task_weights(config: RDCNConfig) -> dict[str, float]:
-    return dict(zip(config.tasks, config.task_weights))
+        scores: dict[str, Tensor] = self.heads({task: combined for task in self.config.tasks})
+        return scores

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from service.models.registry import config_to_dict, get_architecture
+from service.models import get_architecture
 from service.store.manifest import MANIFEST_FILE, ArtifactError
 from service.store.package import builtin_source, package
 
@@ -33,10 +33,10 @@ def convert_legacy(version_dir: Path | str) -> Path:
         raise ArtifactError(f"{version_dir}: format_version is {manifest.get('format_version')!r}, "
                             f"only format {LEGACY_FORMAT} needs converting")
     arch = get_architecture(manifest["architecture"])
-    config = arch.config_from_dict(manifest["hyper_parameters"])
+    config = arch.config_cls.from_dict(manifest["hyper_parameters"])
     model = arch.build(config)
     model.load_state_dict(load_file(version_dir / manifest["weights_file"]), strict=True)
-    schema = arch.schema(config)
+    schema = config.schema()
     staging_store = version_dir.parent / f".convert-{os.getpid()}"
     shutil.rmtree(staging_store, ignore_errors=True)
     try:
@@ -45,7 +45,7 @@ def convert_legacy(version_dir: Path | str) -> Path:
             model.eval(), example, schema, tasks=manifest["tasks"], task_weights=manifest["task_weights"],
             store=staging_store, name=manifest["name"], version=manifest["version"],
             metrics=manifest.get("metrics", {}),
-            source=builtin_source(manifest["architecture"], config_to_dict(config)),
+            source=builtin_source(manifest["architecture"], config.to_dict()),
         )
         retired = version_dir.parent / f".format1-{version_dir.name}-{os.getpid()}"
         os.rename(version_dir, retired)

@@ -11,12 +11,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from service.models.registry import config_to_dict, get_architecture
+from service.models import RankerConfig, get_architecture
 from service.store.artifact import next_version
 from service.store.package import builtin_source, package
 from service.training.auc import roc_auc
 from service.training.synthetic import LabeledBatch, make_dataset
-
 
 EXAMPLE_CANDIDATES = 8  # rows of the packaging example; any N >= 2 captures the same program
 
@@ -35,7 +34,7 @@ class TrainSettings:
 @dataclass
 class TrainResult:
     model: nn.Module  # in eval mode
-    config: Any  # the architecture's config dataclass
+    config: RankerConfig
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
@@ -52,10 +51,10 @@ def train_model(
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     arch = get_architecture(architecture)
-    config = arch.with_overrides(arch.default_config(), config_overrides)
-    tasks = arch.tasks(config)
+    config = arch.default_config().with_overrides(config_overrides)
+    tasks = list(config.tasks)
     train_rows, holdout = make_dataset(
-        arch.schema(config), tasks, steps * settings.batch_size, settings.holdout_rows, seed=seed
+        config.schema(), tasks, steps * settings.batch_size, settings.holdout_rows, seed=seed
     )
     torch.manual_seed(seed)
     model = arch.build(config)
@@ -137,12 +136,14 @@ def train_and_save(
 def save_trained(result: TrainResult, architecture: str, store_root: Path | str, name: str, version: str,
                  seed: int = 0) -> Path:
     """Package a trained built-in ranker like any user's model: the same store format, one loading path."""
-    arch = get_architecture(architecture)
-    schema = arch.schema(result.config)
+    config = result.config
+    if not isinstance(config, get_architecture(architecture).config_cls):
+        raise TypeError(f"a {type(config).__name__} does not configure architecture {architecture!r}")
+    schema = config.schema()
     example = schema.example_batch(EXAMPLE_CANDIDATES, torch.Generator().manual_seed(seed))
     loaded = package(
-        result.model, example, schema, tasks=arch.tasks(result.config), task_weights=arch.task_weights(result.config),
+        result.model, example, schema, tasks=list(config.tasks), task_weights=config.weights_by_task(),
         store=store_root, name=name, version=version, metrics=result.metrics,
-        source=builtin_source(architecture, config_to_dict(result.config)),
+        source=builtin_source(architecture, config.to_dict()),
     )
     return loaded.path

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from service.features.schema import PADDING_ID, FeatureSchema, FeatureSpec, Kind, Side
-from service.models.registry import ARCHITECTURES
+from service.models import ARCHITECTURES
 
 
 def _small_schema() -> FeatureSchema:
@@ -17,7 +17,7 @@ def _small_schema() -> FeatureSchema:
     ))
 
 
-@pytest.mark.parametrize("schema", [_small_schema()] + [a.schema(a.default_config()) for a in ARCHITECTURES.values()])
+@pytest.mark.parametrize("schema", [_small_schema()] + [a.default_config().schema() for a in ARCHITECTURES.values()])
 def test_schema_round_trips_through_json(schema: FeatureSchema) -> None:
     restored = FeatureSchema.from_dict(json.loads(json.dumps(schema.to_dict())))
     assert restored == schema

@@ -3,8 +3,8 @@ import torch
 from torch import nn
 
 from service.features.schema import FeatureSchema
-from service.models.registry import ARCHITECTURES, Architecture
-from tests.models.small_configs import SMALL_OVERRIDES
+from service.models import ARCHITECTURES, Architecture, RankerConfig
+from tests.models.small_configs import small_config
 
 
 class TileUserFeatures(nn.Module):
@@ -24,13 +24,13 @@ class TileUserFeatures(nn.Module):
         )
 
 
-def small_model(name: str, seed: int = 0) -> tuple[Architecture, object, nn.Module, FeatureSchema]:
+def small_model(name: str, seed: int = 0) -> tuple[Architecture, RankerConfig, nn.Module, FeatureSchema]:
     arch = ARCHITECTURES[name]
-    config = arch.with_overrides(arch.default_config(), SMALL_OVERRIDES[name])
+    config = small_config(name)
     torch.manual_seed(seed)
     model = arch.build(config).eval()
     _randomize_batchnorm(model)
-    return arch, config, model, arch.schema(config)
+    return arch, config, model, config.schema()
 
 
 def _randomize_batchnorm(model: nn.Module) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from service.models import RankerConfig, get_architecture
+
 # The feature catalogue shared by dcn, dcnv2, deepfm, autoint and rdcn.
 _SMALL_CATALOG_SIZES: dict[str, Any] = {
     "user_vocab": 200, "item_vocab": 500, "author_vocab": 50, "category_vocab": 20, "city_vocab": 30,
@@ -25,3 +27,7 @@ SMALL_OVERRIDES: dict[str, dict[str, Any]] = {
     "rdcn": {**_SMALL_CATALOG_SIZES, "deep_dims": (32, 16)},
 }
 
+
+def small_config(name: str) -> RankerConfig:
+    """The default config of architecture `name` with SMALL_OVERRIDES applied."""
+    return get_architecture(name).default_config().with_overrides(SMALL_OVERRIDES[name])

@@ -2,7 +2,7 @@ import pytest
 from torch import nn
 
 from service.features.schema import Side
-from service.models.dcn import INTERLEAVED_ORDER, DCNConfig, DCNRanker, concat_widths, schema
+from service.models.dcn import INTERLEAVED_ORDER, DCNConfig, DCNRanker, concat_widths
 from tests.models.conftest import small_model
 
 
@@ -10,7 +10,7 @@ def test_default_layout_interleaves_user_item_and_cross_features() -> None:
     sides = [side for _, side, _ in concat_widths(DCNConfig())]
     switches = sum(1 for a, b in zip(sides, sides[1:]) if (a is Side.USER) != (b is Side.USER))
     assert switches >= 6, "user and candidate blocks alternate many times"
-    assert schema(DCNConfig()).names == INTERLEAVED_ORDER
+    assert DCNConfig().schema().names == INTERLEAVED_ORDER
 
 
 def test_default_user_side_is_about_70_percent_of_the_concat() -> None:

@@ -4,7 +4,6 @@ from torch import nn
 
 from service.features.schema import PADDING_ID, Side
 from service.models.mmoe import MMoEConfig, MMoERanker, concat_widths
-from service.models.mmoe import schema as mmoe_schema
 from tests.models.conftest import small_model, tiled_batch
 
 
@@ -17,7 +16,7 @@ def test_default_concat_is_about_1170_wide_with_user_side_between_75_and_80_perc
 
 
 def test_default_schema_has_user_id_ten_profile_fields_dense_stats_and_a_50_item_sequence() -> None:
-    features = mmoe_schema(MMoEConfig())
+    features = MMoEConfig().schema()
     user_sparse = [s for s in features.user_features if s.kind.value == "sparse_id"]
     assert user_sparse[0].name == "user_id" and len(user_sparse) == 11
     assert features.get("user_seq").max_len == 50

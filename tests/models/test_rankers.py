@@ -9,7 +9,7 @@ def test_ranker_returns_one_probability_per_candidate_for_every_task(architectur
     arch, config, model, schema = small_model(architecture_name)
     with torch.no_grad():
         scores = model(tiled_batch(schema, 7))
-    assert sorted(scores) == sorted(arch.tasks(config))
+    assert sorted(scores) == sorted(config.tasks)
     for task, value in scores.items():
         assert value.shape == (7,), task
         assert value.dtype == torch.float32
@@ -19,10 +19,10 @@ def test_ranker_returns_one_probability_per_candidate_for_every_task(architectur
 def test_default_ranker_runs_on_its_own_example_batch(architecture_name: str) -> None:
     arch = small_model(architecture_name)[0]
     config = arch.default_config()
-    schema = arch.schema(config)
+    schema = config.schema()
     with torch.no_grad():
         scores = arch.build(config).eval()(tiled_batch(schema, 3))
-    assert {task: value.shape for task, value in scores.items()} == {task: (3,) for task in arch.tasks(config)}
+    assert {task: value.shape for task, value in scores.items()} == {task: (3,) for task in config.tasks}
 
 
 def test_candidate_scored_in_a_batch_equals_it_scored_alone(architecture_name: str) -> None:

@@ -6,26 +6,25 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from service.models.registry import ARCHITECTURES, config_to_dict
+from service.models import ARCHITECTURES
 from service.store import ArtifactError, load_artifact, next_version, package, resolve_version
 from service.store.artifact import sha256_file
 from service.store.manifest import MANIFEST_FILE, PROGRAM_FILE, WEIGHTS_FILE
 from service.store.package import builtin_source
-from tests.models.small_configs import SMALL_OVERRIDES
+from tests.models.small_configs import small_config
 
 METRICS = {"holdout_auc": {"click": 0.8}}
 
 
 def _save(store: Path, architecture: str = "mmoe", version: str = "v1", seed: int = 0) -> tuple[Path, torch.nn.Module]:
-    arch = ARCHITECTURES[architecture]
-    config = arch.with_overrides(arch.default_config(), SMALL_OVERRIDES[architecture])
+    config = small_config(architecture)
     torch.manual_seed(seed)
-    model = arch.build(config).eval()
-    schema = arch.schema(config)
+    model = ARCHITECTURES[architecture].build(config).eval()
+    schema = config.schema()
     loaded = package(
-        model, schema.example_batch(5, torch.Generator().manual_seed(seed)), schema, tasks=arch.tasks(config),
-        task_weights=arch.task_weights(config), store=store, name="ranker", version=version, metrics=METRICS,
-        source=builtin_source(architecture, config_to_dict(config)),
+        model, schema.example_batch(5, torch.Generator().manual_seed(seed)), schema, tasks=list(config.tasks),
+        task_weights=config.weights_by_task(), store=store, name="ranker", version=version, metrics=METRICS,
+        source=builtin_source(architecture, config.to_dict()),
     )
     return loaded.path, model
 

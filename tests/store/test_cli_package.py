@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from service.models.registry import ARCHITECTURES, config_to_dict
+from service.models import ARCHITECTURES
 from service.store import ArtifactError, load_artifact
 from service.store.artifact import sha256_file
-from tests.models.small_configs import SMALL_OVERRIDES
+from tests.models.small_configs import small_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,17 +51,16 @@ def test_package_command_reports_a_bad_reference_without_a_traceback(tmp_path: P
 
 def _write_format_1(store: Path) -> tuple[Path, torch.nn.Module]:
     """A version folder exactly as the previous release wrote it: architecture name + safetensors weights."""
-    arch = ARCHITECTURES["dcn"]
-    config = arch.with_overrides(arch.default_config(), SMALL_OVERRIDES["dcn"])
+    config = small_config("dcn")
     torch.manual_seed(5)
-    model = arch.build(config).eval()
+    model = ARCHITECTURES["dcn"].build(config).eval()
     folder = store / "old" / "v3"
     folder.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "weights.safetensors")
     manifest = {
-        "name": "old", "version": "v3", "architecture": "dcn", "hyper_parameters": config_to_dict(config),
-        "feature_schema": arch.schema(config).to_dict(), "tasks": arch.tasks(config),
-        "task_weights": arch.task_weights(config), "weights_sha256": sha256_file(folder / "weights.safetensors"),
+        "name": "old", "version": "v3", "architecture": "dcn", "hyper_parameters": config.to_dict(),
+        "feature_schema": config.schema().to_dict(), "tasks": list(config.tasks),
+        "task_weights": config.weights_by_task(), "weights_sha256": sha256_file(folder / "weights.safetensors"),
         "metrics": {"holdout_auc": {"click": 0.7}}, "created_at": "2026-11-01T00:00:00+00:00",
         "weights_file": "weights.safetensors", "format_version": 1,
     }

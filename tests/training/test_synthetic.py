@@ -1,16 +1,15 @@
 import torch
 
-from service.features.schema import Kind
-from service.models.registry import ARCHITECTURES
+from service.features.schema import FeatureSchema, Kind
+from service.models import ARCHITECTURES
 from service.training.auc import roc_auc
 from service.training.synthetic import SyntheticWorld, make_dataset
-from tests.models.small_configs import SMALL_OVERRIDES
+from tests.models.small_configs import small_config
 
 
-def _small(name: str):
-    arch = ARCHITECTURES[name]
-    config = arch.with_overrides(arch.default_config(), SMALL_OVERRIDES[name])
-    return arch.schema(config), arch.tasks(config)
+def _small(name: str) -> tuple[FeatureSchema, list[str]]:
+    config = small_config(name)
+    return config.schema(), list(config.tasks)
 
 
 def test_same_seed_gives_identical_rows_and_another_seed_does_not() -> None:
