@@ -51,7 +51,7 @@ COPY --from=builder /opt/venv /opt/venv
 COPY --from=builder --chown=ranker:ranker /app/model_store /app/model_store
 
 # `ranker serve` takes host, port and workers as flags; the CMD reads them from these variables.
-# Every other setting is a RANKER_* field of service/api/config.py:Settings (e.g. RANKER_VARIANT,
+# Every other setting is a RANKER_* field of service/serving/settings.py:Settings (e.g. RANKER_VARIANT,
 # RANKER_SHADOW_VARIANT, RANKER_ADMIN_TOKEN). Keep RANKER_WORKERS x RANKER_TORCH_THREADS <= the container's CPUs.
 # With RANKER_WORKERS > 1, `ranker serve` creates a fresh PROMETHEUS_MULTIPROC_DIR under /tmp itself.
 ENV RANKER_HOST=0.0.0.0 \

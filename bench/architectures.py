@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from service.benchmark import bench_variants, format_rows
-from service.engine import reparameterize_all
 from service.models.registry import ARCHITECTURES
+from service.serving.build import build_variants
 
 
 def bench_architecture(name: str, n: int, repeats: int, seed: int) -> list:
@@ -24,8 +24,8 @@ def bench_architecture(name: str, n: int, repeats: int, seed: int) -> list:
     torch.manual_seed(seed)
     model = arch.build(config).eval()
     schema = config.schema()
+    built = build_variants(model, [f.name for f in schema.user_features], schema.example_batch, seed=seed)
     generator = torch.Generator().manual_seed(seed)
-    built = reparameterize_all(model, (schema.example_batch(8, generator),), [f.name for f in schema.user_features])
     return bench_variants(built, lambda k: schema.example_batch(k, generator), [n], repeats)
 
 
@@ -50,7 +50,8 @@ def main() -> None:
                 f"{r.flops_ratio_vs_vani:.2f}x | {r.speedup_over_flops_ratio:.2f} | {r.gflops_per_s:.1f} |"
             )
     if args.out:
-        header = (f"Command: `python -m bench.architectures --n {args.n} --repeats {args.repeats} --threads {args.threads}`"
+        command = f"python -m bench.architectures --n {args.n} --repeats {args.repeats} --threads {args.threads}"
+        header = (f"Command: `{command}`"
                   f" (fresh weights, N = {args.n}, torch threads {args.threads}).\n\n")
         args.out.write_text(header + "\n".join(lines) + "\n")
 

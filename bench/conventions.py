@@ -21,11 +21,11 @@ import torch
 from torch import Tensor, nn
 
 from service.benchmark import interleaved_medians
-from service.engine import Variant, reparameterize_all
+from service.engine import Variant
 from service.models.registry import get_architecture
+from service.serving.build import build_variants
 
 VARIANTS = (Variant.VANI, Variant.UOI, Variant.MARI)
-BUILD_N = 8
 PRODUCTION_SIZES = {"embedding_dim": 16, "hidden": (512, 256)}  # the tests' models are deliberately tiny
 
 
@@ -102,8 +102,8 @@ def torchrec_cases() -> list[Case]:
 
 
 def measure(case: Case, n: int, repeats: int, warmup: int) -> dict[str, float | str]:
+    built = build_variants(case.adapter, case.user_inputs, case.make_inputs, variants=VARIANTS, seed=0)
     generator = torch.Generator().manual_seed(0)
-    built = reparameterize_all(case.adapter, (case.make_inputs(BUILD_N, generator),), case.user_inputs, VARIANTS)
     inputs = case.make_inputs(n, generator)
     tiled = _tile(inputs, case.user_inputs, n)
     calls = {"eager": lambda: case.adapter(tiled)}

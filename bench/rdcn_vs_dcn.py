@@ -2,7 +2,7 @@
 
 Both architectures are trained by `service.training.train.train_model` with the same seed, step budget and
 optimiser settings on the same planted-signal data (same feature names, same sizes), then analysed by the
-engine: `analyze(model, (example,), user_inputs, n).flops(variant)` for VanI, UOI and MaRI.
+engine (`service.serving.build.build_variants`, then `Analysis(n, built).flops(variant)`) for VanI, UOI and MaRI.
 
     .venv/bin/python -m bench.rdcn_vs_dcn --seeds 0 1 2 --steps 500 --n 1000 --json rdcn_vs_dcn.json
 """
@@ -18,19 +18,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from service.engine import Variant, analyze
+from service.engine import Analysis, Variant
 from service.models import RankerConfig
+from service.serving.build import build_variants
 from service.training.train import train_model
 
 ARCHITECTURES = ("dcnv2", "rdcn")
-ANALYSIS_BUILD_N = 8  # candidates in the example request the engine captures with
 
 
 def flops_per_variant(model: nn.Module, config: RankerConfig, n: int) -> dict:
     schema = config.schema()
-    example = schema.example_batch(ANALYSIS_BUILD_N, torch.Generator().manual_seed(0))
     users = [spec.name for spec in schema.user_features]
-    analysis = analyze(model, (example,), users, n=n)
+    analysis = Analysis(n, build_variants(model, users, schema.example_batch, seed=0))
     report = analysis.to_dict()
     return {
         "flops": {v.value: analysis.flops(v) for v in Variant},
@@ -72,7 +71,8 @@ def print_report(results: dict) -> None:
     print(f"\nFLOPs per request at N = {results['n']} (ratio to DCNv2 VanI)")
     for name, row in results["flops"].items():
         for variant, flops in row["flops"].items():
-            print(f"  {name:45s} {variant:5s} {flops / 1e6:10.1f} MFLOP  {flops / base:6.3f}  runs as {row['runs_as'][variant]}")
+            print(f"  {name:45s} {variant:5s} {flops / 1e6:10.1f} MFLOP  {flops / base:6.3f}  "
+                  f"runs as {row['runs_as'][variant]}")
 
 
 def main() -> None:

@@ -10,7 +10,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-STAGES = ("queue", "decode", "encode", "infer", "respond")  # service.api.metrics.STAGES
+from service.serving.metrics import STAGES
+
 VARIANT_COLOURS = {"vani": "tab:red", "uoi": "tab:orange", "mari": "tab:green"}
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

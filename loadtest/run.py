@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(parser, args)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     results = args.results_dir or REPO_ROOT / "loadtest" / "results" / stamp
     results.mkdir(parents=True, exist_ok=True)
     command = "python -m loadtest.run " + shlex.join(sys.argv[1:] if argv is None else argv)

@@ -1,7 +1,7 @@
 """The request mix of the load test: pre-generated POST /rank bodies for a population of users.
 
 - one body per population user (user_id `lt-user-<i>`), with its own user features and candidate set drawn
-  like the model's training data (service.api.example_request, from the model's feature schema);
+  like the model's training data (service.serving.example_request, from the model's feature schema);
 - N per body from a log-normal law clipped to [n_min, n_max]: many small requests and a heavy tail;
 - a `columnar_share` fraction of the bodies in the columnar form, the rest row-wise;
 - deterministic in the seed, and saved as JSON-encoded bytes, so every variant gets byte-identical traffic.
@@ -58,8 +58,8 @@ def draw_n(rng: random.Random, mix: TrafficMix) -> int:
 def build_pool(model_path: Path | str, mix: TrafficMix) -> list[Body]:
     """mix.bodies request bodies for the schema of the model at model_path."""
     # torch and the service: imported only here, not by locust processes that read a saved pool
-    from service.api.example_request import example_request
     from service.features.schema import FeatureSchema
+    from service.serving.example_request import example_request
     from service.store.artifact import read_manifest, resolve_version
 
     schema = FeatureSchema.from_dict(read_manifest(resolve_version(Path(model_path))).feature_schema)

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 DEFAULT_STORE = "model_store"
-EXAMPLE_N = 8  # candidates in the capture example; any N >= 2 gives the same graph
 
 
 def _load(artifact: str):
@@ -20,14 +19,10 @@ def _load(artifact: str):
         sys.exit(f"ranker: cannot load {artifact}: {exc}")
 
 
-def _build_all(loaded, seed: int = 0):
-    import torch
+def _build_all(loaded):
+    from service.serving.build import build_variants
 
-    from service.engine.pipeline import reparameterize_all
-
-    example = loaded.schema.example_batch(EXAMPLE_N, torch.Generator().manual_seed(seed))
-    users = [spec.name for spec in loaded.schema.user_features]
-    return reparameterize_all(loaded.model, (example,), users)
+    return build_variants(loaded.model, loaded.manifest.user_features, loaded.schema.example_batch)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -72,7 +67,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     ns = [int(x) for x in args.n.split(",")]
     rows = bench_variants(built, lambda n: loaded.schema.example_batch(n, generator), ns, args.repeats, args.warmup)
     if args.json:
-        print(json.dumps({"model": str(loaded.path), "threads": args.threads, "rows": [r.to_dict() for r in rows]}, indent=2))
+        report = {"model": str(loaded.path), "threads": args.threads, "rows": [r.to_dict() for r in rows]}
+        print(json.dumps(report, indent=2))
     else:
         print(f"model {loaded.manifest.name} {loaded.manifest.version}, torch threads {args.threads}, "
               f"median of {args.repeats} interleaved runs after {args.warmup} warm-up")
@@ -122,7 +118,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_example_request(args: argparse.Namespace) -> None:
-    from service.api.example_request import example_request_for_store
+    from service.serving.example_request import example_request_for_store
 
     print(json.dumps(example_request_for_store(args.model, n=args.n, columnar=args.columnar, seed=args.seed)))
 

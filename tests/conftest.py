@@ -1,9 +1,14 @@
 """Shared by every test folder."""
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
+
+from service.features.schema import FeatureSchema
+
+SMALL_MODEL_NAME = "default"
 
 
 @pytest.fixture(autouse=True)
@@ -14,3 +19,22 @@ def single_intra_op_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model_store with a small trained MMoE as default/v1 and default/v2 (different seeds: different scores)."""
+    from tests.small_artifacts import save_small_mmoe  # trains: imported only by tests that need a store
+
+    root = tmp_path_factory.mktemp("model_store")
+    for version, seed in (("v1", 1), ("v2", 2)):
+        save_small_mmoe(root, SMALL_MODEL_NAME, version, seed)
+    return root
+
+
+@pytest.fixture(scope="session")
+def schema(store: Path) -> FeatureSchema:
+    """The feature schema of the small stored model."""
+    from service.store.artifact import load_artifact
+
+    return load_artifact(store / SMALL_MODEL_NAME / "v1").schema

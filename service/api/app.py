@@ -12,15 +12,15 @@ import torch
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from service.api.admission import InferencePool
-from service.api.config import Settings
-from service.api.deps import AppState
+from service.api.deps import ServiceState
 from service.api.errors import install_error_handlers
-from service.api.metrics import ServiceMetrics, mark_process_dead
-from service.api.ranking import Ranker
 from service.api.routes import admin, health, metrics, models, rank
-from service.api.runtime import ModelRuntime
-from service.api.shadow import ScoreHook, ShadowComparator
+from service.serving.admission import InferencePool
+from service.serving.metrics import ServiceMetrics, mark_process_dead
+from service.serving.runtime import ModelRuntime
+from service.serving.scorer import RequestScorer
+from service.serving.settings import Settings
+from service.serving.shadow import ShadowComparator
 
 logger = logging.getLogger(__name__)
 
@@ -31,22 +31,20 @@ DESCRIPTION = (
 )
 
 
-def create_app(settings: Settings | None = None, *, shadow_score_hook: ScoreHook | None = None) -> FastAPI:
-    """The FastAPI app for `settings` (read from the environment/config file when None).
-
-    `shadow_score_hook` is a test-only hook that perturbs shadow scores to prove mismatches are caught.
-    """
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The FastAPI app for `settings` (read from the environment/config file when None)."""
     settings = settings or Settings()
     service_metrics = ServiceMetrics()
     runtime = ModelRuntime(settings)
     pool = InferencePool(settings.inference_concurrency, settings.max_queued_requests, settings.queue_timeout_s,
                          settings.retry_after_s)
     shadow = ShadowComparator(settings.shadow_variant, settings.shadow_sample_rate, settings.shadow_queue_size,
-                              settings.tolerance, service_metrics, score_hook=shadow_score_hook)
-    state = AppState(settings, runtime, pool, shadow, service_metrics, Ranker(runtime, pool, shadow, service_metrics))
+                              settings.tolerance, service_metrics)
+    scorer = RequestScorer(runtime, pool, shadow, service_metrics)
+    state = ServiceState(settings, runtime, pool, shadow, service_metrics, scorer)
 
     app = FastAPI(title=TITLE, description=DESCRIPTION, version="1", lifespan=_lifespan)
-    app.state.ranker = state
+    app.state.service = state
     install_error_handlers(app)
     for module in (rank, health, models, admin, metrics):
         app.include_router(module.router)
@@ -63,7 +61,7 @@ def create_app_from_environment() -> FastAPI:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    state: AppState = app.state.ranker
+    state: ServiceState = app.state.service
     if state.settings.torch_threads is not None:
         torch.set_num_threads(state.settings.torch_threads)  # before the first inference (the warm-up)
     serving = await asyncio.to_thread(state.runtime.load)  # raises: start-up fails, the process exits

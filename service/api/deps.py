@@ -1,4 +1,4 @@
-"""Shared request-time dependencies: the app's state, the bounded body reader and the admin check."""
+"""Shared request-time dependencies: the service's state, the bounded body reader and the admin check."""
 
 from __future__ import annotations
 
@@ -8,32 +8,33 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
-from service.api.admission import InferencePool
-from service.api.config import Settings
-from service.api.errors import AdminDisabled, PayloadTooLarge, Unauthorized
-from service.api.metrics import ServiceMetrics
-from service.api.ranking import Ranker
-from service.api.runtime import ModelRuntime
-from service.api.shadow import ShadowComparator
+from service.serving.admission import InferencePool
+from service.serving.codec import REQUEST_ID_PATTERN
+from service.serving.errors import AdminDisabled, PayloadTooLarge, Unauthorized
+from service.serving.metrics import ServiceMetrics
+from service.serving.runtime import ModelRuntime
+from service.serving.scorer import RequestScorer
+from service.serving.settings import Settings
+from service.serving.shadow import ShadowComparator
 
-REQUEST_ID_HEADER = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 
 
 @dataclass
-class AppState:
-    """Everything a handler may touch, built once per app by create_app."""
+class ServiceState:
+    """Everything a handler may touch, built once per app by create_app (at `app.state.service`)."""
 
     settings: Settings
     runtime: ModelRuntime
     pool: InferencePool
     shadow: ShadowComparator
     metrics: ServiceMetrics
-    ranker: Ranker
+    scorer: RequestScorer
     draining: bool = field(default=False)
 
 
-def get_state(request: Request) -> AppState:
-    return request.app.state.ranker
+def get_state(request: Request) -> ServiceState:
+    return request.app.state.service
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -53,7 +54,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 def client_request_id(request: Request) -> str | None:
     """X-Request-Id from the client when it is safe to log and echo, else None."""
     value = request.headers.get("x-request-id")
-    return value if value is not None and REQUEST_ID_HEADER.match(value) else None
+    return value if value is not None and _REQUEST_ID.match(value) else None
 
 
 def require_admin(request: Request) -> None:

@@ -1,7 +1,7 @@
-"""Typed service errors and their one mapping to HTTP.
+"""The one mapping from the serving core's error kinds (service/serving/errors.py) to HTTP.
 
-The codec, runtime and admission code raise these without knowing HTTP; `install_error_handlers` maps them
-(and FastAPI's own errors) to a status code and the uniform body {"error": {"code", "message", "field"}}.
+`install_error_handlers` maps them (and FastAPI's own errors) to a status code and the uniform body
+{"error": {"code", "message", "field"}}.
 A client never sees a 500 or a stack trace for its input: anything unexpected is logged and answered as
 `internal_error` without details.
 """
@@ -15,78 +15,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.serving.errors import (
+    AdminDisabled,
+    InvalidRequest,
+    MalformedRequest,
+    ModelRejected,
+    NotReady,
+    Overloaded,
+    PayloadTooLarge,
+    ReloadInProgress,
+    ServiceError,
+    Unauthorized,
+)
+
 logger = logging.getLogger(__name__)
-
-
-class ServiceError(Exception):
-    """Base of every error the service answers on purpose; `code` is stable, `field` names the input at fault."""
-
-    code = "service_error"
-
-    def __init__(self, message: str, *, field: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.field = field
-        if code is not None:
-            self.code = code
-
-
-class MalformedRequest(ServiceError):
-    """The body is not JSON (or not an object)."""
-
-    code = "malformed_json"
-
-
-class InvalidRequest(ServiceError):
-    """The body is JSON but breaks the feature schema or a limit; `code` says which rule."""
-
-    code = "invalid_request"
-
-
-class PayloadTooLarge(ServiceError):
-    """The body exceeds max_body_bytes."""
-
-    code = "body_too_large"
-
-
-class Overloaded(ServiceError):
-    """Every inference slot is busy and the wait would exceed the budget."""
-
-    code = "overloaded"
-
-    def __init__(self, message: str, *, retry_after_s: int) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class NotReady(ServiceError):
-    """No model is loaded yet, or the server is shutting down."""
-
-    code = "not_ready"
-
-
-class Unauthorized(ServiceError):
-    """Admin call without the right bearer token."""
-
-    code = "unauthorized"
-
-
-class AdminDisabled(ServiceError):
-    """Admin call while no admin token is configured."""
-
-    code = "admin_disabled"
-
-
-class ModelRejected(ServiceError):
-    """A reload target is corrupted, missing or does not match; the old model keeps serving."""
-
-    code = "model_rejected"
-
-
-class ReloadInProgress(ServiceError):
-    """Another reload is still building its model."""
-
-    code = "reload_in_progress"
 
 
 HTTP_STATUS: dict[type[ServiceError], int] = {
@@ -116,7 +58,8 @@ def error_body(code: str, message: str, field: str | None = None) -> dict:
 
 def error_response(error: ServiceError) -> JSONResponse:
     headers = {"Retry-After": str(error.retry_after_s)} if isinstance(error, Overloaded) else None
-    return JSONResponse(error_body(error.code, error.message, error.field), status_code=status_of(error), headers=headers)
+    body = error_body(error.code, error.message, error.field)
+    return JSONResponse(body, status_code=status_of(error), headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -1,20 +1,21 @@
 """Request and response shapes of the HTTP API, as documented in OpenAPI.
 
-POST /rank is validated at run time by the loaded model's own compiled schema (service.api.codec), which
+POST /rank is validated at run time by the loaded model's own compiled schema (service.serving.codec), which
 knows each feature's kind, width and vocabulary; the models below describe the two request forms for the
 docs and for clients.
 """
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
 
 from service.engine import Variant
+from service.serving.codec import REQUEST_ID_PATTERN, USER_ID_MAX_CHARS
 
-FeatureValue = Union[int, float, list[int], list[float]]
+FeatureValue = int | float | list[int] | list[float]
 
 _FEATURE_RULES = (
     "Every feature of the model's schema is required (see GET /v1/models). sparse_id: an integer id in "
@@ -24,11 +25,13 @@ _FEATURE_RULES = (
 
 
 class _RankRequestBase(BaseModel):
-    user_id: str = Field(..., min_length=1, max_length=256, description="Stable user id; picks the A/B arm.")
+    user_id: str = Field(
+        ..., min_length=1, max_length=USER_ID_MAX_CHARS, description="Stable user id; picks the A/B arm."
+    )
     user: dict[str, FeatureValue] = Field(..., description="User features by name. " + _FEATURE_RULES)
     top_k: int | None = Field(None, ge=1, description="Length of `ranking` (default: every candidate).")
     request_id: str | None = Field(
-        None, pattern=r"^[A-Za-z0-9._:-]{1,128}$", description="Echoed and logged; generated when absent."
+        None, pattern=REQUEST_ID_PATTERN, description="Echoed and logged; generated when absent."
     )
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import uvicorn
 
 from service.api.app import create_app
-from service.api.config import ENV_PREFIX, Settings
-from service.api.metrics import MULTIPROC_ENV
+from service.serving.metrics import MULTIPROC_ENV
+from service.serving.settings import ENV_PREFIX, Settings
 from service.store.artifact import ArtifactError, read_manifest, resolve_version
 
 logger = logging.getLogger(__name__)

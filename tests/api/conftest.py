@@ -1,4 +1,4 @@
-"""Fixtures: a small trained model store (built once per session) and an in-process app on it."""
+"""Fixtures: an in-process app on the small trained model store (tests/conftest.py builds it once)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.api.app import create_app
-from service.api.config import Settings
-from service.api.example_request import example_request
 from service.features.schema import FeatureSchema
-from service.store.artifact import load_artifact
-from tests.small_artifacts import save_small_mmoe
+from service.serving.example_request import example_request
+from service.serving.settings import Settings
+from tests.conftest import SMALL_MODEL_NAME as MODEL_NAME
 
-MODEL_NAME = "default"
 ADMIN_TOKEN = "test-admin-token-0123456789"
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -30,20 +28,6 @@ def make_settings(store: Path, **overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)
-
-
-@pytest.fixture(scope="session")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """model_store with default/v1 and default/v2 (different seeds: different scores)."""
-    root = tmp_path_factory.mktemp("model_store")
-    for version, seed in (("v1", 1), ("v2", 2)):
-        save_small_mmoe(root, MODEL_NAME, version, seed)
-    return root
-
-
-@pytest.fixture(scope="session")
-def schema(store: Path) -> FeatureSchema:
-    return load_artifact(store / MODEL_NAME / "v1").schema
 
 
 def corrupt_copy(store: Path, source: str, target: str) -> Path:

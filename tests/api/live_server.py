@@ -74,15 +74,15 @@ class LiveServer:
 def _main() -> None:
     port, workers, delay_s = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
     if delay_s > 0:
-        from service.api.ranking import Ranker
+        from service.serving.scorer import RequestScorer
 
-        score = Ranker._score
+        score = RequestScorer._score_on_slot
 
-        def slow_score(self: Ranker, *args: Any) -> Any:
+        def slow_score(self: RequestScorer, *args: Any) -> Any:
             time.sleep(delay_s)
             return score(self, *args)
 
-        Ranker._score = slow_score  # type: ignore[method-assign]
+        RequestScorer._score_on_slot = slow_score  # type: ignore[method-assign]
     from service.api.server import serve
 
     serve("127.0.0.1", port, workers)

@@ -13,10 +13,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from service.api.app import create_app
-from service.api.errors import InvalidRequest
-from service.api.example_request import example_request, example_request_for_store
 from service.engine import Variant
-from service.features.schema import FeatureSchema
 from tests.api.conftest import ADMIN_HEADERS, make_settings, rank_body
 
 TOLERANCE = 1e-5  # docs/ARCHITECTURE.md section 3, fp32
@@ -130,14 +127,14 @@ def test_requests_beyond_the_inference_slots_get_503_with_retry_after(store: Pat
     settings = make_settings(store, model_version="v1", inference_concurrency=1, max_queued_requests=1,
                              queue_timeout_s=5.0, retry_after_s=3)
     app = create_app(settings)
-    ranker = app.state.ranker.ranker
-    score = ranker._score
+    scorer = app.state.service.scorer
+    score = scorer._score_on_slot
 
     def slow_score(*args, **kwargs):  # hold the only slot long enough for the others to arrive
         time.sleep(0.4)
         return score(*args, **kwargs)
 
-    ranker._score = slow_score
+    scorer._score_on_slot = slow_score
     body = json.dumps(rank_body(schema, n=5)).encode()
 
     async def burst() -> list[httpx.Response]:
@@ -168,15 +165,3 @@ def test_openapi_documents_both_request_forms(client: TestClient) -> None:
     refs = {option["$ref"].rsplit("/", 1)[-1] for option in body["oneOf"]}
     assert refs == {"RankRequestColumnar", "RankRequestRows"}
     assert refs <= set(spec["components"]["schemas"])
-
-
-def test_example_request_is_valid_and_deterministic(schema: FeatureSchema, client: TestClient, store: Path) -> None:
-    assert example_request(schema, n=7, columnar=True, seed=9) == example_request(schema, n=7, columnar=True, seed=9)
-    assert example_request_for_store(store / "default", n=3, seed=2) == example_request(schema, n=3, seed=2)
-    assert example_request(schema, n=7, seed=9) != example_request(schema, n=7, seed=10)
-    codec = client.app.state.ranker.runtime.serving.codec
-    for columnar in (True, False):
-        decoded = codec.decode(json.dumps(example_request(schema, n=7, columnar=columnar)).encode())
-        assert decoded.n_candidates == 7
-    with pytest.raises(InvalidRequest):
-        codec.decode(json.dumps({**example_request(schema, n=2), "user": {}}).encode())

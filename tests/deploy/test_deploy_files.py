@@ -107,8 +107,8 @@ def stage_env(stages: list[Stage], stage: Stage, host_path: str) -> dict[str, st
         for args in ancestor.all("ENV"):
             for pair in shlex.split(args):
                 name, _, value = pair.partition("=")
-                value = re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m.group(1), host_path if m.group(1) == "PATH" else ""),
-                               value)
+                value = re.sub(r"\$\{?(\w+)\}?",
+                               lambda m: env.get(m.group(1), host_path if m.group(1) == "PATH" else ""), value)
                 env[name] = value
     return env
 
@@ -225,7 +225,8 @@ def test_dockerfile_installs_cpu_torch_before_the_package_and_trains_the_default
     builder = runs[torch_at][0]
     index_args = dict(arg.partition("=")[::2] for arg in builder.all("ARG"))
     torch_run = runs[torch_at][1]
-    resolved = re.sub(r"\$\{?(\w+)\}?", lambda m: index_args.get(m.group(1), global_args.get(m.group(1), "")), torch_run)
+    resolved = re.sub(r"\$\{?(\w+)\}?", lambda m: index_args.get(m.group(1), global_args.get(m.group(1), "")),
+                      torch_run)
     assert "--index-url https://download.pytorch.org/whl/cpu" in resolved, resolved
     assert "torch==2.13.0" in resolved, resolved
     assert runs[train_at][0] is builder and stages[-1] is not builder, "training must happen in a build stage"
@@ -430,7 +431,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 @pytest.fixture(scope="module")
 def scraped(served: Served) -> dict[str, str]:
     """Sample name -> metric type from /metrics after a few valid /rank requests and their shadow comparisons."""
-    from service.api.example_request import example_request
+    from service.serving.example_request import example_request
     from service.store.artifact import load_artifact
 
     schema = load_artifact(Path(served.env["RANKER_MODEL_STORE"]) / served.env["RANKER_MODEL_NAME"]).schema
@@ -494,7 +495,8 @@ def test_dashboard_functions_get_series_of_the_type_they_assume(scraped: dict[st
 
 
 def test_promql_metric_extraction_keeps_series_and_drops_functions_labels_and_numbers() -> None:
-    expr = ('histogram_quantile(0.99, sum by (le, variant) (rate(a_seconds_bucket{status="503", x=~"y"}[$__rate_interval])))'
+    expr = ('histogram_quantile(0.99, sum by (le, variant) '
+            '(rate(a_seconds_bucket{status="503", x=~"y"}[$__rate_interval])))'
             " / ignoring (stage) group_left sum(b_total offset 5m) * 1e-5 + on (job) up{job=\"ranker\"}")
     assert promql_metric_names(expr) == {"a_seconds_bucket", "b_total", "up"}
     assert range_function_arguments(expr) == {"a_seconds_bucket"}

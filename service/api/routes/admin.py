@@ -7,16 +7,16 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from service.api.deps import AppState, get_state, require_admin
-from service.api.errors import InvalidRequest, ServiceError
+from service.api.deps import ServiceState, get_state, require_admin
 from service.api.schemas import ReloadRequest, VariantSwitch
+from service.serving.errors import ServiceError
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 
 
 @router.post("/reload")
 async def reload_model(
-    body: ReloadRequest | None = None, state: AppState = Depends(get_state)
+    body: ReloadRequest | None = None, state: ServiceState = Depends(get_state)
 ) -> dict[str, Any]:
     """Build and warm a model version beside the current one, then swap; a bad artifact is refused (409)."""
     previous = state.runtime.serving
@@ -34,15 +34,11 @@ async def reload_model(
 
 
 @router.post("/variant")
-async def switch_variant(body: VariantSwitch, state: AppState = Depends(get_state)) -> dict[str, Any]:
+async def switch_variant(body: VariantSwitch, state: ServiceState = Depends(get_state)) -> dict[str, Any]:
     """Set the default variant and the A/B split (every variant is already built and warmed)."""
-    split = body.ab_split or {}
-    if any(weight < 0 for weight in split.values()) or (split and sum(split.values()) <= 0):
-        raise InvalidRequest(f"ab_split weights must be >= 0 and sum to more than 0, got {split}",
-                             field="ab_split", code="invalid_value")
     serving = state.runtime.serving
     previous = state.runtime.router.default.value
-    router = state.runtime.set_routing(body.variant, split)
+    router = state.runtime.set_routing(body.variant, body.ab_split)  # InvalidRequest for unusable weights
     state.metrics.set_model((serving.name, serving.version, previous),
                             (serving.name, serving.version, router.default.value))
     return {"status": "switched", **router.to_dict()}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from service.api.deps import AppState, get_state
-from service.api.errors import NotReady
+from service.api.deps import ServiceState, get_state
 from service.api.schemas import ERROR_RESPONSES, Status
+from service.serving.errors import NotReady
 
 router = APIRouter(tags=["health"])
 
@@ -18,7 +18,7 @@ async def get_health() -> Status:
 
 
 @router.get("/readyz", response_model=Status, responses={503: ERROR_RESPONSES[503]})
-async def get_readiness(state: AppState = Depends(get_state)) -> Status:
+async def get_readiness(state: ServiceState = Depends(get_state)) -> Status:
     """Readiness: a model is loaded with every variant built and warmed, and the server is not draining."""
     if state.draining:
         raise NotReady("shutting down")

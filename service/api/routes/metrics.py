@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
 
-from service.api.deps import AppState, get_state
+from service.api.deps import ServiceState, get_state
 
 router = APIRouter(tags=["operations"])
 
 
 @router.get("/metrics", response_class=Response)
-async def get_metrics(state: AppState = Depends(get_state)) -> Response:
+async def get_metrics(state: ServiceState = Depends(get_state)) -> Response:
     """Prometheus metrics of every worker process."""
     body, content_type = state.metrics.exposition()
     return Response(body, media_type=content_type)

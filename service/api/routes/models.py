@@ -7,14 +7,14 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from fastapi.encoders import jsonable_encoder
 
-from service.api.deps import AppState, get_state
+from service.api.deps import ServiceState, get_state
 from service.api.schemas import ERROR_RESPONSES
 
 router = APIRouter(tags=["models"])
 
 
 @router.get("/v1/models", responses={503: ERROR_RESPONSES[503]})
-async def get_models(state: AppState = Depends(get_state)) -> dict[str, Any]:
+async def get_models(state: ServiceState = Depends(get_state)) -> dict[str, Any]:
     """The loaded model, its variants (engine reports), A/B and shadow configuration and the FLOPs report."""
     serving = state.runtime.serving
     settings = state.settings

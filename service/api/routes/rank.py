@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from service.api.deps import AppState, client_request_id, get_state, read_body
-from service.api.errors import ServiceError, status_of
+from service.api.deps import ServiceState, client_request_id, get_state, read_body
+from service.api.errors import status_of
 from service.api.schemas import ERROR_RESPONSES, RankResponse, rank_request_openapi
+from service.serving.errors import ServiceError
 
 router = APIRouter(tags=["ranking"])
 _REQUEST_BODY, RANK_REQUEST_SCHEMAS = rank_request_openapi()
@@ -18,13 +19,13 @@ _REQUEST_BODY, RANK_REQUEST_SCHEMAS = rank_request_openapi()
     responses=ERROR_RESPONSES,
     openapi_extra={"requestBody": _REQUEST_BODY},
 )
-async def rank_candidates(request: Request, state: AppState = Depends(get_state)) -> Response:
+async def rank_candidates(request: Request, state: ServiceState = Depends(get_state)) -> Response:
     """Score N candidates for one user (columnar or row-wise body) and order them by final score."""
     variant, status = "none", 500
     state.metrics.in_flight.inc()
     try:
         body = await read_body(request, state.settings.max_body_bytes)
-        result = await state.ranker.rank(body, client_request_id(request))
+        result = await state.scorer.score(body, client_request_id(request))
         variant, status = result.variant.value, 200
         headers = {
             "X-Request-Id": result.request_id,

@@ -10,8 +10,15 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import multiprocess
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 PREFIX = "ranker"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own switch, read here and nowhere else
@@ -22,7 +29,7 @@ LATENCY_BUCKETS = (0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2,
 STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 CANDIDATE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
 SHADOW_DIFF_BUCKETS = (1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-STAGES = ("queue", "decode", "encode", "infer", "respond")
+STAGES = ("queue", "decode", "encode", "infer", "respond")  # label values of ranker_stage_duration_seconds
 
 
 def multiprocess_dir() -> str | None:
@@ -107,9 +114,9 @@ class ServiceMetrics:
 
     def exposition(self) -> tuple[bytes, str]:
         """The text format of every metric (summed over worker processes in multiprocess mode)."""
-        if self.multiprocess:
+        if self.registry is None:  # multiprocess mode: read every process's files
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
@@ -117,4 +124,4 @@ class ServiceMetrics:
 def mark_process_dead() -> None:
     """Drop this process's live gauges from the multiprocess directory (on worker shutdown)."""
     if multiprocess_dir() is not None:
-        multiprocess.mark_process_dead(os.getpid())
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]

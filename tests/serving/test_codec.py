@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import torch
 
-from service.api.codec import RequestCodec
-from service.api.errors import InvalidRequest, MalformedRequest
-from service.api.example_request import example_request
 from service.features.schema import FeatureSchema, FeatureSpec, Kind, Side
+from service.serving.codec import RequestCodec
+from service.serving.errors import InvalidRequest, MalformedRequest
+from service.serving.example_request import example_request
 
 
 def make_codec(schema: FeatureSchema, **overrides: Any) -> RequestCodec:

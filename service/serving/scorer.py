@@ -1,7 +1,7 @@
-"""The /rank pipeline: body -> decode -> encode -> variant -> scores -> response body, each stage timed.
+"""One /rank request end to end: body -> codec (decode, encode) -> router -> variant -> response body.
 
-All stages of one request run on one inference slot (a worker thread), so the event loop only accepts
-connections and moves bytes. Nothing here knows HTTP beyond the bytes and headers it returns.
+Every stage is timed, and all of them run on one inference slot (a worker thread), so the event loop only
+accepts connections and moves bytes. Nothing here knows HTTP: bytes in, bytes and timings out.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ import numpy as np
 import pydantic_core
 import torch
 
-from service.api.admission import InferencePool
-from service.api.metrics import ServiceMetrics
-from service.api.runtime import ModelRuntime, ServingModel
-from service.api.shadow import ShadowComparator, ShadowJob
 from service.engine import Variant
+from service.serving.admission import InferencePool
+from service.serving.metrics import STAGES, ServiceMetrics
+from service.serving.runtime import ModelRuntime, ServingModel
+from service.serving.shadow import ShadowComparator, ShadowJob
 
 
 @dataclass(frozen=True)
 class StageTimes:
-    """Seconds per stage of one request."""
+    """Seconds per stage of one request (the fields are metrics.STAGES)."""
 
     queue: float
     decode: float
@@ -33,12 +33,14 @@ class StageTimes:
 
     @property
     def total(self) -> float:
-        return self.queue + self.decode + self.encode + self.infer + self.respond
+        return sum(self.seconds(stage) for stage in STAGES)
+
+    def seconds(self, stage: str) -> float:
+        return float(getattr(self, stage))
 
     def server_timing(self) -> str:
         """Server-Timing header value, in milliseconds."""
-        parts = [f"{name};dur={getattr(self, name) * 1e3:.3f}" for name in ("queue", "decode", "encode", "infer",
-                                                                          "respond")]
+        parts = [f"{stage};dur={self.seconds(stage) * 1e3:.3f}" for stage in STAGES]
         return ", ".join(parts + [f"total;dur={self.total * 1e3:.3f}"])
 
 
@@ -65,7 +67,7 @@ class _Scored:
     respond: float
 
 
-class Ranker:
+class RequestScorer:
     """Scores one request end to end on the current model; stateless apart from its collaborators."""
 
     def __init__(
@@ -76,15 +78,16 @@ class Ranker:
         self.shadow = shadow
         self.metrics = metrics
 
-    async def rank(self, body: bytes, request_id: str | None) -> RankResult:
+    async def score(self, body: bytes, header_request_id: str | None) -> RankResult:
+        """Score a /rank body on an inference slot; raises the serving core's errors (invalid, overloaded...)."""
         serving = self.runtime.serving  # one model for the whole request, even if a reload swaps it meanwhile
-        scored, waited = await self.pool.run(lambda: self._score(serving, body, request_id))
+        scored, waited = await self.pool.run(lambda: self._score_on_slot(serving, body, header_request_id))
         times = StageTimes(waited, scored.decode, scored.encode, scored.infer, scored.respond)
         self._observe(scored, times)
         return RankResult(scored.body, scored.request_id, serving.name, serving.version, scored.variant,
                           scored.n_candidates, times)
 
-    def _score(self, serving: ServingModel, body: bytes, header_request_id: str | None) -> _Scored:
+    def _score_on_slot(self, serving: ServingModel, body: bytes, header_request_id: str | None) -> _Scored:
         t0 = time.perf_counter()
         request = serving.codec.decode(body)
         t1 = time.perf_counter()
@@ -102,8 +105,8 @@ class Ranker:
 
     def _observe(self, scored: _Scored, times: StageTimes) -> None:
         variant = scored.variant.value
-        for stage in ("queue", "decode", "encode", "infer", "respond"):
-            self.metrics.observe_stage(stage, variant, getattr(times, stage))
+        for stage in STAGES:
+            self.metrics.observe_stage(stage, variant, times.seconds(stage))
         self.metrics.request_seconds.labels(variant=variant).observe(times.total)
         self.metrics.candidates_per_request.observe(scored.n_candidates)
         self.metrics.candidates_scored.labels(variant=variant).inc(scored.n_candidates)

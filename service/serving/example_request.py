@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from service.api.config import Settings
 from service.features.schema import PADDING_ID, FeatureSchema, FeatureSpec, Kind
+from service.serving.settings import Settings
 from service.store.artifact import read_manifest, resolve_version
 
 DENSE_DECIMALS = 4  # short numbers: realistic client payloads, and smaller bodies

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from service.api.errors import Overloaded
+from service.serving.errors import Overloaded
 
 T = TypeVar("T")
 

@@ -7,15 +7,16 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.api.config import Settings
-from service.api.runtime import VariantRouter
 from service.engine import Variant
+from service.features.schema import CAPTURE_CANDIDATES
+from service.serving.settings import Settings
 
 
 def test_defaults_serve_mari_from_the_latest_default_model() -> None:
     settings = Settings()
     assert settings.variant is Variant.MARI and settings.model_path == Path("model_store/default")
     assert settings.admin_token is None and settings.shadow_sample_rate == 0
+    assert settings.trace_candidates == CAPTURE_CANDIDATES
 
 
 def test_environment_overrides_the_config_file_which_overrides_defaults(
@@ -61,13 +62,3 @@ def test_a_missing_config_file_is_refused_with_its_name(tmp_path: Path, monkeypa
     monkeypatch.setenv("RANKER_CONFIG_FILE", str(tmp_path / "absent.toml"))
     with pytest.raises(ValueError, match="absent.toml"):
         Settings()
-
-
-def test_router_is_deterministic_and_follows_the_split() -> None:
-    router = VariantRouter(Variant.MARI, {Variant.MARI: 0.8, Variant.VANI: 0.2})
-    again = VariantRouter(Variant.MARI, {Variant.VANI: 0.2, Variant.MARI: 0.8})
-    arms = [router.route(f"user-{i}") for i in range(5000)]
-    assert arms == [again.route(f"user-{i}") for i in range(5000)]
-    assert 0.77 < arms.count(Variant.MARI) / len(arms) < 0.83
-    assert set(arms) == {Variant.MARI, Variant.VANI}
-    assert VariantRouter(Variant.UOI, {}).route("anyone") is Variant.UOI

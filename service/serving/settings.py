@@ -19,6 +19,8 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from service.engine import Variant
+from service.features.schema import CAPTURE_CANDIDATES
+from service.serving.routing import check_ab_split
 
 ENV_PREFIX = "RANKER_"
 CONFIG_FILE_ENV = "RANKER_CONFIG_FILE"
@@ -32,54 +34,72 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True, protected_namespaces=())
 
     # --- model store ---
-    model_store: Path = Field(Path("model_store"), description="Root of the artifact store.")
-    model_name: str = Field("default", min_length=1, description="Model directory under the store.")
-    model_version: str | None = Field(None, description="Version to load; the latest (natural sort) when unset.")
+    model_store: Path = Field(default=Path("model_store"), description="Root of the artifact store.")
+    model_name: str = Field(default="default", min_length=1, description="Model directory under the store.")
+    model_version: str | None = Field(
+        default=None, description="Version to load; the latest (natural sort) when unset."
+    )
 
     # --- variants, A/B and shadow ---
-    variant: Variant = Field(Variant.MARI, description="Variant serving every request when ab_split is empty.")
+    variant: Variant = Field(default=Variant.MARI, description="Variant serving every request when ab_split is empty.")
     ab_split: dict[Variant, float] = Field(
         default_factory=dict, description='Weights per variant, e.g. {"mari": 0.9, "vani": 0.1}; bucketed by user id.'
     )
-    shadow_variant: Variant | None = Field(None, description="Variant that re-scores a sample of requests.")
-    shadow_sample_rate: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of requests copied to the shadow.")
-    shadow_queue_size: int = Field(64, ge=1, description="Pending shadow comparisons; beyond it they are dropped.")
-    tolerance: float = Field(1e-5, gt=0.0, description="Largest |shadow - primary| score difference that matches.")
+    shadow_variant: Variant | None = Field(default=None, description="Variant that re-scores a sample of requests.")
+    shadow_sample_rate: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="Fraction of requests copied to the shadow."
+    )
+    shadow_queue_size: int = Field(
+        default=64, ge=1, description="Pending shadow comparisons; beyond it they are dropped."
+    )
+    tolerance: float = Field(
+        default=1e-5, gt=0.0, description="Largest |shadow - primary| score difference that matches."
+    )
 
     # --- request limits ---
-    max_candidates: int = Field(5000, ge=1, description="Candidates per request; more is a 422.")
-    max_body_bytes: int = Field(16 * 2**20, ge=1024, description="Request body size; more is a 413.")
-    max_id: int = Field(2**53, ge=1, le=MAX_INT64, description="Largest id accepted; ids >= vocab_size go to OOV.")
+    max_candidates: int = Field(default=5000, ge=1, description="Candidates per request; more is a 422.")
+    max_body_bytes: int = Field(default=16 * 2**20, ge=1024, description="Request body size; more is a 413.")
+    max_id: int = Field(
+        default=2**53, ge=1, le=MAX_INT64, description="Largest id accepted; ids >= vocab_size go to OOV."
+    )
     sequence_overflow: Literal["reject", "truncate"] = Field(
-        "reject", description="Sequences longer than max_len: 422 (reject) or keep the first max_len ids."
+        default="reject", description="Sequences longer than max_len: 422 (reject) or keep the first max_len ids."
     )
 
     # --- inference execution ---
-    torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads; torch's default when unset.")
-    inference_concurrency: int = Field(1, ge=1, description="Requests scored at the same time (thread pool slots).")
-    max_queued_requests: int = Field(32, ge=0, description="Requests waiting for a slot; beyond it a 503 at once.")
-    queue_timeout_s: float = Field(2.0, gt=0.0, description="Longest wait for a slot before a 503.")
-    retry_after_s: int = Field(1, ge=1, description="Retry-After header value on a 503.")
-    warmup_candidates: tuple[int, ...] = Field(
-        (1, 100, 1000), description="Batch sizes each variant runs once before readiness turns true."
+    torch_threads: int | None = Field(
+        default=None, ge=1, description="torch.set_num_threads; torch's default when unset."
     )
-    trace_candidates: int = Field(8, ge=2, description="Candidate batch used to trace the model into variants.")
-    analysis_candidates: int = Field(1000, ge=1, description="N at which /v1/models reports FLOPs.")
+    inference_concurrency: int = Field(
+        default=1, ge=1, description="Requests scored at the same time (thread pool slots)."
+    )
+    max_queued_requests: int = Field(
+        default=32, ge=0, description="Requests waiting for a slot; beyond it a 503 at once."
+    )
+    queue_timeout_s: float = Field(default=2.0, gt=0.0, description="Longest wait for a slot before a 503.")
+    retry_after_s: int = Field(default=1, ge=1, description="Retry-After header value on a 503.")
+    warmup_candidates: tuple[int, ...] = Field(
+        default=(1, 100, 1000), description="Batch sizes each variant runs once before readiness turns true."
+    )
+    trace_candidates: int = Field(
+        default=CAPTURE_CANDIDATES, ge=2, description="Candidate batch used to trace the model into variants."
+    )
+    analysis_candidates: int = Field(default=1000, ge=1, description="N at which /v1/models reports FLOPs.")
 
     # --- operations ---
-    admin_token: SecretStr | None = Field(None, description="Bearer token for /admin/*; admin is off when unset.")
-    graceful_shutdown_s: float = Field(30.0, gt=0.0, description="How long shutdown waits for in-flight requests.")
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
-    access_log: bool = Field(False, description="uvicorn's per-request access log line.")
+    admin_token: SecretStr | None = Field(
+        default=None, description="Bearer token for /admin/*; admin is off when unset."
+    )
+    graceful_shutdown_s: float = Field(
+        default=30.0, gt=0.0, description="How long shutdown waits for in-flight requests."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
+    access_log: bool = Field(default=False, description="uvicorn's per-request access log line.")
 
     @field_validator("ab_split")
     @classmethod
     def _check_ab_split(cls, split: dict[Variant, float]) -> dict[Variant, float]:
-        if any(weight < 0 for weight in split.values()):
-            raise ValueError(f"ab_split weights must be >= 0, got {split}")
-        if split and sum(split.values()) <= 0:
-            raise ValueError(f"ab_split weights must sum to more than 0, got {split}")
-        return split
+        return check_ab_split(split)
 
     @field_validator("warmup_candidates")
     @classmethod

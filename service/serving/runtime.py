@@ -1,18 +1,18 @@
-"""The loaded model, its built variants and the A/B routing; swapped whole and atomically on reload.
+"""The loaded model with every variant built, checked and warmed, and the routing; swapped whole on reload.
 
-No FastAPI here: the runtime takes paths and tensors and raises the service's typed errors.
-A request reads `runtime.serving` once and uses that object to the end, so a reload that swaps the
-reference mid-request never mixes two models.
+The runtime takes paths and tensors and raises the serving core's error kinds. A request reads
+`runtime.serving` once and uses that object to the end, so a reload that swaps the reference mid-request
+never mixes two models.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +20,20 @@ import pydantic_core
 import torch
 from torch import Tensor, nn
 
-from service.api.codec import RequestCodec
-from service.api.config import Settings
-from service.api.example_request import example_request
-from service.api.errors import InvalidRequest, ModelRejected, NotReady, ReloadInProgress
 from service.engine import Analysis, Variant
-from service.engine.pipeline import reparameterize_all
-from service.store.artifact import ArtifactError, load_artifact
+from service.engine.equivalence import compare
+from service.features.schema import FeatureSchema
+from service.serving.build import CAPTURE_SEED, build_variants
+from service.serving.codec import RequestCodec
+from service.serving.errors import InvalidRequest, ModelRejected, NotReady, ReloadInProgress
+from service.serving.example_request import example_request
+from service.serving.routing import VariantRouter
+from service.serving.settings import Settings
+from service.store import ArtifactError, load_artifact
 
 logger = logging.getLogger(__name__)
 
-EXAMPLE_SEED = 20260223  # fixed inputs for tracing and warm-up: start-up is reproducible
-HASH_SPACE = 2**64
+WARMUP_SEED = CAPTURE_SEED + 1  # fixed warm-up inputs, other than the capture example: start-up is reproducible
 
 
 @dataclass(frozen=True)
@@ -54,40 +56,18 @@ class ServingModel:
     def score(self, variant: Variant, features: dict[str, Tensor]) -> dict[str, Tensor]:
         """Per-task scores [N] of one request (user leaves at batch 1, candidates at batch N)."""
         with torch.inference_mode():
-            return self.variants[variant](features)
+            scores: dict[str, Tensor] = self.variants[variant](features)
+        return scores
 
     def final_scores(self, scores: dict[str, Tensor]) -> Tensor:
         """Task-weighted sum [N] that orders the candidates."""
-        stacked = torch.stack([scores[task] for task in self.tasks])  # [T, N]
-        return self.task_weights @ stacked
+        return final_scores(scores, self.tasks, self.task_weights)
 
 
-class VariantRouter:
-    """Deterministic A/B arm per user: a stable hash of the user id picks a slice of [0, 1)."""
-
-    def __init__(self, default: Variant, split: dict[Variant, float]) -> None:
-        self.default = Variant(default)
-        weights = {Variant(v): w for v, w in split.items() if w > 0}
-        total = sum(weights.values())
-        self.split = {v: weights[v] / total for v in Variant if v in weights} if weights else {}
-        bounds, running = [], 0.0
-        for variant, share in self.split.items():
-            running += share
-            bounds.append((running, variant))
-        self._bounds = bounds
-
-    def route(self, user_id: str) -> Variant:
-        if not self._bounds:
-            return self.default
-        digest = hashlib.blake2b(user_id.encode("utf-8"), digest_size=8).digest()
-        point = int.from_bytes(digest, "big") / HASH_SPACE  # same user, same point, in every process
-        for bound, variant in self._bounds:
-            if point < bound:
-                return variant
-        return self._bounds[-1][1]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"default_variant": self.default.value, "ab_split": {v.value: w for v, w in self.split.items()}}
+def final_scores(scores: dict[str, Tensor], tasks: tuple[str, ...], task_weights: Tensor) -> Tensor:
+    """Task-weighted sum [N] of per-task scores, the order of the candidates."""
+    stacked = torch.stack([scores[task] for task in tasks])  # [T, N]
+    return task_weights @ stacked
 
 
 def build_serving_model(settings: Settings, path: Path) -> ServingModel:
@@ -99,18 +79,21 @@ def build_serving_model(settings: Settings, path: Path) -> ServingModel:
         raise ModelRejected(f"artifact refused: {exc}") from exc
     manifest = artifact.manifest
     if manifest.name != settings.model_name:
-        raise ModelRejected(f"{artifact.path}: model.json names model {manifest.name!r}, expected {settings.model_name!r}")
+        raise ModelRejected(
+            f"{artifact.path}: model.json names model {manifest.name!r}, expected {settings.model_name!r}"
+        )
     schema = artifact.schema
-    user_inputs = [spec.name for spec in schema.user_features]
-    example = schema.example_batch(settings.trace_candidates, torch.Generator().manual_seed(EXAMPLE_SEED))
+    tasks = tuple(manifest.tasks)
+    task_weights = torch.tensor([float(manifest.task_weights[t]) for t in tasks], dtype=torch.float32)
     try:
-        built = reparameterize_all(artifact.model, (example,), user_inputs, tuple(Variant))
+        built = build_variants(artifact.model, manifest.user_features, schema.example_batch,
+                               candidates=settings.trace_candidates)
         variants = {variant: result.module for variant, result in built.items()}
         reports = {variant: result.report.to_dict() for variant, result in built.items()}
-        _warm_and_check(variants, reports, schema, settings)
+        _warm_and_check(variants, reports, schema, lambda scores: final_scores(scores, tasks, task_weights),
+                        settings)
     except Exception as exc:  # a model that cannot even run as VanI is refused, never served
         raise ModelRejected(f"{artifact.path}: variants could not be built or warmed: {exc}") from exc
-    tasks = tuple(manifest.tasks)
     codec = RequestCodec(schema, max_candidates=settings.max_candidates, max_id=settings.max_id,
                          sequence_overflow=settings.sequence_overflow)
     _warm_codec(codec, settings)
@@ -120,32 +103,33 @@ def build_serving_model(settings: Settings, path: Path) -> ServingModel:
         path=artifact.path,
         architecture=manifest.architecture,
         tasks=tasks,
-        task_weights=torch.tensor([float(manifest.task_weights[t]) for t in tasks], dtype=torch.float32),
+        task_weights=task_weights,
         codec=codec,
         variants=variants,
         reports=reports,
         analysis=Analysis(settings.analysis_candidates, built).to_dict(),
         manifest=manifest.to_dict(),
-        loaded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     logger.info("model %s/%s built and warmed in %.1fs", serving.name, serving.version, time.perf_counter() - started)
     return serving
 
 
 def _warm_and_check(
-    variants: dict[Variant, nn.Module], reports: dict[Variant, dict[str, Any]], schema: Any, settings: Settings
+    variants: dict[Variant, nn.Module], reports: dict[Variant, dict[str, Any]], schema: FeatureSchema,
+    rank_by: Callable[[dict[str, Tensor]], Tensor], settings: Settings,
 ) -> None:
-    """Run every variant at each warm-up size; a variant that disagrees with VanI serves as VanI instead."""
-    generator = torch.Generator().manual_seed(EXAMPLE_SEED + 1)
+    """Run every variant at each warm-up size; one not equivalent to VanI (section 3) serves as VanI instead."""
+    generator = torch.Generator().manual_seed(WARMUP_SEED)
     for n in settings.warmup_candidates:
         batch = schema.example_batch(n, generator)
         with torch.inference_mode():
             reference = variants[Variant.VANI](batch)
             for variant in (Variant.UOI, Variant.MARI):
-                scores = variants[variant](batch)
-                difference = max((scores[t] - reference[t]).abs().max().item() for t in reference)
-                if not difference <= settings.tolerance:
-                    reason = f"warm-up at N={n}: max |difference| to VanI {difference:.3g} > {settings.tolerance}"
+                result = compare(variants[variant](batch), reference, settings.tolerance, rank_by)
+                if not result.equivalent:
+                    reason = (f"warm-up at N={n}: max |difference| to VanI {result.max_difference:.3g}, rankings "
+                              f"{'agree' if result.rankings_agree else 'differ'} (tolerance {settings.tolerance})")
                     logger.warning("variant %s falls back to VanI: %s", variant.value, reason)
                     variants[variant] = variants[Variant.VANI]
                     reports[variant] = {**reports[variant], "variant": "vani", "fallback_reason": reason}
@@ -155,7 +139,7 @@ def _warm_codec(codec: RequestCodec, settings: Settings) -> None:
     """Decode and encode one body per form, so the first real request pays no first-call costs."""
     n = min(max(settings.warmup_candidates), settings.max_candidates)
     for columnar in (True, False):
-        body = pydantic_core.to_json(example_request(codec.schema, n=n, columnar=columnar, seed=EXAMPLE_SEED))
+        body = pydantic_core.to_json(example_request(codec.schema, n=n, columnar=columnar, seed=WARMUP_SEED))
         codec.encode(codec.decode(body))
 
 
@@ -199,7 +183,10 @@ class ModelRuntime:
 
     def set_routing(self, variant: Variant, ab_split: dict[Variant, float] | None = None) -> VariantRouter:
         """Switch the default variant and the A/B split (an empty split sends everyone to `variant`)."""
-        router = VariantRouter(variant, ab_split or {})
+        try:
+            router = VariantRouter(variant, ab_split or {})
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), field="ab_split", code="invalid_value") from None
         self.router = router
         return router
 

@@ -19,19 +19,19 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, NotRequired, Union
 
 import numpy as np
 import torch
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
-from typing_extensions import NotRequired, TypedDict
 from torch import Tensor
+from typing_extensions import TypedDict
 
-from service.api.errors import InvalidRequest, MalformedRequest
 from service.features.schema import FeatureSchema, FeatureSpec, Kind
+from service.serving.errors import InvalidRequest, MalformedRequest
 
 USER_ID_MAX_CHARS = 256
-REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"  # body field or X-Request-Id header: safe to log and echo
 COLUMNS_BRANCH = "CandidateColumns"
 ROWS_BRANCH = "list[CandidateRow]"
 FEATURE_CONTAINERS = ("user", "candidates")
@@ -61,7 +61,12 @@ class RequestCodec:
     """Validates /rank bodies against one feature schema and encodes them as model input tensors."""
 
     def __init__(
-        self, schema: FeatureSchema, *, max_candidates: int, max_id: int, sequence_overflow: Literal["reject", "truncate"]
+        self,
+        schema: FeatureSchema,
+        *,
+        max_candidates: int,
+        max_id: int,
+        sequence_overflow: Literal["reject", "truncate"],
     ) -> None:
         self.schema = schema
         self.max_id = max_id
@@ -165,11 +170,14 @@ def _request_type(schema: FeatureSchema, max_candidates: int, max_id: int, trunc
     user = _typed_dict("UserFeatures", {s.name: _value_type(s, max_id, truncate) for s in schema.user_features})
     candidates = schema.candidate_features
     count = Field(min_length=1, max_length=max_candidates)
+    # Types built at run time from the schema: mypy cannot follow them, pydantic reads them.
     columns = _typed_dict(
-        COLUMNS_BRANCH, {s.name: Annotated[list[_value_type(s, max_id, truncate)], count] for s in candidates}
+        COLUMNS_BRANCH,
+        {s.name: Annotated[list[_value_type(s, max_id, truncate)], count] for s in candidates},  # type: ignore[misc]
     )
     row = _typed_dict("CandidateRow", {s.name: _value_type(s, max_id, truncate) for s in candidates})
-    candidate_forms = Annotated[Union[columns, Annotated[list[row], count]], Field(union_mode="left_to_right")]
+    forms = Union[columns, Annotated[list[row], count]]  # type: ignore[valid-type]  # noqa: UP007
+    candidate_forms = Annotated[forms, Field(union_mode="left_to_right")]
     return _typed_dict(
         "RankRequest",
         {

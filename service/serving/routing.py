@@ -1,0 +1,46 @@
+"""Which variant serves a user: the default variant, or an A/B arm picked by a stable hash of the user id."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+from service.engine import Variant
+
+HASH_SPACE = 2**64
+
+
+def check_ab_split(split: Mapping[Variant, float]) -> dict[Variant, float]:
+    """An A/B split's weights must be >= 0 and, unless the split is empty (no A/B), sum to more than 0."""
+    if any(weight < 0 for weight in split.values()) or (split and sum(split.values()) <= 0):
+        raise ValueError(f"ab_split weights must be >= 0 and sum to more than 0, got {dict(split)}")
+    return dict(split)
+
+
+class VariantRouter:
+    """Deterministic A/B arm per user: a stable hash of the user id picks a slice of [0, 1)."""
+
+    def __init__(self, default: Variant, split: Mapping[Variant, float]) -> None:
+        self.default = Variant(default)
+        weights = {Variant(v): w for v, w in check_ab_split(split).items() if w > 0}
+        total = sum(weights.values())
+        self.split = {v: weights[v] / total for v in Variant if v in weights} if weights else {}
+        bounds, running = [], 0.0
+        for variant, share in self.split.items():
+            running += share
+            bounds.append((running, variant))
+        self._bounds = bounds
+
+    def route(self, user_id: str) -> Variant:
+        if not self._bounds:
+            return self.default
+        digest = hashlib.blake2b(user_id.encode("utf-8"), digest_size=8).digest()
+        point = int.from_bytes(digest, "big") / HASH_SPACE  # same user, same point, in every process
+        for bound, variant in self._bounds:
+            if point < bound:
+                return variant
+        return self._bounds[-1][1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"default_variant": self.default.value, "ab_split": {v.value: w for v, w in self.split.items()}}

@@ -1,0 +1,22 @@
+"""ShadowComparator without a server: sampling and the bounded queue (comparisons: tests/api/test_shadow.py)."""
+
+from __future__ import annotations
+
+from service.engine import Variant
+from service.serving.metrics import ServiceMetrics
+from service.serving.shadow import ShadowComparator, ShadowJob
+
+
+def test_a_full_queue_drops_and_counts_instead_of_blocking() -> None:
+    metrics = ServiceMetrics()
+    comparator = ShadowComparator(Variant.VANI, 1.0, queue_size=2, tolerance=1e-5, metrics=metrics)  # not started
+    job = ShadowJob("r", None, Variant.MARI, {}, {})  # type: ignore[arg-type]
+    assert [comparator.submit(job) for _ in range(5)] == [True, True, False, False, False]
+    assert metrics.registry is not None and metrics.registry.get_sample_value("ranker_shadow_dropped_total") == 3
+
+
+def test_only_requests_served_by_another_variant_are_sampled() -> None:
+    comparator = ShadowComparator(Variant.VANI, 1.0, queue_size=2, tolerance=1e-5, metrics=ServiceMetrics())
+    assert comparator.wants(Variant.MARI) and not comparator.wants(Variant.VANI)
+    off = ShadowComparator(None, 1.0, queue_size=2, tolerance=1e-5, metrics=ServiceMetrics())
+    assert not off.enabled and not off.wants(Variant.MARI)
