@@ -161,10 +161,3 @@ class FeatureSchema:
         if n < 1:
             raise ValueError(f"example_batch needs n >= 1, got {n}")
         return {spec.name: spec.example(1 if spec.is_user else n, generator) for spec in self.features}
-
-    def tile_user_features(self, features: dict[str, Tensor], n: int) -> dict[str, Tensor]:
-        """Expand batch-1 user features to batch n (the VanI input layout); candidates pass through."""
-        return {
-            name: value.expand(n, *value.shape[1:]) if self.get(name).is_user else value
-            for name, value in features.items()
-        }

@@ -5,6 +5,7 @@ import torch
 
 from service.features.schema import PADDING_ID, FeatureSchema, FeatureSpec, Kind, Side
 from service.models import ARCHITECTURES
+from tests.tiling import tile_user_features
 
 
 def _small_schema() -> FeatureSchema:
@@ -65,7 +66,7 @@ def test_example_batch_is_deterministic_under_a_generator_seed() -> None:
 
 def test_tile_user_features_expands_only_user_features() -> None:
     schema = _small_schema()
-    tiled = schema.tile_user_features(schema.example_batch(6), 6)
+    tiled = tile_user_features(schema, schema.example_batch(6), 6)
     assert tiled["user_seq"].shape == (6, 7) and tiled["user_dense"].shape == (6, 5)
     assert tiled["item_id"].shape == (6,)
 

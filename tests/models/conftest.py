@@ -5,6 +5,7 @@ from torch import nn
 from service.features.schema import FeatureSchema
 from service.models import ARCHITECTURES, Architecture, RankerConfig
 from tests.models.small_configs import small_config
+from tests.tiling import tile_user_features
 
 
 class TileUserFeatures(nn.Module):
@@ -45,7 +46,7 @@ def _randomize_batchnorm(model: nn.Module) -> None:
 
 
 def tiled_batch(schema: FeatureSchema, n: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    return schema.tile_user_features(schema.example_batch(n, torch.Generator().manual_seed(seed)), n)
+    return tile_user_features(schema, schema.example_batch(n, torch.Generator().manual_seed(seed)), n)
 
 
 @pytest.fixture(params=sorted(ARCHITECTURES))

@@ -14,6 +14,7 @@ from service.engine import Reparameterized, Variant, reparameterize_all
 from service.training.train import TrainSettings, train_model
 from tests.models.conftest import TileUserFeatures, small_model, tiled_batch
 from tests.models.small_configs import SMALL_OVERRIDES
+from tests.tiling import tile_user_features
 
 INTERACTION_ARCHITECTURES = ["deepfm", "dcnv2", "autoint", "rdcn"]
 SCORE_TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}  # post-sigmoid (docs/ARCHITECTURE.md section 3)
@@ -121,7 +122,7 @@ def test_every_engine_variant_matches_the_eager_model_on_tiled_users(
     for n in ENGINE_N:
         features = _as(schema.example_batch(n, torch.Generator().manual_seed(100 + n)), dtype)
         with torch.no_grad():
-            reference = model(schema.tile_user_features(features, n))
+            reference = model(tile_user_features(schema, features, n))
         with torch.inference_mode():
             scores = built.module(features)
         assert list(scores) == list(reference)

@@ -12,6 +12,7 @@ from service.store.artifact import sha256_file
 from service.store.manifest import MANIFEST_FILE, PROGRAM_FILE, WEIGHTS_FILE
 from service.store.package import builtin_source
 from tests.models.small_configs import small_config
+from tests.tiling import tile_user_features
 
 METRICS = {"holdout_auc": {"click": 0.8}}
 
@@ -55,7 +56,7 @@ def test_reloaded_artifact_scores_like_the_eager_model_at_any_batch(tmp_path: Pa
     loaded = load_artifact(version_dir)
     assert not loaded.model.training
     for n in (1, 9, 300):
-        batch = loaded.schema.tile_user_features(loaded.schema.example_batch(n, torch.Generator().manual_seed(n)), n)
+        batch = tile_user_features(loaded.schema, loaded.schema.example_batch(n, torch.Generator().manual_seed(n)), n)
         with torch.no_grad():
             before, after = model(batch), loaded.model(batch)
         assert set(after) == set(before)

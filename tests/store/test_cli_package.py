@@ -14,6 +14,7 @@ from service.models import ARCHITECTURES
 from service.store import ArtifactError, load_artifact
 from service.store.artifact import sha256_file
 from tests.models.small_configs import small_config
+from tests.tiling import tile_user_features
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,7 +78,7 @@ def test_a_format_1_artifact_is_refused_with_the_command_that_converts_it(tmp_pa
     loaded = load_artifact(folder)
     assert loaded.manifest.version == "v3" and loaded.manifest.metrics == {"holdout_auc": {"click": 0.7}}
     assert loaded.manifest.source["architecture"] == "dcn"
-    features = loaded.schema.tile_user_features(loaded.schema.example_batch(50, torch.Generator().manual_seed(2)), 50)
+    features = tile_user_features(loaded.schema, loaded.schema.example_batch(50, torch.Generator().manual_seed(2)), 50)
     with torch.no_grad():
         want, got = model(features), loaded.model(features)
     assert all(torch.allclose(want[t], got[t], atol=1e-6, rtol=0) for t in want)

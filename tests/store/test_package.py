@@ -10,6 +10,7 @@ from torch import nn
 from service.features.schema import FeatureSchema, FeatureSpec
 from service.store import PackageError, load_artifact, package
 from tests.store.my_ranker import build
+from tests.tiling import tile_user_features
 
 SCHEMA = FeatureSchema((
     FeatureSpec("user_dense", "user", "dense", dim=6),
@@ -40,7 +41,7 @@ class TwoHeads(nn.Module):
 
 
 def _tiled(n: int, seed: int) -> dict[str, torch.Tensor]:
-    return SCHEMA.tile_user_features(SCHEMA.example_batch(n, torch.Generator().manual_seed(seed)), n)
+    return tile_user_features(SCHEMA, SCHEMA.example_batch(n, torch.Generator().manual_seed(seed)), n)
 
 
 @pytest.mark.parametrize(("structure", "tasks"), [
@@ -121,7 +122,7 @@ def test_the_user_file_packages_and_serves_like_its_eager_model(tmp_path: Path) 
     assert manifest["source"]["model_class"] == "tests.store.my_ranker.Adapter"
     assert manifest["task_weights"] == {"click": 1.0, "like": 0.5}
     reloaded = load_artifact(tmp_path / "my_ranker")
-    features = schema.tile_user_features(schema.example_batch(64, torch.Generator().manual_seed(9)), 64)
+    features = tile_user_features(schema, schema.example_batch(64, torch.Generator().manual_seed(9)), 64)
     with torch.no_grad():
         logits, served = model(features), reloaded.model(features)
     assert torch.allclose(served["like"], torch.sigmoid(logits[:, 1]), atol=1e-6, rtol=0)
