@@ -1,6 +1,6 @@
-"""The feature-interaction rankers (DeepFM, DCNv2 with 3 cross layers, AutoInt, rDCN): shapes, export, float64,
-learning, and that every engine variant reproduces the eager model on tiled user inputs
-(docs/ARCHITECTURE.md section 3)."""
+"""The feature-interaction rankers (DeepFM, DCNv2 with 3 cross layers, AutoInt, rDCN): their layout, learning,
+and that every engine variant reproduces the eager model on tiled user inputs (docs/ARCHITECTURE.md section 3).
+Shapes, export and float64 are checked for every architecture in test_rankers.py and test_export.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torch import nn
 
 from service.engine import Reparameterized, Variant, reparameterize_all
 from service.training.train import TrainSettings, train_model
-from tests.models.conftest import TileUserFeatures, small_model, tiled_batch
+from tests.models.conftest import small_model
 from tests.models.small_configs import SMALL_OVERRIDES
 from tests.tiling import tile_user_features
 
@@ -60,16 +60,6 @@ def _variants(
     return model, schema, reparameterize_all(model, (example,), users)
 
 
-def test_interaction_ranker_returns_a_probability_per_candidate_and_task(interaction_arch: str) -> None:
-    _, config, model, schema = small_model(interaction_arch)
-    with torch.no_grad():
-        scores = model(tiled_batch(schema, 9))
-    assert list(scores) == list(config.tasks) and len(scores) >= 2
-    for task, value in scores.items():
-        assert value.shape == (9,) and value.dtype == torch.float32, task
-        assert torch.all((value > 0) & (value < 1)), task
-
-
 def test_schema_splits_user_and_candidate_features_and_dcnv2_has_three_cross_layers() -> None:
     for name in INTERACTION_ARCHITECTURES:
         _, _, model, schema = small_model(name)
@@ -77,31 +67,6 @@ def test_schema_splits_user_and_candidate_features_and_dcnv2_has_three_cross_lay
         assert {s.name for s in schema.candidate_features} >= {"item_id", "item_dense", "cross_dense"}
     assert len(small_model("dcnv2")[2].cross.layers) == 3
     assert len(small_model("rdcn")[2].cross.candidate_layers) == 3
-
-
-def test_interaction_ranker_exports_with_a_dynamic_candidate_batch(interaction_arch: str) -> None:
-    _, _, model, schema = small_model(interaction_arch)
-    served = TileUserFeatures(model, schema).eval()
-    example = schema.example_batch(4, torch.Generator().manual_seed(0))
-    candidates = torch.export.Dim("candidates", min=2)
-    dynamic = {"features": {spec.name: None if spec.is_user else {0: candidates} for spec in schema.features}}
-    exported = torch.export.export(served, (example,), dynamic_shapes=dynamic, strict=False)
-    batch = schema.example_batch(37, torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        expected, actual = served(batch), exported.module()(batch)
-    for task in expected:
-        torch.testing.assert_close(actual[task], expected[task], rtol=0, atol=1e-6)
-
-
-def test_interaction_ranker_runs_in_float64(interaction_arch: str) -> None:
-    _, _, model, schema = small_model(interaction_arch)
-    batch = tiled_batch(schema, 5)
-    with torch.no_grad():
-        single = model(batch)
-        double = model.double()({k: v.double() if v.is_floating_point() else v for k, v in batch.items()})
-    for task in single:
-        assert double[task].dtype == torch.float64
-        torch.testing.assert_close(double[task].float(), single[task], rtol=0, atol=1e-5)
 
 
 def test_short_training_beats_chance_on_every_task(interaction_arch: str) -> None:
