@@ -105,7 +105,9 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
-def _verify(candidate: nn.Module, reference: nn.Module, args: tuple, kwargs: dict, layout: InputLayout) -> None:
+def _verify(
+    candidate: nn.Module, reference: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], layout: InputLayout
+) -> None:
     """Compare to VanI at the example batch and at one candidate (equivalence.BUILD_CHECK); raise if the
     rewrite changed scores."""
     leaves, spec = pytree.tree_flatten((args, kwargs))

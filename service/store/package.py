@@ -17,7 +17,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -63,7 +63,7 @@ class TaskScores(nn.Module):
 
 def _select(output: Any, where: str | int | None, task: str) -> Tensor:
     if isinstance(output, Tensor):
-        picked = output if where is None else output[:, where]
+        picked = output if where is None else output[:, cast(int, where)]  # tensors map tasks to columns
     elif isinstance(output, Mapping):
         picked = output[where]
     else:
@@ -157,7 +157,8 @@ def export_program(head: TaskScores, features: dict[str, Tensor]) -> torch.expor
     batch = torch.export.Dim("candidates", min=1, max=MAX_CANDIDATE_BATCH)
     dynamic = ({name: {0: batch} for name in features},)
     try:
-        program = torch.export.export(head, (features,), dynamic_shapes=dynamic, strict=False)
+        program: torch.export.ExportedProgram = torch.export.export(head, (features,), dynamic_shapes=dynamic,
+                                                                    strict=False)
         program = program.run_decompositions({})
     except PackageError:
         raise

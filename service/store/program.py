@@ -55,7 +55,7 @@ def program_to_json(program: ExportedProgram) -> tuple[bytes, dict[str, torch.Te
 
 
 def program_from_json(
-    program_json: bytes, tensors: dict[str, torch.Tensor], example_inputs: tuple[tuple, dict]
+    program_json: bytes, tensors: dict[str, torch.Tensor], example_inputs: tuple[tuple[Any, ...], dict[str, Any]]
 ) -> ExportedProgram:
     """Rebuild the program; `example_inputs` gives the call's structure (torch binds it to name inputs)."""
     try:
