@@ -22,7 +22,7 @@ from typing import Any, Literal, cast
 import torch
 from torch import Tensor, nn
 
-from service.features.schema import FeatureSchema, Kind
+from service.features.schema import CAPTURE_CANDIDATES, FeatureSchema, Kind
 from service.store.artifact import (
     LoadedArtifact,
     check_component,
@@ -34,7 +34,6 @@ from service.store.artifact import (
 from service.store.manifest import BUILTIN, PACKAGED, ArtifactError
 from service.store.program import ProgramError, program_to_json
 
-TRACE_BATCH = 8  # candidate rows while exporting; torch.export fixes sizes 0 and 1, so never fewer than 2
 CHECK_BATCHES = (1, 3)  # the stored program is compared with the eager model at these N as well
 CHECK_TOLERANCE = 1e-5  # absolute, on scores; the program runs the same ops, so differences are ~0
 MAX_CANDIDATE_BATCH = 1 << 20
@@ -216,7 +215,7 @@ def package(
     check_component("model name", name)
     version = check_component("version", version or next_version(store, name))
     model.eval()
-    features = _rows(schema, example_features, TRACE_BATCH)
+    features = _rows(schema, example_features, CAPTURE_CANDIDATES)
     with torch.no_grad():
         mapping, structure = output_mapping(model(features), tasks)
     head = TaskScores(model, mapping, scores).eval()
@@ -261,7 +260,7 @@ def publish(target: Path, manifest_fields: dict[str, Any], program_json: bytes, 
 
 def _check_against_eager(loaded: LoadedArtifact, head: TaskScores, schema: FeatureSchema,
                          example: Mapping[str, Tensor]) -> None:
-    for n in (TRACE_BATCH, *CHECK_BATCHES):
+    for n in (CAPTURE_CANDIDATES, *CHECK_BATCHES):
         features = _rows(schema, example, n)
         with torch.no_grad():
             want = head(features)
