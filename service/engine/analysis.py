@@ -26,58 +26,38 @@ class Analysis:
         count = self.variants[variant].flop_count(self.n)
         return list(count.uncounted) if count is not None else []
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
+        """FLOPs per variant at n, and MaRI's engine report (`EngineReport.to_dict`) with the GEMM FLOPs of
+        each rewritten consumer before and after the split."""
         vani = self.flops(Variant.VANI)
         mari = self.variants[Variant.MARI].report
+        report = mari.to_dict()
+        for concat, concat_data in zip(mari.concats, report["concats"]):
+            for consumer, consumer_data in zip(concat.consumers, concat_data["consumers"]):
+                if consumer.rewritten:
+                    before, after = consumer_flops(concat, consumer, self.n)
+                    consumer_data.update(flops_before=before, flops_after=after)
         return {
             "n": self.n,
-            "flops": {
-                v.value: {
-                    "flops": self.flops(v),
-                    "ratio_vs_vani": (vani / self.flops(v)) if vani and self.flops(v) else None,
-                    "uncounted_nodes": len(self.uncounted(v)),
-                    "uncounted": self.uncounted(v),
-                    "runs_as": r.report.variant.value,
-                    "fallback_reason": r.report.fallback_reason,
-                }
-                for v, r in self.variants.items()
-            },
-            "user_inputs": mari.user_inputs,
-            "concats": [
-                {
-                    "node": c.node,
-                    "user_width": c.user_width,
-                    "candidate_width": c.candidate_width,
-                    "consumers": [
-                        {
-                            "node": k.node,
-                            "op": k.op,
-                            "rewritten": k.rewritten,
-                            "out_features": k.out_features,
-                            "reason": k.reason,
-                            **(dict(zip(("flops_before", "flops_after"), consumer_flops(c, k, self.n))) if k.rewritten else {}),
-                        }
-                        for k in c.consumers
-                    ],
-                }
-                for c in mari.concats
-            ],
-            "token_concats": [
-                {"node": t.node, "axis": t.axis, "user_tokens": t.user_tokens, "candidate_tokens": t.candidate_tokens,
-                 "pushed_through": t.pushed_through, "stopped_at": [{"node": n, "reason": r} for n, r in t.stopped_at]}
-                for t in mari.token_concats
-            ],
-            "merges": [{"node": m.node, "op": m.op, "user_inputs": m.user_inputs, "how": m.how} for m in mari.merges],
-            "folded_slices": [
-                {"node": f.node, "op": f.op, "concat": f.concat, "columns": f.columns, "parts": f.parts, "side": f.side}
-                for f in mari.folded_slices
-            ],
+            "flops": {variant.value: self._flops_row(variant, vani) for variant in self.variants},
+            **{key: report[key] for key in ("user_inputs", "concats", "token_concats", "merges", "folded_slices")},
+        }
+
+    def _flops_row(self, variant: Variant, vani: int | None) -> dict[str, Any]:
+        flops, uncounted, report = self.flops(variant), self.uncounted(variant), self.variants[variant].report
+        return {
+            "flops": flops,
+            "ratio_vs_vani": vani / flops if vani and flops else None,
+            "uncounted_nodes": len(uncounted),
+            "uncounted": uncounted,
+            "runs_as": report.variant.value,
+            "fallback_reason": report.fallback_reason,
         }
 
 
 def analyze(
     model: nn.Module,
-    example_inputs: tuple,
+    example_inputs: tuple[Any, ...],
     user_inputs: Collection[str],
     n: int = 1000,
     example_kwargs: Mapping[str, Any] | None = None,
@@ -98,7 +78,9 @@ def format_analysis(analysis: Analysis) -> str:
             note += f"  (at least: {row['uncounted_nodes']} node(s) with data-dependent sizes not counted)"
         lines.append(f"  {name:5s} {text}{ratio}{note}")
     for concat in data["concats"]:
-        lines.append(f"concat {concat['node']}: user width {concat['user_width']}, candidate width {concat['candidate_width']}")
+        lines.append(
+            f"concat {concat['node']}: user width {concat['user_width']}, candidate width {concat['candidate_width']}"
+        )
         for c in concat["consumers"]:
             if c["rewritten"]:
                 lines.append(
@@ -109,13 +91,17 @@ def format_analysis(analysis: Analysis) -> str:
                 lines.append(f"  kept       {c['node']:24s} {c['op']:8s} {c['reason']}")
     for t in data["token_concats"]:
         lines.append(
-            f"token concat {t['node']} (axis {t['axis']}): {t['user_tokens']} user / {t['candidate_tokens']} candidate tokens; "
+            f"token concat {t['node']} (axis {t['axis']}): {t['user_tokens']} user / "
+            f"{t['candidate_tokens']} candidate tokens; "
             f"pushed through {', '.join(t['pushed_through']) or 'nothing'}"
         )
-        for stop in t["stopped_at"]:
-            lines.append(f"  stopped at {stop['node']}: {stop['reason']}")
+        for node, reason in t["stopped_at"]:
+            lines.append(f"  stopped at {node}: {reason}")
     for m in data["merges"]:
         lines.append(f"merge {m['node']} ({m['op']}) reads user {', '.join(m['user_inputs'])}: {m['how']}")
     for f in data["folded_slices"]:
-        lines.append(f"folded {f['node']} ({f['op']} of {f['concat']}, {len(f['columns'])} column(s)): reads {', '.join(f['parts'])} [{f['side']}]")
+        lines.append(
+            f"folded {f['node']} ({f['op']} of {f['concat']}, {len(f['columns'])} column(s)): "
+            f"reads {', '.join(f['parts'])} [{f['side']}]"
+        )
     return "\n".join(lines)

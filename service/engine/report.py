@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from service.engine.fold_concat_slices import FoldRecord
 from service.engine.fold_jagged import JaggedFold
@@ -32,7 +33,8 @@ class EngineReport:
     def not_rewritten(self) -> list[ConsumerReport]:
         return [c for concat in self.concats for c in concat.consumers if not c.rewritten]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
+        """The one serialisation of the report (JSON-ready): the service, the CLI and the analyzer use it."""
         return {
             "requested": self.requested.value,
             "variant": self.variant.value,
