@@ -14,4 +14,14 @@ from service.engine.report import EngineReport
 from service.engine.split_matmuls import SplitOptions
 from service.engine.variants import EngineError, Variant
 
-__all__ = ["Analysis", "EngineError", "EngineReport", "Reparameterized", "SplitOptions", "Variant", "analyze", "reparameterize", "reparameterize_all"]
+__all__ = [
+    "Analysis",
+    "EngineError",
+    "EngineReport",
+    "Reparameterized",
+    "SplitOptions",
+    "Variant",
+    "analyze",
+    "reparameterize",
+    "reparameterize_all",
+]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import sympy
 import torch
@@ -40,7 +40,7 @@ class InputLayout:
     def user_leaf_names(self) -> list[str]:
         return [self.leaf_names[i] for i in sorted(self.user_positions)]
 
-    def tensor_leaves(self, args: tuple, kwargs: dict) -> list[torch.Tensor]:
+    def tensor_leaves(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> list[torch.Tensor]:
         leaves, _ = pytree.tree_flatten((args, kwargs))
         return [leaves[i] for i in self.tensor_positions]
 
@@ -70,7 +70,7 @@ def _argument_names(model: nn.Module, n_args: int) -> list[str]:
 
 
 def describe_inputs(
-    model: nn.Module, args: tuple, kwargs: Mapping[str, Any], user_inputs: Collection[str]
+    model: nn.Module, args: tuple[Any, ...], kwargs: Mapping[str, Any], user_inputs: Collection[str]
 ) -> InputLayout:
     """Name every leaf ("features.user_id") and decide which are user-side."""
     path_leaves, in_spec = pytree.tree_flatten_with_path((tuple(args), dict(kwargs)))
@@ -78,7 +78,8 @@ def describe_inputs(
     names: list[str] = []
     for path, _ in path_leaves:
         parts = [_key_name(k) for k in path[1:]]
-        if path[0].idx == 0:  # positional argument: replace its index by the parameter name
+        root = path[0]  # index into the (args, kwargs) pair
+        if isinstance(root, pytree.SequenceKey) and root.idx == 0:  # positional: its parameter's name
             parts[0] = arg_names[int(parts[0])]
         names.append(".".join(parts))
 
@@ -100,6 +101,12 @@ def describe_inputs(
     return InputLayout(in_spec, tuple(names), tuple(tensor_positions), frozenset(user_positions), tuple(constants))
 
 
+def user_placeholders(graph_module: fx.GraphModule, layout: InputLayout) -> set[fx.Node]:
+    """The placeholders of a captured graph (or of a copy of it) that receive user leaves."""
+    placeholders = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
+    return {node for j, node in enumerate(placeholders) if layout.tensor_positions[j] in layout.user_positions}
+
+
 class TiledCall(nn.Module):
     """Calls the model with user leaves expanded to the candidate batch: the VanI contract as a module."""
 
@@ -115,11 +122,14 @@ class TiledCall(nn.Module):
         args, kwargs = self._unflatten(tiled)
         return self.model(*args, **kwargs)
 
-    def _unflatten(self, tensors: Sequence[torch.Tensor]) -> tuple[tuple, dict]:
+    def _unflatten(self, tensors: Sequence[torch.Tensor]) -> tuple[tuple[Any, ...], dict[str, Any]]:
         tensor_iter, const_iter = iter(tensors), iter(self.layout.constant_leaves)
         positions = set(self.layout.tensor_positions)
-        leaves = [next(tensor_iter) if i in positions else next(const_iter) for i in range(self.layout.in_spec.num_leaves)]
-        return pytree.tree_unflatten(leaves, self.layout.in_spec)
+        leaves = [
+            next(tensor_iter) if i in positions else next(const_iter) for i in range(self.layout.in_spec.num_leaves)
+        ]
+        # in_spec was flattened from an (args tuple, kwargs dict) pair
+        return cast(tuple[tuple[Any, ...], dict[str, Any]], pytree.tree_unflatten(leaves, self.layout.in_spec))
 
 
 def _trace_tensors(layout: InputLayout, tensors: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -17,7 +17,7 @@ import torch.fx as fx
 from service.engine.graph_tools import depends_on, symbolic_expr
 
 
-class Colour(str, Enum):
+class Colour(str, Enum):  # noqa: UP042 (a StrEnum would change str(colour), which reports print)
     USER = "U"
     CANDIDATE = "C"
     NONE = "-"

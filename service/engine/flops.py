@@ -23,7 +23,15 @@ import sympy
 import torch
 import torch.fx as fx
 
-from service.engine.graph_tools import aten, shape_exprs, substitute_batch, symbolic_expr
+from service.engine.graph_tools import (
+    arg_node,
+    aten,
+    has_tag,
+    shape_exprs,
+    substitute_batch,
+    symbolic_expr,
+    tensor_value,
+)
 
 MATMULS = (aten.matmul.default, aten.mm.default, aten.bmm.default)
 NORMALIZATIONS = (aten.layer_norm.default, aten.native_layer_norm.default,
@@ -48,22 +56,22 @@ class _DataDependent(Exception):
     """A size needed for the count is only known at run time."""
 
 
-def _size(expr, batch: sympy.Symbol, n: int) -> int:
+def _size(expr: sympy.Expr | int, batch: sympy.Symbol, n: int) -> int:
     value = substitute_batch(expr, batch, n)
     if value is None:
         raise _DataDependent(str(expr))
     return value
 
 
-def _numel(value, batch: sympy.Symbol, n: int) -> int:
+def _numel(value: object, batch: sympy.Symbol, n: int) -> int:
     if not isinstance(value, torch.Tensor):
         return 0
     return math.prod(_size(e, batch, n) for e in shape_exprs(value))
 
 
-def _width(node, batch: sympy.Symbol, n: int) -> int:
+def _width(node: fx.node.Argument, batch: sympy.Symbol, n: int) -> int:
     """The contracted width K (last dim) of a matmul operand."""
-    return _size(symbolic_expr(node.meta["val"].shape[-1]), batch, n)
+    return _size(symbolic_expr(tensor_value(node).shape[-1]), batch, n)
 
 
 def _node_flops(node: fx.Node, batch: sympy.Symbol, n: int) -> int:
@@ -86,10 +94,10 @@ def _node_flops(node: fx.Node, batch: sympy.Symbol, n: int) -> int:
     if target in SOFTMAXES:
         return 3 * _numel(value, batch, n)
     if target in NORMALIZATIONS:
-        return 5 * _numel(node.args[0].meta["val"], batch, n)
+        return 5 * _numel(arg_node(node, 0).meta["val"], batch, n)
     if target in REDUCTIONS:
-        return _numel(node.args[0].meta["val"], batch, n)
-    if isinstance(target, torch._ops.OpOverload) and torch.Tag.pointwise in target.tags:
+        return _numel(arg_node(node, 0).meta["val"], batch, n)
+    if has_tag(node, torch.Tag.pointwise):
         return _numel(value, batch, n)
     return 0
 

@@ -29,7 +29,9 @@ concat that MaRI splits. VanI never runs this pass: it stays the captured graph.
 from __future__ import annotations
 
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 import sympy
 import torch
@@ -39,12 +41,21 @@ from service.engine.colouring import Colour, colour_graph
 from service.engine.graph_tools import (
     CAT_TARGETS,
     RESHAPE_TARGETS,
+    Argument,
     NodeFactory,
+    argument,
+    as_int,
+    as_list,
+    as_nodes,
     aten,
-    fake_mode_of,
+    attribute_value,
+    callable_target,
     normalize_dim,
+    op_name,
+    replace_input,
     shape_exprs,
     tensor_meta,
+    tensor_value,
 )
 
 MAX_ROUNDS = 64  # each round moves reads strictly towards the graph inputs; real graphs need 2-4
@@ -71,24 +82,15 @@ class _Skip(Exception):
     pass
 
 
-def _op_name(node: fx.Node) -> str:
-    if node.target is operator.getitem:
-        return f"{_op_name(node.args[0])}[{node.args[1]}]"
-    return str(getattr(node.target, "__name__", node.target)).split(".")[0]
-
-
-def _attr(gm: fx.GraphModule, target: str) -> torch.Tensor:
-    value = gm
-    for part in target.split("."):
-        value = getattr(value, part)
-    return value
+def _parts(cat: fx.Node) -> list[fx.Node]:
+    return as_nodes(cat.args[0])
 
 
 class ConcatSliceFolder:
     def __init__(self, gm: fx.GraphModule) -> None:
         self.gm = gm
         self.graph = gm.graph
-        self.factory = NodeFactory(gm.graph, fake_mode_of(gm.graph))
+        self.factory = NodeFactory(gm.graph)
         self.records: list[tuple[FoldRecord, list[fx.Node]]] = []
         self._casts: dict[tuple[fx.Node, torch.dtype], fx.Node] = {}
         self._buffers = 0
@@ -100,10 +102,13 @@ class ConcatSliceFolder:
                 if getattr(node, "_erased", False) or node.op != "call_function" or not node.users:
                     continue  # erased by an earlier fold in this round, or dead
                 source = node.args[0] if node.args else None
-                if not (isinstance(source, fx.Node) and source.target in CAT_TARGETS and self._concat_axis(source) is not None):
+                if not (isinstance(source, fx.Node) and source.target in CAT_TARGETS):
+                    continue
+                axis = self._concat_axis(source)
+                if axis is None:
                     continue
                 try:
-                    changed |= self._fold(node, source)
+                    changed |= self._fold(node, source, axis)
                 except _Skip:
                     continue
             if not changed:
@@ -118,18 +123,17 @@ class ConcatSliceFolder:
     def _concat_axis(self, cat: fx.Node) -> int | None:
         """The concat's axis when every part has the same rank and a static width along it."""
         value = tensor_meta(cat)
-        parts = cat.args[0]
-        if value is None or not parts or any(tensor_meta(p) is None or tensor_meta(p).dim() != value.dim() for p in parts):
+        parts = [tensor_meta(p) for p in _parts(cat)]
+        if value is None or not parts or any(p is None or p.dim() != value.dim() for p in parts):
             return None
-        dim = cat.args[1] if len(cat.args) > 1 else cat.kwargs.get("dim", 0)
-        axis = normalize_dim(dim, value.dim())
-        if any(not _static(tensor_meta(p).shape[axis]) for p in parts):
+        axis = normalize_dim(as_int(argument(cat, 1, "dim", 0)), value.dim())
+        if any(not _static(p.shape[axis]) for p in parts if p is not None):
             return None
         return axis
 
     def _locate(self, cat: fx.Node, axis: int, columns: list[int]) -> list[tuple[int, int]]:
         """(part index, column within the part) for each concat column."""
-        widths = [int(tensor_meta(p).shape[axis]) for p in cat.args[0]]
+        widths = [int(tensor_value(p).shape[axis]) for p in _parts(cat)]
         starts = [sum(widths[:i]) for i in range(len(widths))]
         total = sum(widths)
         located = []
@@ -141,37 +145,36 @@ class ConcatSliceFolder:
         return located
 
     # -- dispatch -----------------------------------------------------------------------------------
-    def _fold(self, node: fx.Node, cat: fx.Node) -> bool:
-        axis = self._concat_axis(cat)
-        rank = tensor_meta(cat).dim()
-        total = int(tensor_meta(cat).shape[axis])
+    def _fold(self, node: fx.Node, cat: fx.Node, axis: int) -> bool:
+        rank = tensor_value(cat).dim()
+        total = int(tensor_value(cat).shape[axis])
         target = node.target
         if target == aten.slice.Tensor:
             dim, start, end, step = _slice_args(node)
-            if normalize_dim(dim, rank) != axis:
+            if normalize_dim(as_int(dim), rank) != axis:
                 if _is_full_slice(start, end, step):
                     return self._replace(node, cat, cat, axis, list(range(total)), [cat])
                 return False
-            if not all(isinstance(v, int) or v is None for v in (start, end, step)) or (step or 1) <= 0:
+            if not (_static_bound(start) and _static_bound(end) and _static_bound(step)) or (step or 1) <= 0:
                 return False
             columns = list(range(*slice(start, end, step).indices(total)))
             return self._fold_columns(node, cat, axis, columns)
         if target == aten.select.int and node.args[0] is cat:
             dim, index = node.args[1], node.args[2]
-            if normalize_dim(dim, rank) != axis or not isinstance(index, int):
+            if normalize_dim(as_int(dim), rank) != axis or not isinstance(index, int):
                 return False
             column = index + total if index < 0 else index
             ((part, local),) = self._locate(cat, axis, [column])
             with self.graph.inserting_before(node):
                 piece = self.factory.call(aten.select.int, (self._part(cat, part), axis, local))
-            return self._replace(node, cat, piece, axis, [column], [cat.args[0][part]])
+            return self._replace(node, cat, piece, axis, [column], [_parts(cat)[part]])
         if target == aten.index_select.default and node.args[0] is cat:
-            if normalize_dim(node.args[1], rank) != axis:
+            if normalize_dim(as_int(node.args[1]), rank) != axis:
                 return False
             columns = self._constant_indices(node.args[2], total)
             return self._fold_columns(node, cat, axis, columns)
         if target == aten.index.Tensor and node.args[0] is cat:
-            indices = list(node.args[1])
+            indices = as_list(node.args[1])
             given = [i for i, index in enumerate(indices) if index is not None]
             if given != [axis]:
                 return False
@@ -196,7 +199,7 @@ class ConcatSliceFolder:
                 runs[-1][1].append(local)
             else:
                 runs.append((part, [local]))
-        parts = cat.args[0]
+        parts = _parts(cat)
         with self.graph.inserting_before(node):
             pieces = [self._piece(cat, part, axis, locals_) for part, locals_ in runs]
             result = pieces[0] if len(pieces) == 1 else self.factory.call(aten.cat.default, (pieces, axis))
@@ -204,7 +207,7 @@ class ConcatSliceFolder:
 
     def _piece(self, cat: fx.Node, part: int, axis: int, columns: list[int]) -> fx.Node:
         source = self._part(cat, part)
-        width = int(tensor_meta(source).shape[axis])
+        width = int(tensor_value(source).shape[axis])
         first, count = columns[0], len(columns)
         step = columns[1] - columns[0] if count > 1 else 1
         if step > 0 and columns == list(range(first, first + step * count, step)):
@@ -217,21 +220,22 @@ class ConcatSliceFolder:
 
     def _part(self, cat: fx.Node, part: int) -> fx.Node:
         """The part as the concat sees it: cast to the concat's dtype where `cat` promoted it."""
-        source = cat.args[0][part]
-        dtype = tensor_meta(cat).dtype
-        if tensor_meta(source).dtype == dtype:
+        source = _parts(cat)[part]
+        dtype = tensor_value(cat).dtype
+        if tensor_value(source).dtype == dtype:
             return source
         key = (source, dtype)
         if key not in self._casts:  # right after the part (after the inputs): before every read of it
             if source.op == "call_function":
                 where = self.graph.inserting_after(source)
             else:
-                where = self.graph.inserting_before(next(n for n in self.graph.nodes if n.op not in ("placeholder", "get_attr")))
+                first_op = next(n for n in self.graph.nodes if n.op not in ("placeholder", "get_attr"))
+                where = self.graph.inserting_before(first_op)
             with where:
                 self._casts[key] = self.factory.call(aten._to_copy.default, (source,), {"dtype": dtype})
         return self._casts[key]
 
-    def _constant_indices(self, index, total: int) -> list[int]:
+    def _constant_indices(self, index: Argument, total: int) -> list[int]:
         value = self._constant(index)
         if value.dtype == torch.bool:
             if value.dim() != 1 or value.numel() != total:
@@ -241,58 +245,64 @@ class ConcatSliceFolder:
             raise _Skip("index is not a 1-D integer tensor")
         return [i + total if i < 0 else i for i in value.tolist()]
 
-    def _constant(self, node, depth: int = 0) -> torch.Tensor:
+    def _constant(self, node: Argument, depth: int = 0) -> torch.Tensor:
         """Evaluate a sub-graph of constants only (a buffer, a lifted `torch.tensor([...])`, its clone)."""
         if not isinstance(node, fx.Node) or depth > 16:
             raise _Skip("index is not a graph constant")
         if node.op == "get_attr":
-            value = _attr(self.gm, node.target)
+            value = attribute_value(self.gm, node)
             if not isinstance(value, torch.Tensor):
                 raise _Skip("index is not a tensor")
             return value.detach()
-        if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+        target = node.target
+        if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
             raise _Skip("index depends on the inputs")
-        if torch.Tag.nondeterministic_seeded in node.target.tags:
+        if torch.Tag.nondeterministic_seeded in target.tags:
             raise _Skip("index is random")
-        evaluate = lambda a: self._constant(a, depth + 1) if isinstance(a, fx.Node) else a  # noqa: E731
+
+        def evaluate(a: Argument) -> Argument:
+            return self._constant(a, depth + 1) if isinstance(a, fx.Node) else a
+
         args = fx.node.map_aggregate(node.args, evaluate)
         kwargs = fx.node.map_aggregate(node.kwargs, evaluate)
         try:
-            return node.target(*args, **kwargs)
+            result: torch.Tensor = target(*args, **kwargs)
+            return result
         except Exception as exc:  # not evaluable outside the graph: leave the read as it is
             raise _Skip(f"index not evaluable: {exc}") from exc
 
     # -- split / unbind outputs ---------------------------------------------------------------------
     def _fold_split(self, node: fx.Node, cat: fx.Node, axis: int, rank: int, total: int) -> bool:
         if node.target == aten.unbind.int:
-            dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+            dim = argument(node, 1, "dim", 0)
             ranges = [[k] for k in range(total)]
         else:
-            sizes = node.args[1]
-            dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+            split_sizes = node.args[1]
+            dim = argument(node, 2, "dim", 0)
             if node.target == aten.split.Tensor:
-                if not isinstance(sizes, int) or sizes <= 0:
+                if not isinstance(split_sizes, int) or split_sizes <= 0:
                     return False
-                sizes = [min(sizes, total - s) for s in range(0, total, sizes)]
-            if not all(isinstance(s, int) for s in sizes):
+                split_sizes = [min(split_sizes, total - s) for s in range(0, total, split_sizes)]
+            sizes = [s for s in as_list(split_sizes) if isinstance(s, int)]
+            if len(sizes) != len(as_list(split_sizes)):
                 return False
             starts = [sum(sizes[:i]) for i in range(len(sizes))]
             ranges = [list(range(s, s + size)) for s, size in zip(starts, sizes)]
-        if normalize_dim(dim, rank) != axis:
+        if normalize_dim(as_int(dim), rank) != axis:
             return False
         outputs = list(node.users)
         if not all(u.target is operator.getitem and isinstance(u.args[1], int) for u in outputs):
             return False
         changed = False
         for output in outputs:
-            columns = ranges[output.args[1]]
+            columns = ranges[as_int(output.args[1])]
             if not columns:
                 continue
             if node.target == aten.unbind.int:
                 ((part, local),) = self._locate(cat, axis, columns)
                 with self.graph.inserting_before(output):
                     piece = self.factory.call(aten.select.int, (self._part(cat, part), axis, local))
-                changed |= self._replace(output, cat, piece, axis, columns, [cat.args[0][part]])
+                changed |= self._replace(output, cat, piece, axis, columns, [_parts(cat)[part]])
             else:
                 changed |= self._fold_columns(output, cat, axis, columns)
         return changed
@@ -301,7 +311,7 @@ class ConcatSliceFolder:
     def _fold_reshape(self, node: fx.Node, cat: fx.Node, axis: int, rank: int) -> bool:
         """view(cat(parts, -1), shape) == cat(view(part, shape'), -1) when the view only adds or drops
         size-1 dims and keeps the concat axis last (flattening [N, 1, E1 + E2] to [N, E1 + E2])."""
-        source, out = tensor_meta(cat), tensor_meta(node)
+        source, out = tensor_value(cat), tensor_meta(node)
         if out is None or axis != rank - 1 or out.dim() < 1:
             return False
         total = source.shape[axis]
@@ -311,16 +321,16 @@ class ConcatSliceFolder:
         kept_out = [e for i, e in enumerate(shape_exprs(out)[:-1]) if not (i > 0 and e == 1)]
         if len(kept_in) != len(kept_out) or any(sympy.simplify(a - b) != 0 for a, b in zip(kept_in, kept_out)):
             return False
-        shape = list(node.args[1])
+        shape = as_list(node.args[1])
         pieces = []
         with self.graph.inserting_before(node):
-            for index in range(len(cat.args[0])):
+            for index in range(len(_parts(cat))):
                 part = self._part(cat, index)
-                width = int(tensor_meta(part).shape[axis])
+                width = int(tensor_value(part).shape[axis])
                 part_shape = shape[:-1] + [shape[-1] if shape[-1] == -1 else width]
                 pieces.append(self.factory.call(aten.reshape.default, (part, part_shape)))
             result = self.factory.call(aten.cat.default, (pieces, out.dim() - 1))
-        return self._replace(node, cat, result, axis, list(range(int(total))), list(cat.args[0]))
+        return self._replace(node, cat, result, axis, list(range(int(total))), _parts(cat))
 
     # -- elementwise ops between the concat and its reads -----------------------------------------
     def _is_elementwise_of(self, node: fx.Node, cat: fx.Node) -> bool:
@@ -336,7 +346,7 @@ class ConcatSliceFolder:
             return False
         if [a for a in node.all_input_nodes] != [cat]:
             return False
-        out, source = tensor_meta(node), tensor_meta(cat)
+        out, source = tensor_meta(node), tensor_value(cat)
         if out is None or shape_exprs(out) != shape_exprs(source):
             return False
         return any(u.target in READS for u in node.users)
@@ -345,23 +355,22 @@ class ConcatSliceFolder:
         """f(cat(parts)) == cat(f(part) for part): the op runs on each part (same elements, same values)."""
         with self.graph.inserting_before(node):
             pieces = []
-            for index in range(len(cat.args[0])):
+            for index in range(len(_parts(cat))):
                 args = tuple(self._part(cat, index) if a is cat else a for a in node.args)
-                pieces.append(self.factory.call(node.target, args, dict(node.kwargs)))
+                pieces.append(self.factory.call(callable_target(node), args, dict(node.kwargs)))
             result = self.factory.call(aten.cat.default, (pieces, axis))
-        return self._replace(node, cat, result, axis, list(range(total)), list(cat.args[0]))
+        return self._replace(node, cat, result, axis, list(range(total)), _parts(cat))
 
     def _constant_sizes(self, node: fx.Node, result: fx.Node) -> None:
         """Sizes read off the folded node that are static in the result become ints: a boolean column
         mask gave export an unbacked width (checked by runtime asserts), the folded read has a fixed one."""
-        shape = tensor_meta(result).shape
+        shape = tensor_value(result).shape
         for user in list(node.users):
-            if user.target != aten.sym_size.int or not _static(shape[user.args[1]]):
+            if user.target != aten.sym_size.int or not _static(shape[as_int(user.args[1])]):
                 continue
-            size = int(shape[user.args[1]])
+            size = int(shape[as_int(user.args[1])])
             for consumer in list(user.users):
-                consumer.args = fx.node.map_arg(consumer.args, lambda a: size if a is user else a)
-                consumer.kwargs = fx.node.map_arg(consumer.kwargs, lambda a: size if a is user else a)
+                replace_input(consumer, user, size)
             self.graph.erase_node(user)
 
     def _drop_dead_asserts(self) -> None:
@@ -373,10 +382,12 @@ class ConcatSliceFolder:
                     self.graph.erase_node(user)
 
     # -- bookkeeping --------------------------------------------------------------------------------
-    def _replace(self, node: fx.Node, cat: fx.Node, result: fx.Node, axis: int, columns, parts) -> bool:
+    def _replace(
+        self, node: fx.Node, cat: fx.Node, result: fx.Node, axis: int, columns: list[int], parts: Sequence[fx.Node]
+    ) -> bool:
         if result is node:
             return False
-        record = FoldRecord(node.name, _op_name(node), cat.name, axis, list(columns), [p.name for p in parts])
+        record = FoldRecord(node.name, op_name(node), cat.name, axis, list(columns), [p.name for p in parts])
         self.records.append((record, list(parts)))
         self._constant_sizes(node, result)
         node.replace_all_uses_with(result)
@@ -385,22 +396,27 @@ class ConcatSliceFolder:
         return True
 
 
-def _static(size) -> bool:
+def _static(size: object) -> bool:
     return isinstance(size, int) or (isinstance(size, torch.SymInt) and size.node.expr.is_Integer)
 
 
-def _slice_args(node: fx.Node) -> tuple:
+def _static_bound(value: Argument) -> TypeGuard[int | None]:
+    """A slice bound known at rewrite time (None: the default)."""
+    return isinstance(value, int) or value is None
+
+
+def _slice_args(node: fx.Node) -> tuple[Argument, Argument, Argument, Argument]:
     names = ("input", "dim", "start", "end", "step")
-    defaults = {"dim": 0, "start": None, "end": None, "step": 1}
+    defaults: dict[str, Argument] = {"dim": 0, "start": None, "end": None, "step": 1}
     values = {**defaults, **dict(zip(names, node.args)), **node.kwargs}
     return values["dim"], values["start"], values["end"], values["step"]
 
 
-def _is_full_slice(start, end, step) -> bool:
+def _is_full_slice(start: Argument, end: Argument, step: Argument) -> bool:
     return start in (None, 0) and (end is None or (isinstance(end, int) and end >= 2**62)) and step in (None, 1)
 
 
-def fold_concat_slices(gm: fx.GraphModule, user_placeholders: set[fx.Node], batch) -> list[FoldRecord]:
+def fold_concat_slices(gm: fx.GraphModule, user_placeholders: set[fx.Node], batch: sympy.Symbol) -> list[FoldRecord]:
     """Rewrite gm in place (an identity at any batch size); returns every folded read and what it reads now."""
     found = ConcatSliceFolder(gm).run()
     colours = colour_graph(gm.graph, user_placeholders, batch)

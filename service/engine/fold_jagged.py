@@ -34,15 +34,36 @@ from __future__ import annotations
 import copy
 import operator
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 import sympy
 import torch
 import torch.fx as fx
 
 from service.engine.colouring import is_size_value
-from service.engine.graph_tools import NodeFactory, aten, fake_mode_of, normalize_dim, shape_exprs, symbolic_expr
+from service.engine.graph_tools import (
+    Argument,
+    NodeFactory,
+    arg_node,
+    argument,
+    as_int,
+    as_list,
+    as_node,
+    as_nodes,
+    aten,
+    attribute_value,
+    bound_arguments,
+    callable_target,
+    meta_value,
+    normalize_dim,
+    replace_input,
+    shape_exprs,
+    symbolic_expr,
+    tensor_meta,
+)
 
 SAMPLE_BATCHES = (1, 2, 3, 5, 8, 64, 1000, 4099)
 # Ops that read only the metadata (shape, dtype, device) of their first argument.
@@ -74,12 +95,13 @@ EMBEDDING_BAGS = (
 SUM, MEAN, MAX = 0, 1, 2
 
 
-def _fbgemm(name: str):
+def _fbgemm(name: str) -> Callable[..., Any] | None:
     namespace = getattr(torch.ops, "fbgemm", None)
     try:
-        return getattr(getattr(namespace, name), "default")
+        op: Callable[..., Any] = getattr(namespace, name).default
     except (AttributeError, RuntimeError):
         return None
+    return op
 
 
 @dataclass
@@ -102,7 +124,7 @@ class _ShapeOnly:
         self.gm = gm
         self.batch = batch
         self._is: dict[fx.Node, bool] = {}
-        self._values: dict[int, dict[fx.Node, object]] = {}
+        self._values: dict[int, dict[fx.Node, Any]] = {}
         self.defining: dict[sympy.Symbol, fx.Node] = {}
         for node in gm.graph.nodes:  # topological order: inputs are decided before their users
             self._is[node] = self._decide(node)
@@ -111,7 +133,7 @@ class _ShapeOnly:
                 if isinstance(expr, sympy.Symbol) and expr != batch:
                     self.defining.setdefault(expr, node)
 
-    def is_shape_only(self, node) -> bool:
+    def is_shape_only(self, node: Argument) -> bool:
         return not isinstance(node, fx.Node) or self._is.get(node, False)
 
     def _decide(self, node: fx.Node) -> bool:
@@ -123,7 +145,7 @@ class _ShapeOnly:
             return True
         target = node.target
         if isinstance(target, torch._ops.OpOverload):
-            if torch.Tag.nondeterministic_seeded in target.tags or "empty" in target.name():
+            if torch.Tag.nondeterministic_seeded in target.tags or "empty" in str(target):
                 return False
         inputs = node.all_input_nodes
         if target in METADATA_ONLY:
@@ -132,18 +154,18 @@ class _ShapeOnly:
                 return False
         return all(self.is_shape_only(i) for i in inputs)
 
-    def _free(self, expr) -> set:
+    def _free(self, expr: Any) -> set[Any]:
         return set() if isinstance(expr, int) else set(expr.free_symbols)
 
-    def _shape_known(self, node: fx.Node) -> bool:
-        value = node.meta.get("val")
-        if not isinstance(value, torch.Tensor):
+    def _shape_known(self, node: Argument) -> bool:
+        value = tensor_meta(node)
+        if value is None:
             return False
         symbols = set().union(*(self._free(e) for e in shape_exprs(value))) - {self.batch}
         return all(s in self.defining and self.is_shape_only(self.defining[s]) for s in symbols)
 
     # -- concrete evaluation --------------------------------------------------------------------
-    def value(self, node, n: int):
+    def value(self, node: Argument, n: int) -> Any:
         if not isinstance(node, fx.Node):
             return node
         memo = self._values.setdefault(n, {})
@@ -153,7 +175,7 @@ class _ShapeOnly:
             memo[node] = self._evaluate(node, n)
         return memo[node]
 
-    def size_at(self, expr, n: int) -> int:
+    def size_at(self, expr: Any, n: int) -> int:
         if isinstance(expr, int):
             return expr
         values = {self.batch: n}
@@ -166,32 +188,29 @@ class _ShapeOnly:
             raise _Unknown(str(expr))
         return int(result)
 
-    def _evaluate(self, node: fx.Node, n: int):
+    def _evaluate(self, node: fx.Node, n: int) -> Any:
         if node.op == "get_attr":
-            value = self.gm
-            for part in node.target.split("."):
-                value = getattr(value, part)
-            return value
+            return attribute_value(self.gm, node)
         if is_size_value(node) and self._free(symbolic_expr(node.meta["val"])) <= {self.batch}:
             return self.size_at(symbolic_expr(node.meta["val"]), n)
         args, kwargs = node.args, node.kwargs
         if node.target in METADATA_ONLY and not self.is_shape_only(node.args[0]):
-            meta = node.args[0].meta["val"]
+            meta = arg_node(node, 0).meta["val"]
             stand_in = torch.zeros([self.size_at(e, n) for e in shape_exprs(meta)], dtype=meta.dtype)
             args = (stand_in, *args[1:])
         args = fx.node.map_aggregate(args, lambda a: self.value(a, n) if isinstance(a, fx.Node) else a)
         kwargs = fx.node.map_aggregate(kwargs, lambda a: self.value(a, n) if isinstance(a, fx.Node) else a)
         with torch.no_grad():
-            return node.target(*args, **kwargs)
+            return callable_target(node)(*args, **kwargs)
 
-    def at_samples(self, node: fx.Node) -> list | None:
+    def at_samples(self, node: fx.Node) -> list[Any] | None:
         try:
             return [self.value(node, n) for n in SAMPLE_BATCHES]
         except Exception:  # any op that cannot run on the samples leaves the node as captured
             return None
 
 
-def _affine(values: list) -> tuple[int, int] | None:
+def _affine(values: list[Any]) -> tuple[int, int] | None:
     """(a, b) with value == a * N + b at every sampled N, integers, else None."""
     try:
         ys = [int(v) for v in values]
@@ -207,7 +226,7 @@ def _affine(values: list) -> tuple[int, int] | None:
     return int(a), int(b)
 
 
-def _ramp_step(values: list) -> int | None:
+def _ramp_step(values: list[Any]) -> int | None:
     """s when every sampled tensor is 0, s, 2s, ... (1-D), the same s throughout (a lone 0 fits any s)."""
     steps = set()
     for v in values:
@@ -224,27 +243,13 @@ def _ramp_step(values: list) -> int | None:
     return steps.pop() if len(steps) == 1 and next(iter(steps)) > 0 else None
 
 
-def _dim0(dim, node) -> bool:
+def _dim0(dim: Argument, node: Argument) -> bool:
     value = node.meta.get("val") if isinstance(node, fx.Node) else None
     return isinstance(value, torch.Tensor) and isinstance(dim, int) and normalize_dim(dim, value.dim()) == 0
 
 
-def _same(a, b) -> bool:
-    return sympy.expand(sympy.sympify(a) - sympy.sympify(b)) == 0
-
-
-def _arguments(node: fx.Node) -> dict:
-    """The node's arguments by schema name, defaults filled in."""
-    schema = node.target._schema
-    bound = {}
-    for position, argument in enumerate(schema.arguments):
-        if position < len(node.args):
-            bound[argument.name] = node.args[position]
-        elif argument.name in node.kwargs:
-            bound[argument.name] = node.kwargs[argument.name]
-        elif argument.has_default_value():
-            bound[argument.name] = argument.default_value
-    return bound
+def _same(a: Any, b: Any) -> bool:
+    return bool(sympy.expand(sympy.sympify(a) - sympy.sympify(b)) == 0)
 
 
 class JaggedFolder:
@@ -253,7 +258,7 @@ class JaggedFolder:
         self.graph = gm.graph
         self.batch = batch
         self.user_placeholders = user_placeholders
-        self.factory = NodeFactory(self.graph, fake_mode_of(self.graph))
+        self.factory = NodeFactory(self.graph)
         self.folds: list[JaggedFold] = []
         self._batch_node: fx.Node | None = None
 
@@ -285,19 +290,20 @@ class JaggedFolder:
             if node.target == aten.select.int and _dim0(node.args[1], node.args[0]):
                 source, index = node.args[0], node.args[2]
             elif node.target is operator.getitem and getattr(node.args[0], "target", None) == aten.unbind.int:
-                unbind = node.args[0]
+                unbind = arg_node(node, 0)
                 if not _dim0(unbind.args[1] if len(unbind.args) > 1 else 0, unbind.args[0]):
                     continue
                 source, index = unbind.args[0], node.args[1]
             else:
                 continue
-            if shape_only.is_shape_only(source) or not isinstance(index, int):
+            if shape_only.is_shape_only(source) or not isinstance(source, fx.Node) or not isinstance(index, int):
                 continue
             with self.graph.inserting_before(node):
                 row = self._row(source, index % source.meta["val"].shape[0], shape_only)
             if row is not None and row is not node:
                 node.replace_all_uses_with(row)
-                self.folds.append(JaggedFold(node.name, "row", f"row {index} of {source.name} is computed from its own key"))
+                how = f"row {index} of {source.name} is computed from its own key"
+                self.folds.append(JaggedFold(node.name, "row", how))
 
     def _row(self, node: fx.Node, k: int, shape_only: _ShapeOnly, depth: int = 0) -> fx.Node | None:
         """A node computing row k (along dim 0) of `node`, or None. Unused nodes left behind are dead code."""
@@ -307,17 +313,18 @@ class JaggedFolder:
         call, target = self.factory.call, node.target
         if shape_only.is_shape_only(node):
             return call(aten.select.int, (node, 0, k))
-        if target == aten.sum.dim_IntList and list(node.args[1]) in ([1], [-1]) and not node.args[2:] and not node.kwargs:
-            inner = self._row(node.args[0], k, shape_only, depth + 1)  # per-key sums: [F, M] -> [F]
+        per_key_sum = target == aten.sum.dim_IntList and as_list(node.args[1]) in ([1], [-1])
+        if per_key_sum and not node.args[2:] and not node.kwargs:
+            inner = self._row(arg_node(node, 0), k, shape_only, depth + 1)  # per-key sums: [F, M] -> [F]
             return None if inner is None else call(aten.sum.dim_IntList, (inner, [0]))
         if value.dim() != 2:
             return None
         if target in (aten.view.default, aten.reshape.default, aten._unsafe_view.default):
-            source = node.args[0]
-            if getattr(source, "target", None) != aten.cat.default or source.meta["val"].dim() != 1:
+            source = arg_node(node, 0)
+            if source.target != aten.cat.default or source.meta["val"].dim() != 1:
                 return None
             width, first = shape_exprs(value)[1], 0
-            for part in source.args[0]:  # each part holds a whole number of rows
+            for part in as_nodes(source.args[0]):  # each part holds a whole number of rows
                 rows = sympy.simplify(sympy.sympify(shape_exprs(part.meta["val"])[0]) / width)
                 if part.meta["val"].dim() != 1 or part.meta["val"].dtype != value.dtype or not rows.is_Integer:
                     return None
@@ -328,10 +335,10 @@ class JaggedFolder:
                 first += int(rows)
             return None
         if target == aten.cumsum.default and node.args[1] in (1, -1):
-            inner = self._row(node.args[0], k, shape_only, depth + 1)
+            inner = self._row(arg_node(node, 0), k, shape_only, depth + 1)
             return None if inner is None else call(aten.cumsum.default, (inner, 0), dict(node.kwargs))
-        if target == aten.cat.default and normalize_dim(_arguments(node)["dim"], 2) == 1:
-            pieces = [self._row(p, k, shape_only, depth + 1) for p in node.args[0]]
+        if target == aten.cat.default and normalize_dim(as_int(bound_arguments(node)["dim"]), 2) == 1:
+            pieces = [self._row(p, k, shape_only, depth + 1) for p in as_nodes(node.args[0])]
             return None if any(p is None for p in pieces) else call(aten.cat.default, (pieces, 0))
         return None
 
@@ -340,13 +347,15 @@ class JaggedFolder:
         if self._batch_node is None:
             placeholders = [n for n in self.graph.nodes if n.op == "placeholder"]
             candidate = next(
-                n for n in placeholders if n not in self.user_placeholders and shape_exprs(n.meta["val"])[:1] == [self.batch]
+                n
+                for n in placeholders
+                if n not in self.user_placeholders and shape_exprs(n.meta["val"])[:1] == [self.batch]
             )
             with self.graph.inserting_after(placeholders[-1]):
                 self._batch_node = self.factory.call(aten.sym_size.int, (candidate, 0))
         return self._batch_node
 
-    def _size(self, a: int, b: int, before: fx.Node):
+    def _size(self, a: int, b: int, before: fx.Node) -> Argument:
         if a == 0:
             return b
         with self.graph.inserting_before(before):
@@ -360,7 +369,7 @@ class JaggedFolder:
     def _fold_sizes(self) -> None:
         """`.item()` of a shape-only value that is a*N + b becomes that size; metadata is re-derived."""
         shape_only = _ShapeOnly(self.gm, self.batch)
-        replaced: dict[fx.Node, object] = {}
+        replaced: dict[fx.Node, Argument] = {}
         for node in list(self.graph.nodes):
             if node.target not in ITEMS or not is_size_value(node) or not shape_only.is_shape_only(node):
                 continue
@@ -370,21 +379,21 @@ class JaggedFolder:
                 continue
             replaced[node] = self._size(*fit, before=node)
             a, b = fit
-            text = " + ".join(p for p in (f"{a}*N" if a not in (0, 1) else "N" if a == 1 else "", str(b) if b else "") if p) or "0"
+            terms = (f"{a}*N" if a not in (0, 1) else "N" if a == 1 else "", str(b) if b else "")
+            text = " + ".join(p for p in terms if p) or "0"
             self.folds.append(JaggedFold(node.name, "item", f"per-key length read from data is {text}"))
         if not replaced:
             return
         self._drop_size_asserts(replaced)
-        touched = set()
+        touched: set[fx.Node] = set()
         for node, size in replaced.items():
             for user in list(node.users):
-                user.args = fx.node.map_arg(user.args, lambda a: size if a is node else a)
-                user.kwargs = fx.node.map_arg(user.kwargs, lambda a: size if a is node else a)
+                replace_input(user, node, size)
                 touched.add(user)
         self.graph.eliminate_dead_code()
         self._repropagate(touched & set(self.graph.nodes))
 
-    def _drop_size_asserts(self, folded: dict) -> None:
+    def _drop_size_asserts(self, folded: dict[fx.Node, Argument]) -> None:
         """Runtime checks export added on the folded sizes (u >= 0, sum == numel) hold by construction."""
         frontier, seen = list(folded), set()
         while frontier:
@@ -395,19 +404,19 @@ class JaggedFolder:
                 seen.add(user)
                 if user.target in SIZE_ASSERTS:
                     self.graph.erase_node(user)
-                elif is_size_value(user) or (user.op == "call_function" and isinstance(user.meta.get("val"), (bool, torch.SymBool))):
+                elif is_size_value(user) or (
+                    user.op == "call_function" and isinstance(user.meta.get("val"), (bool, torch.SymBool))
+                ):
                     frontier.append(user)
 
-    def _repropagate(self, touched: set) -> None:
+    def _repropagate(self, touched: set[fx.Node]) -> None:
         """Recompute the fake metadata of the nodes that read a folded size and of everything downstream."""
         dirty: set[fx.Node] = set()
         for node in self.graph.nodes:
             if node.op != "call_function" or not (node in touched or any(i in dirty for i in node.all_input_nodes)):
                 continue
             with self.factory.fake_mode:
-                args = fx.node.map_aggregate(node.args, lambda a: a.meta["val"] if isinstance(a, fx.Node) else a)
-                kwargs = fx.node.map_aggregate(node.kwargs, lambda a: a.meta["val"] if isinstance(a, fx.Node) else a)
-                node.meta["val"] = node.target(*args, **kwargs)
+                node.meta["val"] = callable_target(node)(*meta_value(node.args), **meta_value(node.kwargs))
             dirty.add(node)
 
     # -- splits and slices of the values concat -------------------------------------------------
@@ -417,16 +426,17 @@ class JaggedFolder:
         if not (isinstance(source, fx.Node) and source.target == aten.cat.default):
             return
         rank = source.meta["val"].dim()
-        if normalize_dim(_arguments(source)["dim"], rank) != 0:
+        if normalize_dim(as_int(bound_arguments(source)["dim"]), rank) != 0:
             return
-        args = _arguments(node)
-        if normalize_dim(args["dim"], rank) != 0:
+        args = bound_arguments(node)
+        if normalize_dim(as_int(args["dim"]), rank) != 0:
             return
+        pieces: list[tuple[fx.Node, list[Any], list[Any]]]  # (output, where it begins, where it ends)
         if node.target == aten.slice.Tensor:
             if args["step"] != 1:
                 return
-            start = args["start"] if args["start"] is not None else 0
-            start = symbolic_expr(start.meta["val"]) if isinstance(start, fx.Node) else start
+            start_arg = args["start"] if args["start"] is not None else 0
+            start = symbolic_expr(start_arg.meta["val"] if isinstance(start_arg, fx.Node) else start_arg)
             length = shape_exprs(node.meta["val"])[0]
             pieces = [(node, [start], [start + length])]
         else:
@@ -437,12 +447,16 @@ class JaggedFolder:
             total = shape_exprs(source.meta["val"])[0]
             lefts = [sum(sizes[:i], 0) for i in range(len(sizes) + 1)]
             rights = [total - sum(sizes[i:], 0) for i in range(len(sizes) + 1)]
-            pieces = [(u, [lefts[u.args[1]], rights[u.args[1]]], [lefts[u.args[1] + 1], rights[u.args[1] + 1]]) for u in node.users]
-        parts = list(source.args[0])
-        bounds, total = [0], 0
+            pieces = []
+            for u in node.users:
+                i = as_int(u.args[1])
+                pieces.append((u, [lefts[i], rights[i]], [lefts[i + 1], rights[i + 1]]))
+        parts = as_nodes(source.args[0])
+        bounds: list[Any] = [0]
+        end: Any = 0
         for part in parts:
-            total = total + shape_exprs(part.meta["val"])[0]
-            bounds.append(total)
+            end = end + shape_exprs(part.meta["val"])[0]
+            bounds.append(end)
         dtype = source.meta["val"].dtype
         for piece, begins, ends in pieces:
             first = next((i for i, b in enumerate(bounds) if any(_same(b, x) for x in begins)), None)
@@ -458,17 +472,19 @@ class JaggedFolder:
                     replacement = self.factory.call(aten.cat.default, (covered, 0))
             piece.replace_all_uses_with(replacement)
             op = "slice" if node.target == aten.slice.Tensor else "split"
-            self.folds.append(JaggedFold(piece.name, op, f"rows of the values concat: {', '.join(p.name for p in covered)}"))
+            how = f"rows of the values concat: {', '.join(p.name for p in covered)}"
+            self.folds.append(JaggedFold(piece.name, op, how))
 
     # -- lookups --------------------------------------------------------------------------------
     def _embedding_bag(self, node: fx.Node, shape_only: _ShapeOnly) -> None:
-        args = _arguments(node)
+        args = bound_arguments(node)
         weight, ids, offsets = args["weight"], args["indices"], args["offsets"]
         mode, weights = args.get("mode", SUM), args.get("per_sample_weights")
         padding = args.get("padding_idx")
         padding = None if padding is None or padding == -1 else padding
         if any(u.target is not operator.getitem or u.args[1] != 0 for u in node.users):
             return
+        ids, weight = as_node(ids), as_node(weight)
         ids_shape = shape_exprs(ids.meta["val"])
         if len(ids_shape) != 1 or not isinstance(offsets, fx.Node):
             return
@@ -487,7 +503,9 @@ class JaggedFolder:
         getitem.replace_all_uses_with(out)
         self.folds.append(JaggedFold(node.name, "embedding_bag", f"{how} -> embedding"))
 
-    def _lookup(self, weight, ids, step, mode, weights, padding) -> fx.Node:
+    def _lookup(
+        self, weight: fx.Node, ids: fx.Node, step: int, mode: Argument, weights: Argument, padding: Argument
+    ) -> fx.Node:
         call = self.factory.call
         flat = call(aten.reshape.default, (ids, [-1])) if ids.meta["val"].dim() != 1 else ids
         rows = call(aten.embedding.default, (weight, flat))
@@ -515,9 +533,12 @@ class JaggedFolder:
         return call(aten.div.Tensor, (total, call(aten.clamp_min.default, (count, 1))))
 
     def _jagged_to_padded_dense(self, node: fx.Node, shape_only: _ShapeOnly) -> None:
-        values, offsets, max_lengths = node.args[:3]
-        pad = node.args[3] if len(node.args) > 3 else node.kwargs.get("padding_value", 0.0)
-        if len(offsets) != 1 or len(max_lengths) != 1 or not isinstance(max_lengths[0], int):
+        values, offsets, max_lengths = arg_node(node, 0), as_nodes(node.args[1]), as_list(node.args[2])
+        pad = argument(node, 3, "padding_value", 0.0)
+        if len(offsets) != 1 or len(max_lengths) != 1:
+            return
+        length = max_lengths[0]
+        if not isinstance(length, int):
             return
         step = _ramp_step(shape_only.at_samples(offsets[0]) or [None])
         if step is None:
@@ -526,7 +547,7 @@ class JaggedFolder:
         bags = shape_exprs(offsets[0].meta["val"])[0] - 1
         if not _same(rows[0], step * bags):
             return
-        length, rest = max_lengths[0], list(rows[1:])
+        rest = list(rows[1:])
         if any(not isinstance(r, int) for r in rest):
             return
         with self.graph.inserting_before(node):

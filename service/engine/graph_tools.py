@@ -1,7 +1,15 @@
-"""Small helpers shared by the passes: ATen targets, fake-tensor metadata, symbolic batch sizes."""
+"""Small helpers shared by the passes: ATen targets, typed access to node arguments, fake-tensor metadata,
+symbolic batch sizes.
+
+torch.fx types every node argument as the wide union `Argument`. A pass knows more (a `linear` node's first
+argument is a node, a `cat` node's is a list of nodes); the accessors here check that knowledge and narrow
+the type, raising TypeError where the graph breaks it (the pipeline then serves VanI with the reason).
+"""
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -9,8 +17,11 @@ import sympy
 import torch
 import torch.fx as fx
 from torch._guards import detect_fake_mode
+from torch._ops import OpOverload
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 aten = torch.ops.aten
+Argument = fx.node.Argument
 
 LINEAR_TARGETS = (aten.linear.default,)
 CAT_TARGETS = (aten.cat.default,)
@@ -19,7 +30,112 @@ IDENTITY_TARGETS = (aten.clone.default, aten.alias.default, aten.detach.default,
 RESHAPE_TARGETS = (aten.view.default, aten._unsafe_view.default, aten.reshape.default)
 
 
-def tensor_meta(node: Any) -> torch.Tensor | None:
+# -- typed access to node arguments ---------------------------------------------------------------
+def as_node(value: Argument) -> fx.Node:
+    """A node argument the op requires to be a graph value."""
+    if not isinstance(value, fx.Node):
+        raise TypeError(f"expected a graph node, got {type(value).__name__} {value!r}")
+    return value
+
+
+def as_nodes(value: Argument) -> list[fx.Node]:
+    """A list argument of graph values (the tensors of `cat` / `stack`)."""
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"expected a list of graph nodes, got {type(value).__name__}")
+    return [as_node(v) for v in value]
+
+
+def as_list(value: Argument) -> list[Argument]:
+    """A list argument whose items may be symbolic (a shape holding size nodes)."""
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"expected a list, got {type(value).__name__}")
+    return list(value)
+
+
+def as_int(value: Argument) -> int:
+    """A static int argument (a dim, an index, a static size)."""
+    if not isinstance(value, int):
+        raise TypeError(f"expected an int, got {type(value).__name__} {value!r}")
+    return value
+
+
+def as_ints(value: Argument) -> list[int]:
+    """A static int-list argument (dims of a reduction, a shape without symbolic sizes)."""
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"expected a list of ints, got {type(value).__name__}")
+    return [as_int(v) for v in value]
+
+
+def as_float(value: Argument) -> float:
+    """A static number argument (an epsilon, a scale)."""
+    if not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def arg_node(node: fx.Node, index: int) -> fx.Node:
+    return as_node(node.args[index])
+
+
+def argument(node: fx.Node, index: int, name: str, default: Argument = None) -> Argument:
+    """The argument at `index`, else the keyword `name`, else `default`."""
+    return node.args[index] if len(node.args) > index else node.kwargs.get(name, default)
+
+
+def bound_arguments(node: fx.Node) -> dict[str, Argument]:
+    """An ATen node's arguments by schema name, in schema order: defaults filled in, None where absent."""
+    bound: dict[str, Argument] = {}
+    for position, schema_argument in enumerate(op_overload(node)._schema.arguments):
+        name = schema_argument.name
+        if position < len(node.args):
+            bound[name] = node.args[position]
+        elif name in node.kwargs:
+            bound[name] = node.kwargs[name]
+        else:
+            bound[name] = schema_argument.default_value if schema_argument.has_default_value() else None
+    return bound
+
+
+def callable_target(node: fx.Node) -> Callable[..., Any]:
+    """The function a call_function node calls."""
+    if isinstance(node.target, str):
+        raise TypeError(f"{node.name} ({node.op}) calls no function")
+    return node.target
+
+
+def op_overload(node: fx.Node) -> OpOverload:
+    """The ATen overload a node calls (the passes' schema-driven rules need one)."""
+    if not isinstance(node.target, OpOverload):
+        raise TypeError(f"{node.name} does not call an ATen operator")
+    return node.target
+
+
+def has_tag(node: fx.Node, tag: torch.Tag) -> bool:
+    return isinstance(node.target, OpOverload) and tag in node.target.tags
+
+
+def op_name(node: fx.Node) -> str:
+    """What reports call a node's op: the overload packet ("linear", "add"), "split[0]" for a tuple output."""
+    if node.target is operator.getitem:
+        return f"{op_name(arg_node(node, 0))}[{node.args[1]}]"
+    return str(getattr(node.target, "__name__", node.target)).split(".")[0]
+
+
+def attribute_value(module: torch.nn.Module, node: fx.Node) -> Any:
+    """What a get_attr node of `module`'s graph reads (a parameter, a buffer, a lifted constant)."""
+    if node.op != "get_attr" or not isinstance(node.target, str):
+        raise TypeError(f"{node.name} ({node.op}) reads no attribute")
+    return functools.reduce(getattr, node.target.split("."), module)
+
+
+def replace_input(user: fx.Node, old: fx.Node, value: Argument) -> None:
+    """Let `user` read `value` (a node or a constant) wherever it read `old`."""
+    user.args = fx.node.map_arg(user.args, lambda a: value if a is old else a)
+    user.kwargs = fx.node.map_arg(user.kwargs, lambda a: value if a is old else a)
+
+
+# -- fake-tensor metadata --------------------------------------------------------------------------
+def tensor_meta(node: Argument) -> torch.Tensor | None:
     """The fake tensor recorded for a node's output, or None when it is not a single tensor."""
     if not isinstance(node, fx.Node):
         return None
@@ -27,12 +143,20 @@ def tensor_meta(node: Any) -> torch.Tensor | None:
     return value if isinstance(value, torch.Tensor) else None
 
 
-def meta_value(arg: Any) -> Any:
+def tensor_value(node: Argument) -> torch.Tensor:
+    """The fake tensor of a node the op requires to be a tensor."""
+    value = tensor_meta(node)
+    if value is None:
+        raise TypeError(f"{getattr(node, 'name', node)!r} has no recorded tensor value")
+    return value
+
+
+def meta_value(arg: Argument) -> Any:
     """Replace nodes in a (nested) argument by their recorded values, for fake execution."""
     return fx.node.map_aggregate(arg, lambda a: a.meta["val"] if isinstance(a, fx.Node) else a)
 
 
-def fake_mode_of(graph: fx.Graph):
+def fake_mode_of(graph: fx.Graph) -> FakeTensorMode:
     """The FakeTensorMode the captured graph's metadata lives in."""
     values = [n.meta["val"] for n in graph.nodes if isinstance(n.meta.get("val"), torch.Tensor)]
     mode = detect_fake_mode(values)
@@ -44,11 +168,13 @@ def fake_mode_of(graph: fx.Graph):
 class NodeFactory:
     """Creates call_function nodes in a graph and records their metadata by fake execution."""
 
-    def __init__(self, graph: fx.Graph, fake_mode) -> None:
+    def __init__(self, graph: fx.Graph, fake_mode: FakeTensorMode | None = None) -> None:
         self.graph = graph
-        self.fake_mode = fake_mode
+        self.fake_mode = fake_mode if fake_mode is not None else fake_mode_of(graph)
 
-    def call(self, target: Callable, args: tuple, kwargs: dict | None = None) -> fx.Node:
+    def call(
+        self, target: Callable[..., Any], args: tuple[Argument, ...], kwargs: dict[str, Argument] | None = None
+    ) -> fx.Node:
         """Fake-run first, so an op that rejects its arguments leaves no node behind."""
         kwargs = kwargs or {}
         with self.fake_mode:
@@ -65,6 +191,7 @@ class NodeFactory:
         return node
 
 
+# -- symbolic sizes ---------------------------------------------------------------------------------
 def symbolic_expr(value: Any) -> sympy.Expr | int:
     """The sympy expression of a SymInt (or the int itself)."""
     if isinstance(value, torch.SymInt):

@@ -14,17 +14,17 @@ import torch.fx as fx
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from service.engine.capture import CapturedModel, InputLayout, TiledCall, capture, describe_inputs
+from service.engine.capture import CapturedModel, InputLayout, TiledCall, capture, describe_inputs, user_placeholders
 from service.engine.colouring import colour_graph
 from service.engine.equivalence import BUILD_CHECK, max_difference
-from service.engine.flops import FlopCount, count_flops, graph_flops
+from service.engine.flops import FlopCount, count_flops
 from service.engine.fold_concat_slices import fold_concat_slices
 from service.engine.fold_jagged import fold_jagged
-from service.engine.unstack_reads import unstack_reads
 from service.engine.report import EngineReport
 from service.engine.sink_tiles import sink_tiles
 from service.engine.split_matmuls import SplitOptions, split_concat_matmuls
 from service.engine.split_token_concats import split_token_concats
+from service.engine.unstack_reads import unstack_reads
 from service.engine.variants import CaptureError, EngineError, Variant
 
 
@@ -58,20 +58,14 @@ class Reparameterized:
     def flops(self, n: int) -> int | None:
         """FLOPs of one call with n candidates; None for the eager fallback (no graph to count). A lower
         bound when some node's size is data-dependent: `flop_count(n).uncounted` names those nodes."""
-        if self.graph_module is None:
-            return None
-        return graph_flops(self.graph_module, self.batch, n)
+        count = self.flop_count(n)
+        return None if count is None else count.flops
 
     def flop_count(self, n: int) -> FlopCount | None:
         """flops(n) with the nodes it could not count (data-dependent sizes); None for the eager fallback."""
         if self.graph_module is None:
             return None
         return count_flops(self.graph_module, self.batch, n)
-
-
-def _user_placeholders(gm: fx.GraphModule, layout: InputLayout) -> set[fx.Node]:
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    return {node for j, node in enumerate(placeholders) if layout.tensor_positions[j] in layout.user_positions}
 
 
 def build_variant(
@@ -85,8 +79,8 @@ def build_variant(
         graph = copy.deepcopy(captured.graph_module.graph)
     root = fx.GraphModule(captured.graph_module, graph)
     if variant != Variant.VANI:  # jagged sizes first (it may swap root's graph), then the slice passes
-        report.jagged = fold_jagged(root, _user_placeholders(root, layout), captured.batch)
-    users = _user_placeholders(root, layout)
+        report.jagged = fold_jagged(root, user_placeholders(root, layout), captured.batch)
+    users = user_placeholders(root, layout)
     if variant != Variant.VANI:  # VanI stays the captured graph
         unstack_reads(root)
         report.folded_slices = fold_concat_slices(root, users, captured.batch)
@@ -125,7 +119,7 @@ def _verify(
 
 def reparameterize(
     model: nn.Module,
-    example_inputs: tuple,
+    example_inputs: tuple[Any, ...],
     user_inputs: Collection[str],
     variant: Variant | str,
     example_kwargs: Mapping[str, Any] | None = None,
@@ -139,13 +133,13 @@ def reparameterize(
     module takes calls of that shape at any N and returns the model's output structure. A model the
     engine cannot capture or transform runs as VanI, and the report says why.
     """
-    variant = Variant(variant)
-    return reparameterize_all(model, example_inputs, user_inputs, [variant], example_kwargs, verify, options)[variant]
+    wanted = Variant(variant)
+    return reparameterize_all(model, example_inputs, user_inputs, [wanted], example_kwargs, verify, options)[wanted]
 
 
 def reparameterize_all(
     model: nn.Module,
-    example_inputs: tuple,
+    example_inputs: tuple[Any, ...],
     user_inputs: Collection[str],
     variants: Collection[Variant | str] = tuple(Variant),
     example_kwargs: Mapping[str, Any] | None = None,
@@ -153,7 +147,7 @@ def reparameterize_all(
     options: SplitOptions | None = None,
 ) -> dict[Variant, Reparameterized]:
     """Capture once, derive several variants (what a server builds at start-up)."""
-    variants = [Variant(v) for v in variants]
+    wanted = [Variant(v) for v in variants]
     if any(module.training for module in model.modules()):
         model.eval()  # a loaded torch.export program is already in eval mode and refuses .eval()
     args, kwargs = tuple(example_inputs), dict(example_kwargs or {})
@@ -162,14 +156,14 @@ def reparameterize_all(
         captured = capture(model, layout, layout.tensor_leaves(args, kwargs))
         vani_graph, vani_report = build_variant(captured, Variant.VANI)
     except CaptureError as exc:
-        return {v: _eager(model, layout, v, f"capture failed ({_first_line(exc)})") for v in variants}
+        return {v: _eager(model, layout, v, f"capture failed ({_first_line(exc)})") for v in wanted}
     except EngineError:
         raise  # the call was wrong (names, batch sizes): the caller must fix it
     except Exception as exc:  # capture limits are model properties: serve eagerly as VanI
-        return {v: _eager(model, layout, v, f"capture failed ({_first_line(exc)})") for v in variants}
+        return {v: _eager(model, layout, v, f"capture failed ({_first_line(exc)})") for v in wanted}
     vani_module = GraphRunner(vani_graph, layout, captured.out_spec)
     built: dict[Variant, Reparameterized] = {}
-    for variant in variants:
+    for variant in wanted:
         if variant == Variant.VANI:
             built[variant] = Reparameterized(vani_module, vani_report, vani_graph, captured.batch)
             continue

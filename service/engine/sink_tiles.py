@@ -20,12 +20,19 @@ import torch.fx as fx
 
 from service.engine.colouring import Colour, is_size_value
 from service.engine.graph_tools import (
+    Argument,
     NodeFactory,
+    arg_node,
+    as_list,
+    as_nodes,
     aten,
     batch_factor,
+    bound_arguments,
+    callable_target,
     depends_on,
     fake_mode_of,
     normalize_dim,
+    op_name,
     shape_exprs,
     substitute_batch,
     symbolic_expr,
@@ -90,7 +97,7 @@ class TileSinker:
         self.full: dict[fx.Node, fx.Node] = {}
         self.compact: dict[fx.Node, fx.Node] = {}
         self.constant: dict[fx.Node, fx.Node] = {}
-        self.sizes: dict[fx.Node, object] = {}
+        self.sizes: dict[fx.Node, fx.Node] = {}
         self.merges: list[MergeRecord] = []
         self._batch_node: fx.Node | None = None
         self._first_candidate: fx.Node | None = None
@@ -141,7 +148,7 @@ class TileSinker:
         args = fx.node.map_aggregate(node.args, lambda a: self._arg(a, mode))
         kwargs = fx.node.map_aggregate(node.kwargs, lambda a: self._arg(a, mode))
         try:
-            return self.factory.call(node.target, args, kwargs)
+            return self.factory.call(callable_target(node), args, kwargs)
         except Exception as exc:  # the op refused compact shapes: compute it at batch N instead
             if mode == "compact":
                 raise _NotCompact(str(exc)) from exc
@@ -151,10 +158,10 @@ class TileSinker:
         users_of_compact = [i for i in node.all_input_nodes if i in self.compact and i not in self.full]
         special = self._shared_user_matmul(node) or self._user_part_as_bias(node)
         if users_of_compact and not special:
-            self.merges.append(MergeRecord(node.name, _op_name(node), [i.name for i in users_of_compact], "tiled"))
+            self.merges.append(MergeRecord(node.name, op_name(node), [i.name for i in users_of_compact], "tiled"))
         return special or self._emit(node, "full")
 
-    def _arg(self, arg, mode: str):
+    def _arg(self, arg: Argument, mode: str) -> Argument:
         if not isinstance(arg, fx.Node):
             return arg
         if is_size_value(arg):
@@ -169,7 +176,7 @@ class TileSinker:
             raise _NotCompact(f"{arg.name} exists only at batch N")
         return self._full(arg)
 
-    def _size(self, node: fx.Node, mode: str):
+    def _size(self, node: fx.Node, mode: str) -> Argument:
         expr = symbolic_expr(node.meta["val"])
         if mode == "compact":
             value = substitute_batch(expr, self.batch, 1)
@@ -210,9 +217,10 @@ class TileSinker:
         return tiled
 
     # -- merge-point rewrites -------------------------------------------------------------------
-    def _compact_2d_or_3d(self, node) -> torch.Size | None:
-        if isinstance(node, fx.Node) and node in self.compact and node not in self.full:
-            return self.compact[node].meta["val"].shape
+    def _compact_2d_or_3d(self, node: fx.Node) -> torch.Size | None:
+        if node in self.compact and node not in self.full:
+            shape: torch.Size = self.compact[node].meta["val"].shape
+            return shape
         return None
 
     def _shared_user_matmul(self, node: fx.Node) -> fx.Node | None:
@@ -220,9 +228,13 @@ class TileSinker:
         if node.target not in USER_RIGHT_MATMULS or len(node.args) != 2:
             return None
         left, right = node.args
+        if not isinstance(left, fx.Node) or not isinstance(right, fx.Node):
+            return None
         right_shape = self._compact_2d_or_3d(right)
-        left_val = left.meta.get("val") if isinstance(left, fx.Node) else None
-        if right_shape is None or len(right_shape) != 3 or right_shape[0] != 1 or self.colours.get(left) != Colour.CANDIDATE:
+        left_val = left.meta.get("val")
+        if right_shape is None or len(right_shape) != 3 or right_shape[0] != 1:
+            return None
+        if self.colours.get(left) != Colour.CANDIDATE:
             return None
         if left_val is None or left_val.dim() != 3:
             return None
@@ -232,7 +244,7 @@ class TileSinker:
         shared = self.factory.call(aten.reshape.default, (self.compact[right], [d, length]))
         product = self.factory.call(aten.mm.default, (rows, shared))
         out = self.factory.call(aten.reshape.default, (product, [self._batch(), m, length]))
-        self.merges.append(MergeRecord(node.name, _op_name(node), [right.name], "user operand shared (one GEMM)"))
+        self.merges.append(MergeRecord(node.name, op_name(node), [right.name], "user operand shared (one GEMM)"))
         return out
 
     def _user_part_as_bias(self, node: fx.Node) -> fx.Node | None:
@@ -241,6 +253,8 @@ class TileSinker:
             return None
         for lin, user in (node.args, node.args[::-1]):
             if not (isinstance(lin, fx.Node) and lin.target == aten.linear.default and len(lin.users) == 1):
+                continue
+            if not isinstance(user, fx.Node):
                 continue
             if len(lin.args) > 2 and lin.args[2] is not None:
                 continue
@@ -251,8 +265,8 @@ class TileSinker:
             if self.colours.get(lin) != Colour.CANDIDATE:
                 continue
             bias = self.factory.call(aten.reshape.default, (self.compact[user], [int(shape[1])]))
-            x, weight = self._full(lin.args[0]), self._arg(lin.args[1], "full")
-            self.merges.append(MergeRecord(node.name, _op_name(node), [user.name], "user part as bias"))
+            x, weight = self._full(arg_node(lin, 0)), self._arg(lin.args[1], "full")
+            self.merges.append(MergeRecord(node.name, op_name(node), [user.name], "user part as bias"))
             return self.factory.call(aten.linear.default, (x, weight, bias))
         return None
 
@@ -296,25 +310,25 @@ class TileSinker:
 
     def _check_dim_arguments(self, node: fx.Node) -> None:
         """Ops that act along dim 0 (reduce, sort, concat, transpose it away) mix candidates' rows."""
-        schema = node.target._schema
         first = next((a for a in node.args if isinstance(a, fx.Node)), None)
         rank = first.meta["val"].dim() if first is not None and hasattr(first.meta.get("val"), "dim") else None
-        if node.target in (aten.cat.default, aten.stack.default) and node.args and isinstance(node.args[0], (list, tuple)):
-            rank = node.args[0][0].meta["val"].dim() + (1 if node.target == aten.stack.default else 0)
-        for position, argument in enumerate(schema.arguments):
-            value = node.args[position] if position < len(node.args) else node.kwargs.get(argument.name, argument.default_value if argument.has_default_value() else None)
-            if node.target == aten.repeat.default and argument.name == "repeats" and value[0] != 1:
+        concat_like = node.target in (aten.cat.default, aten.stack.default)
+        if concat_like and node.args and isinstance(node.args[0], (list, tuple)):
+            rank = as_nodes(node.args[0])[0].meta["val"].dim() + (1 if node.target == aten.stack.default else 0)
+        for name, value in bound_arguments(node).items():
+            if node.target == aten.repeat.default and name == "repeats" and as_list(value)[0] != 1:
                 raise _NotCompact("repeat along dim 0")
-            if node.target == aten.index.Tensor and argument.name == "indices" and value[0] is not None:
+            if node.target == aten.index.Tensor and name == "indices" and as_list(value)[0] is not None:
                 raise _NotCompact("indexing along dim 0")
-            if argument.name not in DIM_ARGUMENTS:
+            if name not in DIM_ARGUMENTS:
                 continue
             if value is None:
                 raise _NotCompact("reduces over every dim")
-            dims = [value] if isinstance(value, int) else list(value)
-            if rank is None or not all(isinstance(d, int) for d in dims):
+            dims = [value] if isinstance(value, int) else as_list(value)
+            static_dims = [d for d in dims if isinstance(d, int)]
+            if rank is None or len(static_dims) != len(dims):
                 raise _NotCompact("dims not static")
-            normalized = [normalize_dim(d, rank) for d in dims]
+            normalized = [normalize_dim(d, rank) for d in static_dims]
             if node.target == aten.permute.default:
                 if normalized[0] != 0:
                     raise _NotCompact("moves dim 0")
@@ -322,7 +336,7 @@ class TileSinker:
                 raise _NotCompact("acts along dim 0")
 
 
-def _tensors(value) -> list[torch.Tensor]:
+def _tensors(value: object) -> list[torch.Tensor]:
     if isinstance(value, torch.Tensor):
         return [value]
     if isinstance(value, (list, tuple)):
@@ -332,11 +346,6 @@ def _tensors(value) -> list[torch.Tensor]:
 
 def _has_batch(node: fx.Node, batch: sympy.Symbol) -> bool:
     return any(any(depends_on(e, batch) for e in shape_exprs(t)) for t in _tensors(node.meta.get("val")))
-
-
-def _op_name(node: fx.Node) -> str:
-    target = node.target
-    return getattr(target, "__name__", str(target)).replace(".default", "")
 
 
 def sink_tiles(

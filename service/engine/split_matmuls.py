@@ -14,6 +14,7 @@ from __future__ import annotations
 import operator
 from dataclasses import dataclass, field
 
+import sympy
 import torch
 import torch.fx as fx
 
@@ -24,11 +25,20 @@ from service.engine.graph_tools import (
     IDENTITY_TARGETS,
     LINEAR_TARGETS,
     RESHAPE_TARGETS,
+    Argument,
     NodeFactory,
+    argument,
+    as_float,
+    as_int,
+    as_list,
+    as_nodes,
     aten,
-    fake_mode_of,
+    attribute_value,
+    callable_target,
     normalize_dim,
+    op_name,
     tensor_meta,
+    tensor_value,
 )
 
 STOP_REASONS = {
@@ -67,10 +77,6 @@ class ConcatReport:
     rows_per_candidate: int = 1  # concat rows per candidate (tokens), 1 for a flat [N, D] concat
     consumers: list[ConsumerReport] = field(default_factory=list)
 
-    @property
-    def rewritten(self) -> list[ConsumerReport]:
-        return [c for c in self.consumers if c.rewritten]
-
 
 @dataclass
 class _Terminal:
@@ -86,40 +92,43 @@ class _Stop(Exception):
     pass
 
 
-def _op_name(node: fx.Node) -> str:
-    return str(getattr(node.target, "__name__", node.target)).split(".")[0]
+# A node reached from the concat: (node, its input on the path, reshapes passed, folded BatchNorm scale/shift).
+_Step = tuple[fx.Node, fx.Node, tuple[fx.Node, ...], tuple[torch.Tensor, torch.Tensor] | None]
+_Part = tuple[fx.Node, list[int]]  # a concat part and its columns in the concat
 
 
-def _constant_value(gm: fx.GraphModule, node, colours) -> torch.Tensor | None:
+def _constant_value(gm: fx.GraphModule, node: Argument, colours: dict[fx.Node, Colour]) -> torch.Tensor:
     """Evaluate a parameter-only sub-graph (a weight, possibly transposed or scaled) at rewrite time."""
-    if node is None:
-        return None
     if not isinstance(node, fx.Node) or colours.get(node) != Colour.NONE:
         raise _Stop("weight depends on the inputs")
     if node.op == "get_attr":
-        return _attr(gm, node.target)
+        attribute: torch.Tensor = attribute_value(gm, node).detach()
+        return attribute
     if node.op != "call_function":
         raise _Stop("weight is not a constant")
-    args = fx.node.map_aggregate(node.args, lambda a: _constant_value(gm, a, colours) if isinstance(a, fx.Node) else a)
-    kwargs = fx.node.map_aggregate(node.kwargs, lambda a: _constant_value(gm, a, colours) if isinstance(a, fx.Node) else a)
-    return node.target(*args, **kwargs)
+    def evaluate(a: Argument) -> Argument:
+        return _constant_value(gm, a, colours) if isinstance(a, fx.Node) else a
+
+    args, kwargs = fx.node.map_aggregate(node.args, evaluate), fx.node.map_aggregate(node.kwargs, evaluate)
+    value: torch.Tensor = callable_target(node)(*args, **kwargs)
+    return value
 
 
-def _attr(gm: fx.GraphModule, target: str) -> torch.Tensor:
-    value = gm
-    for part in target.split("."):
-        value = getattr(value, part)
-    return value.detach()
+def _optional_constant(gm: fx.GraphModule, node: Argument, colours: dict[fx.Node, Colour]) -> torch.Tensor | None:
+    """_constant_value of an optional argument (a bias, a BatchNorm affine weight); None stays None."""
+    return None if node is None else _constant_value(gm, node, colours)
 
 
 class ConcatSplitter:
-    def __init__(self, gm: fx.GraphModule, user_placeholders: set[fx.Node], batch, options: SplitOptions) -> None:
+    def __init__(
+        self, gm: fx.GraphModule, user_placeholders: set[fx.Node], batch: sympy.Symbol, options: SplitOptions
+    ) -> None:
         self.gm = gm
         self.options = options
         self.user_placeholders = user_placeholders
         self.batch = batch
         self.colours = colour_graph(gm.graph, user_placeholders, batch)
-        self.factory = NodeFactory(gm.graph, fake_mode_of(gm.graph))
+        self.factory = NodeFactory(gm.graph)
         self.reports: list[ConcatReport] = []
         self._buffers = 0
 
@@ -137,14 +146,14 @@ class ConcatSplitter:
         value = tensor_meta(node)
         if value is None or value.dim() < 2:
             return False
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-        return normalize_dim(dim, value.dim()) == value.dim() - 1
+        return normalize_dim(as_int(argument(node, 1, "dim", 0)), value.dim()) == value.dim() - 1
 
     def _parts(self, node: fx.Node) -> list[fx.Node]:
         """Concat inputs, with nested mixed feature concats flattened into their parts."""
-        parts = []
-        for part in node.args[0]:
-            nested = part.target in CAT_TARGETS and self._is_feature_concat(part) and self.colours[part] == Colour.CANDIDATE
+        parts: list[fx.Node] = []
+        for part in as_nodes(node.args[0]):
+            nested = part.target in CAT_TARGETS and self._is_feature_concat(part)
+            nested = nested and self.colours[part] == Colour.CANDIDATE
             parts.extend(self._parts(part) if nested else [part])
         return parts
 
@@ -158,18 +167,20 @@ class ConcatSplitter:
 
     # -- walking to the matmuls -----------------------------------------------------------------
     def _terminals(self, cat: fx.Node, report: ConcatReport) -> list[_Terminal]:
-        width = tensor_meta(cat).shape[-1]
+        width = tensor_value(cat).shape[-1]
         found: list[_Terminal] = []
-        frontier = [(user, cat, (), None) for user in cat.users]  # (node, its input, reshapes, folded BN)
+        frontier: list[_Step] = [(user, cat, (), None) for user in cat.users]
         while frontier:
             node, source, reshapes, scale_shift = frontier.pop(0)
             target = node.target
             try:
                 if target in IDENTITY_TARGETS or (target == aten.dropout.default and node.args[2] is False):
                     frontier += [(u, node, reshapes, scale_shift) for u in node.users]
-                elif target in RESHAPE_TARGETS and tensor_meta(node).shape[-1] == width and node.args[0] is source:
+                elif target in RESHAPE_TARGETS and tensor_value(node).shape[-1] == width and node.args[0] is source:
                     frontier += [(u, node, reshapes + (node,), scale_shift) for u in node.users]
-                elif target in BATCH_NORM_TARGETS and scale_shift is None and not reshapes and tensor_meta(source).dim() == 2:
+                elif target in BATCH_NORM_TARGETS and scale_shift is None and not reshapes and (
+                    tensor_value(source).dim() == 2
+                ):
                     folded = self._batch_norm_affine(node)
                     outputs = [u for u in node.users] if target == aten.batch_norm.default else [
                         u for u in node.users if u.target is operator.getitem and u.args[1] == 0
@@ -178,7 +189,7 @@ class ConcatSplitter:
                         frontier += [(u, out, reshapes, folded) for u in out.users]
                 elif target in LINEAR_TARGETS and node.args[0] is source:
                     weight = _constant_value(self.gm, node.args[1], self.colours)
-                    bias = _constant_value(self.gm, node.args[2], self.colours) if len(node.args) > 2 else None
+                    bias = _optional_constant(self.gm, node.args[2], self.colours) if len(node.args) > 2 else None
                     found.append(self._fold(node, weight, bias, reshapes, scale_shift))
                 elif target in (aten.matmul.default, aten.mm.default) and node.args[0] is source:
                     weight = _constant_value(self.gm, node.args[1], self.colours)
@@ -192,11 +203,11 @@ class ConcatSplitter:
                 else:
                     raise _Stop(self._stop_reason(node))
             except _Stop as stop:
-                report.consumers.append(ConsumerReport(node.name, _op_name(node), False, reason=str(stop)))
+                report.consumers.append(ConsumerReport(node.name, op_name(node), False, reason=str(stop)))
         return found
 
     def _stop_reason(self, node: fx.Node) -> str:
-        name = _op_name(node)
+        name = op_name(node)
         if name in STOP_REASONS:
             return f"{name} {STOP_REASONS[name]}"
         if node.op == "output":
@@ -211,45 +222,59 @@ class ConcatSplitter:
                 raise _Stop("batch_norm in training mode")
         else:
             _, weight, bias, mean, var, _, eps = node.args
-        weight, bias, mean, var = (_constant_value(self.gm, a, self.colours) for a in (weight, bias, mean, var))
-        scale = torch.rsqrt(var.double() + eps) * (weight.double() if weight is not None else 1.0)
-        shift = (bias.double() if bias is not None else 0.0) - mean.double() * scale
+        gamma, beta, mean_value, var_value = (
+            _optional_constant(self.gm, a, self.colours) for a in (weight, bias, mean, var)
+        )
+        if mean_value is None or var_value is None:
+            raise TypeError(f"{node.name}: eval BatchNorm without running statistics")
+        scale = torch.rsqrt(var_value.double() + as_float(eps)) * (gamma.double() if gamma is not None else 1.0)
+        shift = (beta.double() if beta is not None else 0.0) - mean_value.double() * scale
         return scale, shift
 
-    def _fold(self, node, weight, bias, reshapes, scale_shift) -> _Terminal:
+    def _fold(
+        self,
+        node: fx.Node,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        reshapes: tuple[fx.Node, ...],
+        scale_shift: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> _Terminal:
         if scale_shift is not None:
             scale, shift = scale_shift
             weight64 = weight.double()
-            bias = (bias.double() if bias is not None else 0.0) + weight64 @ shift
+            bias64 = (bias.double() if bias is not None else 0.0) + weight64 @ shift
             weight = (weight64 * scale[None, :]).to(weight.dtype)
-            bias = bias.to(weight.dtype)
+            bias = bias64.to(weight.dtype)
         return _Terminal(node, weight, bias, reshapes)
 
     # -- rewriting ------------------------------------------------------------------------------
     def _split(self, cat: fx.Node) -> None:
         parts = self._parts(cat)
-        columns, offset = [], 0
+        columns: list[list[int]] = []
+        offset = 0
         for part in parts:
-            width = int(tensor_meta(part).shape[-1])
+            width = int(tensor_value(part).shape[-1])
             columns.append(list(range(offset, offset + width)))
             offset += width
         user_parts = [(p, cols) for p, cols in zip(parts, columns) if self.colours[p] != Colour.CANDIDATE]
         cand_parts = [(p, cols) for p, cols in zip(parts, columns) if self.colours[p] == Colour.CANDIDATE]
         rows = 1
-        for size in tensor_meta(cat).shape[1:-1]:
+        for size in tensor_value(cat).shape[1:-1]:
             rows *= int(size)
         report = ConcatReport(cat.name, sum(len(c) for _, c in user_parts), sum(len(c) for _, c in cand_parts), rows)
         self.reports.append(report)
-        groups: dict[tuple, list[_Terminal]] = {}
+        groups: dict[tuple[object, ...], list[_Terminal]] = {}
         for terminal in self._terminals(cat, report):
-            key = tuple(tuple(str(s) for s in tensor_meta(r).shape) for r in terminal.reshapes)
+            key: tuple[object, ...] = tuple(tuple(str(s) for s in tensor_value(r).shape) for r in terminal.reshapes)
             if not self.options.fuse_consumers:
                 key = (terminal.node.name, key)
             groups.setdefault(key, []).append(terminal)
         for terminals in groups.values():
             self._rewrite_group(user_parts, cand_parts, terminals, report)
 
-    def _rewrite_group(self, user_parts, cand_parts, terminals, report) -> None:
+    def _rewrite_group(
+        self, user_parts: list[_Part], cand_parts: list[_Part], terminals: list[_Terminal], report: ConcatReport
+    ) -> None:
         first = min((t.node for t in terminals), key=lambda n: _position(self.gm.graph, n))
         dtype = terminals[0].weight.dtype
         bias = torch.cat([t.bias if t.bias is not None else t.weight.new_zeros(t.weight.shape[0]) for t in terminals])
@@ -265,28 +290,36 @@ class ConcatSplitter:
                     piece = self.factory.call(aten.slice.Tensor, (fused, -1, offset, offset + out))
                 offset += out
                 for r in t.reshapes:
-                    shape = list(r.args[1])
+                    shape = as_list(r.args[1])
                     shape[-1] = out if shape[-1] != -1 else -1
                     piece = self.factory.call(aten.reshape.default, (piece, shape))
                 t.node.replace_all_uses_with(piece)
-                report.consumers.append(ConsumerReport(t.node.name, _op_name(t.node), True, out))
+                report.consumers.append(ConsumerReport(t.node.name, op_name(t.node), True, out))
 
-    def _side_product(self, side: str, parts, terminals, bias: torch.Tensor | None) -> fx.Node:
+    def _side_product(
+        self, side: str, parts: list[_Part], terminals: list[_Terminal], bias: torch.Tensor | None
+    ) -> fx.Node:
         """One side's share of the fused matmul: one GEMM over the gathered columns, or (layout
         reorganization off) one GEMM per contiguous part, summed, as a fragmented layout forces."""
-        blocks = [parts] if self.options.reorganize_layout else [[part] for part in parts]
-        total = None
-        for block in blocks:
-            cols = [c for _, part_cols in block for c in part_cols]
-            weight = torch.cat([t.weight[:, cols] for t in terminals]).to(terminals[0].weight.dtype)
-            tag = self._buffers
-            self._buffers += 1
-            args = [self._concat([p for p, _ in block]), self.factory.constant(self.gm, f"_mari_{side}_weight_{tag}", weight)]
-            if bias is not None and total is None:
-                args.append(self.factory.constant(self.gm, f"_mari_bias_{tag}", bias))
-            product = self.factory.call(aten.linear.default, tuple(args))
-            total = product if total is None else self.factory.call(aten.add.Tensor, (total, product))
+        first, *rest = [parts] if self.options.reorganize_layout else [[part] for part in parts]
+        total = self._block_product(side, first, terminals, bias)  # the bias rides on the first GEMM
+        for block in rest:
+            total = self.factory.call(aten.add.Tensor, (total, self._block_product(side, block, terminals, None)))
         return total
+
+    def _block_product(
+        self, side: str, block: list[_Part], terminals: list[_Terminal], bias: torch.Tensor | None
+    ) -> fx.Node:
+        """One GEMM of the block's columns against every terminal's weight (horizontally fused)."""
+        cols = [c for _, part_cols in block for c in part_cols]
+        weight = torch.cat([t.weight[:, cols] for t in terminals]).to(terminals[0].weight.dtype)
+        tag = self._buffers
+        self._buffers += 1
+        gathered = self.factory.constant(self.gm, f"_mari_{side}_weight_{tag}", weight)
+        args = [self._concat([p for p, _ in block]), gathered]
+        if bias is not None:
+            args.append(self.factory.constant(self.gm, f"_mari_bias_{tag}", bias))
+        return self.factory.call(aten.linear.default, tuple(args))
 
     def _concat(self, parts: list[fx.Node]) -> fx.Node:
         return parts[0] if len(parts) == 1 else self.factory.call(aten.cat.default, (parts, -1))
@@ -300,7 +333,7 @@ def _position(graph: fx.Graph, node: fx.Node) -> int:
 
 
 def split_concat_matmuls(
-    gm: fx.GraphModule, user_placeholders: set[fx.Node], batch, options: SplitOptions | None = None
+    gm: fx.GraphModule, user_placeholders: set[fx.Node], batch: sympy.Symbol, options: SplitOptions | None = None
 ) -> list[ConcatReport]:
     """Rewrite gm in place; returns what was split and what was not (with the reason)."""
     return ConcatSplitter(gm, user_placeholders, batch, options or SplitOptions()).run()

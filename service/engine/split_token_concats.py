@@ -15,17 +15,35 @@ Ops that mix tokens (attention scores, softmax over tokens) stop the push; the r
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import sympy
 import torch
 import torch.fx as fx
 
 from service.engine.colouring import Colour, colour_graph
-from service.engine.graph_tools import LINEAR_TARGETS, NodeFactory, aten, fake_mode_of, normalize_dim, tensor_meta
+from service.engine.graph_tools import (
+    LINEAR_TARGETS,
+    RESHAPE_TARGETS,
+    Argument,
+    NodeFactory,
+    argument,
+    as_int,
+    as_ints,
+    as_list,
+    as_nodes,
+    aten,
+    callable_target,
+    has_tag,
+    normalize_dim,
+    op_name,
+    tensor_meta,
+    tensor_value,
+)
 
 TOKEN_REDUCTIONS = (aten.sum.dim_IntList, aten.mean.dim)
 TOKEN_LOCAL_NORMS = (aten.layer_norm.default,)
-RESHAPES = (aten.view.default, aten._unsafe_view.default, aten.reshape.default)
 MAX_PUSHES = 10_000  # bound on rewrite steps; each push strictly moves a concat downstream
 
 
@@ -39,16 +57,12 @@ class TokenConcatReport:
     stopped_at: list[tuple[str, str]] = field(default_factory=list)  # (node, reason)
 
 
-def _op(node: fx.Node) -> str:
-    return str(getattr(node.target, "__name__", node.target)).split(".")[0]
-
-
 class TokenConcatSplitter:
-    def __init__(self, gm: fx.GraphModule, user_placeholders: set[fx.Node], batch) -> None:
+    def __init__(self, gm: fx.GraphModule, user_placeholders: set[fx.Node], batch: sympy.Symbol) -> None:
         self.gm = gm
         self.user_placeholders = user_placeholders
         self.batch = batch
-        self.factory = NodeFactory(gm.graph, fake_mode_of(gm.graph))
+        self.factory = NodeFactory(gm.graph)
         self.colours: dict[fx.Node, Colour] = {}
         self.reports: list[TokenConcatReport] = []
 
@@ -60,8 +74,9 @@ class TokenConcatSplitter:
         self._recolour()
         pending = [n for n in self.gm.graph.nodes if self._is_token_concat(n)]
         for cat in pending:
-            tokens = [int(tensor_meta(p).shape[self._axis(cat)]) for p in cat.args[0]]
-            sides = [self.colours[p] for p in cat.args[0]]
+            parts = as_nodes(cat.args[0])
+            tokens = [int(tensor_value(p).shape[self._axis(cat)]) for p in parts]
+            sides = [self.colours[p] for p in parts]
             report = TokenConcatReport(
                 cat.name, self._axis(cat),
                 sum(t for t, s in zip(tokens, sides) if s != Colour.CANDIDATE),
@@ -77,24 +92,23 @@ class TokenConcatSplitter:
     def _recolour(self) -> None:
         self.colours = colour_graph(self.gm.graph, self.user_placeholders, self.batch)
 
-    def _mixed(self, parts) -> bool:
-        sides = {self.colours.get(p) for p in parts if isinstance(p, fx.Node)}
+    def _mixed(self, parts: Argument) -> bool:
+        sides = {self.colours.get(p) for p in as_nodes(parts)}
         return Colour.CANDIDATE in sides and (Colour.USER in sides or Colour.NONE in sides)
 
     def _axis(self, cat: fx.Node) -> int:
-        dim = cat.args[1] if len(cat.args) > 1 else cat.kwargs.get("dim", 0)
-        return normalize_dim(dim, tensor_meta(cat).dim())
+        return normalize_dim(as_int(argument(cat, 1, "dim", 0)), tensor_value(cat).dim())
 
     def _is_token_concat(self, node: fx.Node) -> bool:
-        if node.target != aten.cat.default or tensor_meta(node) is None:
+        value = tensor_meta(node)
+        if node.target != aten.cat.default or value is None:
             return False
-        rank = tensor_meta(node).dim()
-        return 1 <= self._axis(node) <= rank - 2 and self._mixed(node.args[0])
+        return 1 <= self._axis(node) <= value.dim() - 2 and self._mixed(node.args[0])
 
     def _stack_as_concat(self, stack: fx.Node) -> None:
-        dim = stack.args[1] if len(stack.args) > 1 else stack.kwargs.get("dim", 0)
+        dim = argument(stack, 1, "dim", 0)
         with self.gm.graph.inserting_before(stack):
-            parts = [self.factory.call(aten.unsqueeze.default, (p, dim)) for p in stack.args[0]]
+            parts = [self.factory.call(aten.unsqueeze.default, (p, dim)) for p in as_nodes(stack.args[0])]
             cat = self.factory.call(aten.cat.default, (parts, dim))
         stack.replace_all_uses_with(cat)
         self.gm.graph.erase_node(stack)
@@ -110,41 +124,43 @@ class TokenConcatSplitter:
                 if pushed is None:
                     report.stopped_at.append((user.name, reason))
                     continue
-                report.pushed_through.append(_op(user))
+                report.pushed_through.append(op_name(user))
                 if pushed.target == aten.cat.default and self._is_token_concat(pushed):
                     work.append(pushed)
 
     def _push_one(self, cat: fx.Node, user: fx.Node) -> tuple[fx.Node | None, str]:
         axis = self._axis(cat)
-        rank = tensor_meta(cat).dim()
-        parts = list(cat.args[0])
+        rank = tensor_value(cat).dim()
+        parts = as_nodes(cat.args[0])
         target = user.target
         with self.gm.graph.inserting_before(user):
             if target in LINEAR_TARGETS and user.args[0] is cat and axis < rank - 1 and self._constant(user.args[1:]):
                 return self._rebuild(user, cat, parts, lambda p: (p, *user.args[1:]), axis), ""
-            if target in TOKEN_LOCAL_NORMS and user.args[0] is cat and len(user.args[1]) == 1 and self._constant(user.args[2:4]):
+            over_embedding = target in TOKEN_LOCAL_NORMS and len(as_list(user.args[1])) == 1  # normalized_shape [d]
+            if over_embedding and user.args[0] is cat and self._constant(user.args[2:4]):
                 return self._rebuild(user, cat, parts, lambda p: (p, *user.args[1:]), axis), ""
             if self._is_row_wise_pointwise(user, cat, axis, rank):
-                return self._rebuild(user, cat, parts, lambda p: tuple(p if a is cat else a for a in user.args), axis), ""
+                new_args = lambda p: tuple(p if a is cat else a for a in user.args)  # noqa: E731
+                return self._rebuild(user, cat, parts, new_args, axis), ""
             if target in TOKEN_REDUCTIONS and user.args[0] is cat and self._reduces_exactly(user, axis, rank):
                 return self._reduce(user, parts), ""
-            if target in RESHAPES and user.args[0] is cat and self._flattens_tokens(user, axis):
+            if target in RESHAPE_TARGETS and user.args[0] is cat and self._flattens_tokens(user, axis):
                 return self._flatten(user, parts, axis), ""
         return None, self._stop_reason(user)
 
     def _stop_reason(self, user: fx.Node) -> str:
-        name = _op(user)
+        name = op_name(user)
         if user.target in (aten.matmul.default, aten.bmm.default):
             return f"{name} multiplies tokens with each other (mixes user and candidate ranks): kept per candidate"
-        if isinstance(user.target, torch._ops.OpOverload) and torch.Tag.pointwise in user.target.tags:
+        if has_tag(user, torch.Tag.pointwise):
             return f"{name} combines the tokens with another per-candidate tensor: kept per candidate"
         return f"{name} is not row-wise over tokens (reorders or mixes them): kept per candidate"
 
-    def _constant(self, args) -> bool:
+    def _constant(self, args: Sequence[Argument]) -> bool:
         return all(self.colours.get(a) == Colour.NONE for a in args if isinstance(a, fx.Node))
 
     def _is_row_wise_pointwise(self, user: fx.Node, cat: fx.Node, axis: int, rank: int) -> bool:
-        if not isinstance(user.target, torch._ops.OpOverload) or torch.Tag.pointwise not in user.target.tags:
+        if not has_tag(user, torch.Tag.pointwise):
             return False
         if user.kwargs or list(user.args).count(cat) != 1:
             return False
@@ -156,50 +172,62 @@ class TokenConcatSplitter:
                 offset = rank - other.dim()  # right-aligned broadcasting: must not vary along the axis
                 if axis - offset >= 0 and other.shape[axis - offset] != 1:
                     return False
-        return tensor_meta(user) is not None and tensor_meta(user).dim() == rank
+        out = tensor_meta(user)
+        return out is not None and out.dim() == rank
 
     def _reduces_exactly(self, user: fx.Node, axis: int, rank: int) -> bool:
         dims = user.args[1] if len(user.args) > 1 else None
-        return dims is not None and [normalize_dim(d, rank) for d in dims] == [axis] and not user.kwargs.get("dtype")
+        if not isinstance(dims, (list, tuple)):
+            return False
+        return [normalize_dim(as_int(d), rank) for d in dims] == [axis] and not user.kwargs.get("dtype")
 
     def _flattens_tokens(self, user: fx.Node, axis: int) -> bool:
-        out, source = tensor_meta(user), tensor_meta(user.args[0])
+        out, source = tensor_value(user), tensor_value(user.args[0])
         if out.dim() != axis + 1 or list(out.shape[:axis]) != list(source.shape[:axis]):
             return False
-        return int(out.shape[axis]) == math.prod(int(s) for s in source.shape[axis:])
+        return int(out.shape[axis]) == math.prod([int(s) for s in source.shape[axis:]])
 
-    def _rebuild(self, user, cat, parts, make_args, axis) -> fx.Node:
-        new_parts = [self.factory.call(user.target, make_args(p), dict(user.kwargs)) for p in parts]
-        new_cat = self.factory.call(aten.cat.default, (new_parts, axis))
-        user.replace_all_uses_with(new_cat)
+    def _rebuild(
+        self,
+        user: fx.Node,
+        cat: fx.Node,
+        parts: list[fx.Node],
+        make_args: Callable[[fx.Node], tuple[Argument, ...]],
+        axis: int,
+    ) -> fx.Node:
+        target = callable_target(user)
+        new_parts = [self.factory.call(target, make_args(p), dict(user.kwargs)) for p in parts]
+        return self._replace(user, self.factory.call(aten.cat.default, (new_parts, axis)))
+
+    def _replace(self, user: fx.Node, new: fx.Node) -> fx.Node:
+        user.replace_all_uses_with(new)
         self._recolour()
-        return new_cat
+        return new
 
     def _reduce(self, user: fx.Node, parts: list[fx.Node]) -> fx.Node:
-        keepdim = user.args[2] if len(user.args) > 2 else user.kwargs.get("keepdim", False)
-        total = None
-        for part in parts:
-            piece = self.factory.call(aten.sum.dim_IntList, (part, list(user.args[1]), keepdim))
-            total = piece if total is None else self.factory.call(aten.add.Tensor, (total, piece))
+        keepdim = argument(user, 2, "keepdim", False)
+        dims = as_ints(user.args[1])
+        total = self.factory.call(aten.sum.dim_IntList, (parts[0], dims, keepdim))
+        for part in parts[1:]:
+            piece = self.factory.call(aten.sum.dim_IntList, (part, dims, keepdim))
+            total = self.factory.call(aten.add.Tensor, (total, piece))
         if user.target == aten.mean.dim:
-            count = sum(int(tensor_meta(p).shape[user.args[1][0]]) for p in parts)
+            count = sum(int(tensor_value(p).shape[dims[0]]) for p in parts)
             total = self.factory.call(aten.div.Tensor, (total, count))
-        user.replace_all_uses_with(total)
-        self._recolour()
-        return total
+        return self._replace(user, total)
 
     def _flatten(self, user: fx.Node, parts: list[fx.Node], axis: int) -> fx.Node:
-        shape = list(user.args[1])
+        shape = as_list(user.args[1])
         new_parts = []
         for part in parts:
-            width = math.prod(int(s) for s in tensor_meta(part).shape[axis:])
+            width = math.prod([int(s) for s in tensor_value(part).shape[axis:]])
             new_parts.append(self.factory.call(aten.reshape.default, (part, [*shape[:axis], width])))
-        new_cat = self.factory.call(aten.cat.default, (new_parts, -1))  # now a feature-axis concat for MaRI
-        user.replace_all_uses_with(new_cat)
-        self._recolour()
-        return new_cat
+        feature_concat = self.factory.call(aten.cat.default, (new_parts, -1))  # now a feature-axis concat for MaRI
+        return self._replace(user, feature_concat)
 
 
-def split_token_concats(gm: fx.GraphModule, user_placeholders: set[fx.Node], batch) -> list[TokenConcatReport]:
+def split_token_concats(
+    gm: fx.GraphModule, user_placeholders: set[fx.Node], batch: sympy.Symbol
+) -> list[TokenConcatReport]:
     """Rewrite gm in place (identity at any batch size); returns each token concat and how far it went."""
     return TokenConcatSplitter(gm, user_placeholders, batch).run()

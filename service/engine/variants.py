@@ -3,7 +3,7 @@
 from enum import Enum
 
 
-class Variant(str, Enum):
+class Variant(str, Enum):  # noqa: UP042 (a StrEnum would change str(variant) and f"{variant}")
     """VanI tiles user inputs to N rows; UOI runs user-only sub-graphs once; MaRI also splits concat matmuls."""
 
     VANI = "vani"

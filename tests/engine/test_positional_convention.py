@@ -134,7 +134,10 @@ def test_every_variant_is_built_and_mari_does_less_arithmetic_than_vani(interact
 @pytest.mark.parametrize("interaction", INTERACTIONS)
 def test_mari_splits_the_bottom_mlp_and_for_concat_interaction_the_top_mlp(interaction):
     report = built(interaction, torch.float32)[1][Variant.MARI].report
-    widths = {(c.user_width, c.candidate_width): sorted(k.out_features for k in c.rewritten) for c in report.concats}
+    widths = {
+        (c.user_width, c.candidate_width): sorted(k.out_features for k in c.consumers if k.rewritten)
+        for c in report.concats
+    }
     assert widths[(USER_DENSE, ITEM_DENSE)] == [BOTTOM[0]]  # the first Linear after the dense merge
     if interaction == "cat":  # [x, user embeddings, item embeddings] -> first top Linear
         assert widths[(len(USER_VOCABS) * EMBEDDING_DIM, EMBEDDING_DIM + len(ITEM_VOCABS) * EMBEDDING_DIM)] == [TOP[0]]
