@@ -11,13 +11,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from service.features.schema import CAPTURE_CANDIDATES
 from service.models import RankerConfig, get_architecture
 from service.store.artifact import next_version
 from service.store.package import builtin_source, package
 from service.training.auc import roc_auc
 from service.training.synthetic import LabeledBatch, make_dataset
-
-EXAMPLE_CANDIDATES = 8  # rows of the packaging example; any N >= 2 captures the same program
 
 
 @dataclass(frozen=True)
@@ -140,7 +139,7 @@ def save_trained(result: TrainResult, architecture: str, store_root: Path | str,
     if not isinstance(config, get_architecture(architecture).config_cls):
         raise TypeError(f"a {type(config).__name__} does not configure architecture {architecture!r}")
     schema = config.schema()
-    example = schema.example_batch(EXAMPLE_CANDIDATES, torch.Generator().manual_seed(seed))
+    example = schema.example_batch(CAPTURE_CANDIDATES, torch.Generator().manual_seed(seed))
     loaded = package(
         result.model, example, schema, tasks=list(config.tasks), task_weights=config.weights_by_task(),
         store=store_root, name=name, version=version, metrics=result.metrics,

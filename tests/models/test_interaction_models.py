@@ -11,13 +11,13 @@ import torch
 from torch import nn
 
 from service.engine import Reparameterized, Variant, reparameterize_all
+from service.engine.equivalence import SCORES
 from service.training.train import TrainSettings, train_model
 from tests.models.conftest import small_model
 from tests.models.small_configs import SMALL_OVERRIDES
 from tests.tiling import tile_user_features
 
 INTERACTION_ARCHITECTURES = ["deepfm", "dcnv2", "autoint", "rdcn"]
-SCORE_TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}  # post-sigmoid (docs/ARCHITECTURE.md section 3)
 ENGINE_N = (1, 7, 1000)
 BUILD_N = 7
 # A few hundred Adam steps on small models: enough to learn the planted signal, a few seconds per model.
@@ -94,7 +94,7 @@ def test_every_engine_variant_matches_the_eager_model_on_tiled_users(
         for task, want in reference.items():
             assert scores[task].shape == (n,)
             worst = (scores[task] - want).abs().max().item()
-            assert worst <= SCORE_TOLERANCE[dtype], f"{variant.value} N={n} {task}: max |diff| {worst:.2e}"
+            assert worst <= SCORES.absolute(dtype), f"{variant.value} N={n} {task}: max |diff| {worst:.2e}"
 
 
 def test_mari_splits_the_rdcn_candidate_cross_layers_and_head() -> None:
