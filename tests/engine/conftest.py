@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from service.engine import Reparameterized, Variant
 from service.engine.equivalence import LOGITS, SCORES, max_difference, rankings_agree
 from tests.engine import reference_models as rm
 
@@ -82,7 +83,13 @@ CASES: dict[str, ReferenceCase] = {
         ReferenceCase(
             "interleaved_concat",
             rm.InterleavedConcatMLP,
-            (user_input("u1", 3), candidate_input("c1", 4), user_input("u2", 2), candidate_input("c2", 5), user_input("u3", 6)),
+            (
+                user_input("u1", 3),
+                candidate_input("c1", 4),
+                user_input("u2", 2),
+                candidate_input("c2", 5),
+                user_input("u3", 6),
+            ),
             takes_dict=False,
         ),
         ReferenceCase(
@@ -127,7 +134,12 @@ CASES: dict[str, ReferenceCase] = {
         ReferenceCase(
             "mmoe_shared_concat",
             rm.MMoE,
-            (user_input("user_a", 4), candidate_input("item_a", 5), user_input("user_b", 3), candidate_input("cross_a", 2)),
+            (
+                user_input("user_a", 4),
+                candidate_input("item_a", 5),
+                user_input("user_b", 3),
+                candidate_input("cross_a", 2),
+            ),
             takes_dict=True,
         ),
         ReferenceCase(
@@ -145,7 +157,12 @@ CASES: dict[str, ReferenceCase] = {
         ReferenceCase(
             "untraceable_dict_loop",
             rm.DictLoopRanker,
-            (user_input("user_seq", 4, 3), user_input("user_vec", 5), candidate_input("item_vec", 4), candidate_input("item_seq", 3, 2)),
+            (
+                user_input("user_seq", 4, 3),
+                user_input("user_vec", 5),
+                candidate_input("item_vec", 4),
+                candidate_input("item_seq", 3, 2),
+            ),
             takes_dict=True,
         ),
         ReferenceCase(
@@ -230,6 +247,14 @@ def assert_equivalent(actual, reference, dtype: torch.dtype, post_sigmoid: bool 
     assert worst <= bound, f"max |variant - reference| = {worst:.3e} > {bound:.1e}"
     for task in range(want.shape[1]):
         assert rankings_agree(got[:, task], want[:, task], bound), f"task {task}: candidates ranked differently"
+
+
+def assert_built_with_less_arithmetic(results: dict[Variant, Reparameterized], n: int = 1000) -> None:
+    """Every variant runs as itself (no VanI fallback), and at n candidates MaRI < UOI <= VanI in FLOPs."""
+    for variant, result in results.items():
+        assert (result.report.variant, result.report.fallback_reason) == (variant, None)
+    flops = {variant: result.flops(n) for variant, result in results.items()}
+    assert flops[Variant.MARI] < flops[Variant.UOI] <= flops[Variant.VANI]
 
 
 @pytest.fixture

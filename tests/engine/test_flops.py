@@ -72,7 +72,8 @@ def test_unreorganized_layout_runs_one_gemm_per_fragment_and_still_matches():
     args = (torch.randn(1, 2), torch.randn(5, 3), torch.randn(1, 2), torch.randn(5, 3))
     reference = model(args[0].expand(5, -1), args[1], args[2].expand(5, -1), args[3])
     for reorganize, gemms in ((True, 2), (False, 4)):
-        result = reparameterize(model, args, ["u1", "u2"], Variant.MARI, options=SplitOptions(reorganize_layout=reorganize))
+        options = SplitOptions(reorganize_layout=reorganize)
+        result = reparameterize(model, args, ["u1", "u2"], Variant.MARI, options=options)
         linears = [n for n in result.graph_module.graph.nodes if n.target == torch.ops.aten.linear.default]
         assert len(linears) == gemms
         torch.testing.assert_close(result.module(*args), reference)

@@ -13,6 +13,12 @@ from service.engine.graph_tools import aten, depends_on, shape_exprs
 from tests.engine.conftest import assert_equivalent
 
 USER_SLOTS, VOCAB, DIM = 6, 50, 8
+LOOKUPS = (
+    aten.embedding.default,
+    aten.embedding_bag.default,
+    aten.embedding_bag.padding_idx,
+    aten._embedding_bag.default,
+)
 
 
 class BagRanker(nn.Module):
@@ -71,7 +77,7 @@ def _randomized(model: nn.Module, generator: torch.Generator) -> nn.Module:
 def _user_bag_lookups(result, variant_batch) -> list[tuple]:
     rows = []
     for node in result.graph_module.graph.nodes:
-        if node.target in (aten.embedding.default, aten.embedding_bag.default, aten.embedding_bag.padding_idx, aten._embedding_bag.default):
+        if node.target in LOOKUPS:
             value = node.meta["val"]
             out = value[0] if isinstance(value, (tuple, list)) else value
             rows.append((node.target, shape_exprs(out)[0]))
@@ -80,7 +86,14 @@ def _user_bag_lookups(result, variant_batch) -> list[tuple]:
 
 @pytest.mark.parametrize(
     "mode, padding_idx, weighted",
-    [("sum", None, False), ("mean", None, False), ("max", None, False), ("sum", None, True), ("sum", 0, False), ("mean", 0, False)],
+    [
+        ("sum", None, False),
+        ("mean", None, False),
+        ("max", None, False),
+        ("sum", None, True),
+        ("sum", 0, False),
+        ("mean", 0, False),
+    ],
 )
 def test_embedding_bag_of_a_user_bag_runs_once_and_matches_the_eager_model(mode, padding_idx, weighted, generator):
     model = _randomized(BagRanker(mode, padding_idx, weighted), generator)
@@ -110,7 +123,8 @@ def test_embedding_bag_of_a_user_bag_runs_once_and_matches_the_eager_model(mode,
 def test_max_pooling_with_a_padding_index_is_left_as_captured(generator):
     # empty slots are excluded from the max; the fold keeps embedding_bag rather than guess the empty-bag value
     model = _randomized(BagRanker("max", 0, False), generator)
-    built = reparameterize_all(model, (), ["user_recent", "user_recent_weights"], example_kwargs=_inputs(7, generator, True))
+    example = _inputs(7, generator, True)
+    built = reparameterize_all(model, (), ["user_recent", "user_recent_weights"], example_kwargs=example)
     report = built[Variant.UOI].report
     assert report.fallback_reason is None
     assert not any(f.op == "embedding_bag" for f in report.jagged)
@@ -118,7 +132,8 @@ def test_max_pooling_with_a_padding_index_is_left_as_captured(generator):
 
 def test_offsets_read_from_input_data_are_not_folded_even_when_they_are_a_ramp(generator):
     model = _randomized(DataLengthsRanker(), generator)
-    built = reparameterize_all(model, (), ["user_recent", "user_recent_weights"], example_kwargs=_inputs(7, generator, False))
+    example = _inputs(7, generator, False)
+    built = reparameterize_all(model, (), ["user_recent", "user_recent_weights"], example_kwargs=example)
     for variant, result in built.items():
         assert (result.report.variant, result.report.fallback_reason) == (variant, None)
         assert not any(f.op == "embedding_bag" for f in result.report.jagged)

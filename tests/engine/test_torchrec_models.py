@@ -83,7 +83,8 @@ def lookups(result: Reparameterized) -> list[Lookup]:
             continue
         value = node.meta["val"]
         out = value[0] if isinstance(value, (tuple, list)) else value
-        found.append(Lookup(node.name, frozenset(names[p] for p in _placeholders_behind(node.args[1])), shape_exprs(out)[0]))
+        keys = frozenset(names[p] for p in _placeholders_behind(node.args[1]))
+        found.append(Lookup(node.name, keys, shape_exprs(out)[0]))
     return found
 
 

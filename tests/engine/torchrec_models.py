@@ -80,6 +80,11 @@ def _single_id_kjt(features: dict[str, Tensor], keys: list[str]) -> KeyedJaggedT
     )
 
 
+def _table_per_key(vocab: tuple[tuple[str, int], ...], dim: int) -> list[EmbeddingBagConfig]:
+    """One pooled table `t_<key>` per sparse key, as torchrec's DLRM and DeepFM examples declare them."""
+    return [EmbeddingBagConfig(name=f"t_{k}", embedding_dim=dim, num_embeddings=v, feature_names=[k]) for k, v in vocab]
+
+
 # -- DLRM ---------------------------------------------------------------------------------------------
 
 
@@ -99,12 +104,8 @@ class DlrmRanker(nn.Module):
     def __init__(self, config: DlrmConfig = DlrmConfig()) -> None:
         super().__init__()
         self.keys = [k for k, _ in config.vocab]
-        tables = [
-            EmbeddingBagConfig(name=f"t_{k}", embedding_dim=config.embedding_dim, num_embeddings=v, feature_names=[k])
-            for k, v in config.vocab
-        ]
         self.dlrm = DLRM(
-            embedding_bag_collection=EmbeddingBagCollection(tables=tables),
+            embedding_bag_collection=EmbeddingBagCollection(tables=_table_per_key(config.vocab, config.embedding_dim)),
             dense_in_features=config.user_dense + config.item_dense,
             dense_arch_layer_sizes=list(config.dense_arch),
             over_arch_layer_sizes=list(config.over_arch),
@@ -135,13 +136,9 @@ class DeepFmRanker(nn.Module):
     def __init__(self, config: DeepFmConfig = DeepFmConfig()) -> None:
         super().__init__()
         self.keys = [k for k, _ in config.vocab]
-        tables = [
-            EmbeddingBagConfig(name=f"t_{k}", embedding_dim=config.embedding_dim, num_embeddings=v, feature_names=[k])
-            for k, v in config.vocab
-        ]
         self.deepfm = SimpleDeepFMNN(
             num_dense_features=config.user_dense + config.item_dense,
-            embedding_bag_collection=EmbeddingBagCollection(tables=tables),
+            embedding_bag_collection=EmbeddingBagCollection(tables=_table_per_key(config.vocab, config.embedding_dim)),
             hidden_layer_size=config.hidden,
             deep_fm_dimension=config.deep_fm_dimension,
         )
@@ -181,7 +178,9 @@ class EbcMlpRanker(nn.Module):
         d = config.embedding_dim
         self.ebc = EmbeddingBagCollection(
             tables=[
-                EmbeddingBagConfig(name="user_table", embedding_dim=d, num_embeddings=config.user_vocab, feature_names=["user_id"]),
+                EmbeddingBagConfig(
+                    name="user_table", embedding_dim=d, num_embeddings=config.user_vocab, feature_names=["user_id"]
+                ),
                 EmbeddingBagConfig(
                     name="category_table",
                     embedding_dim=d,
@@ -189,7 +188,9 @@ class EbcMlpRanker(nn.Module):
                     feature_names=["user_recent_cats", "item_cat"],
                     pooling=PoolingType.MEAN,
                 ),
-                EmbeddingBagConfig(name="item_table", embedding_dim=d, num_embeddings=config.item_vocab, feature_names=["item_id"]),
+                EmbeddingBagConfig(
+                    name="item_table", embedding_dim=d, num_embeddings=config.item_vocab, feature_names=["item_id"]
+                ),
             ]
         )
         widths = (4 * d + config.user_dense + config.item_dense, *config.hidden)
@@ -204,8 +205,17 @@ class EbcMlpRanker(nn.Module):
         keys = ["user_id", "user_recent_cats", "item_id", "item_cat"]
         kjt = KeyedJaggedTensor.from_lengths_sync(
             keys=keys,
-            values=torch.cat([features["user_id"], features["user_recent_cats"].reshape(-1), features["item_id"], features["item_cat"]]),
-            lengths=torch.cat([torch.ones(n, dtype=torch.int64), torch.full((n,), recent), torch.ones(2 * n, dtype=torch.int64)]),
+            values=torch.cat(
+                [
+                    features["user_id"],
+                    features["user_recent_cats"].reshape(-1),
+                    features["item_id"],
+                    features["item_cat"],
+                ]
+            ),
+            lengths=torch.cat(
+                [torch.ones(n, dtype=torch.int64), torch.full((n,), recent), torch.ones(2 * n, dtype=torch.int64)]
+            ),
         )
         pooled = self.ebc(kjt).to_dict()
         x = torch.cat([pooled[k] for k in keys] + [features["user_dense"], features["item_dense"]], dim=1)
@@ -236,7 +246,10 @@ class MultiHotRanker(nn.Module):
         self.keys = ["user_id", "item_id", "item_tags"]
         vocab = {"user_id": config.user_vocab, "item_id": config.item_vocab, "item_tags": config.tag_vocab}
         self.ebc = EmbeddingBagCollection(
-            tables=[EmbeddingBagConfig(name=f"t_{k}", embedding_dim=d, num_embeddings=vocab[k], feature_names=[k]) for k in self.keys]
+            tables=[
+                EmbeddingBagConfig(name=f"t_{k}", embedding_dim=d, num_embeddings=vocab[k], feature_names=[k])
+                for k in self.keys
+            ]
         )
         widths = (3 * d + config.user_dense, *config.hidden)
         layers: list[nn.Module] = []
@@ -280,7 +293,10 @@ class EcSequenceRanker(nn.Module):
         self.ec = EmbeddingCollection(
             tables=[
                 EmbeddingConfig(
-                    name="item_table", embedding_dim=d, num_embeddings=config.item_vocab, feature_names=["user_history", "item_id"]
+                    name="item_table",
+                    embedding_dim=d,
+                    num_embeddings=config.item_vocab,
+                    feature_names=["user_history", "item_id"],
                 )
             ]
         )
@@ -307,27 +323,26 @@ class EcSequenceRanker(nn.Module):
 
 _dlrm, _deepfm, _ebc, _mh, _ec = DlrmConfig(), DeepFmConfig(), EbcMlpConfig(), MultiHotConfig(), EcSeqConfig()
 
+
+def _ids_and_dense(vocab: tuple[tuple[str, int], ...], user_dense: int, item_dense: int) -> tuple[Feature, ...]:
+    """One id per key (user-side when the key says so), then the user and item dense features."""
+    ids = tuple(Feature(k, k.startswith("user"), vocab=v) for k, v in vocab)
+    return (*ids, Feature("user_dense", True, (user_dense,)), Feature("item_dense", False, (item_dense,)))
+
+
 CASES: dict[str, TorchrecCase] = {
     case.name: case
     for case in (
         TorchrecCase(
             "dlrm",
             DlrmRanker,
-            (
-                *(Feature(k, k.startswith("user"), vocab=v) for k, v in _dlrm.vocab),
-                Feature("user_dense", True, (_dlrm.user_dense,)),
-                Feature("item_dense", False, (_dlrm.item_dense,)),
-            ),
+            _ids_and_dense(_dlrm.vocab, _dlrm.user_dense, _dlrm.item_dense),
             {"user_id": 1, "user_city": 1},
         ),
         TorchrecCase(
             "deepfm",
             DeepFmRanker,
-            (
-                *(Feature(k, k.startswith("user"), vocab=v) for k, v in _deepfm.vocab),
-                Feature("user_dense", True, (_deepfm.user_dense,)),
-                Feature("item_dense", False, (_deepfm.item_dense,)),
-            ),
+            _ids_and_dense(_deepfm.vocab, _deepfm.user_dense, _deepfm.item_dense),
             {"user_id": 1, "user_age": 1},
         ),
         TorchrecCase(
