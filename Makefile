@@ -32,6 +32,8 @@ run: $(STAMP) $(STORE)/default
 	RANKER_MODEL_STORE=$(STORE) RANKER_MODEL_NAME=default $(BIN)/ranker serve --host 127.0.0.1 --port $(PORT)
 
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 bench: $(STAMP) $(STORE)/default

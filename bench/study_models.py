@@ -34,13 +34,15 @@ class StudyRanker(nn.Module):
         self.config = config
         c = config
         self.user_tower = (
-            nn.Sequential(nn.Linear(c.user_width, c.user_tower), nn.ReLU(), nn.Linear(c.user_tower, c.user_width), nn.ReLU())
+            nn.Sequential(nn.Linear(c.user_width, c.user_tower), nn.ReLU(),
+                          nn.Linear(c.user_tower, c.user_width), nn.ReLU())
             if c.user_tower
             else nn.Identity()
         )
         width = c.user_width + c.item_width + c.cross_width
         self.mlp = nn.Sequential(
-            nn.Linear(width, c.hidden), nn.ReLU(), nn.Linear(c.hidden, c.hidden // 2), nn.ReLU(), nn.Linear(c.hidden // 2, 1)
+            nn.Linear(width, c.hidden), nn.ReLU(), nn.Linear(c.hidden, c.hidden // 2), nn.ReLU(),
+            nn.Linear(c.hidden // 2, 1),
         )
 
     def forward(self, features: dict[str, Tensor]) -> Tensor:

@@ -60,7 +60,7 @@ def bench_variants(
     for n in ns:
         inputs = make_inputs(n)
         by_name = interleaved_medians(
-            {v.value: (lambda v=v: built[v].module(inputs)) for v in order}, repeats, warmup
+            {v.value: (lambda v=v, inputs=inputs: built[v].module(inputs)) for v in order}, repeats, warmup
         )
         medians = {v: by_name[v.value] for v in order}
         vani_time = medians.get(Variant.VANI)
@@ -86,7 +86,8 @@ def bench_variants(
 
 
 def format_rows(rows: Sequence[BenchRow]) -> str:
-    header = f"{'variant':7s} {'N':>5s} {'median ms':>10s} {'speedup':>8s} {'FLOPs ratio':>11s} {'speedup/ratio':>13s} {'GFLOP/s':>8s}"
+    header = (f"{'variant':7s} {'N':>5s} {'median ms':>10s} {'speedup':>8s} {'FLOPs ratio':>11s} "
+              f"{'speedup/ratio':>13s} {'GFLOP/s':>8s}")
     lines = [header, "-" * len(header)]
     for r in rows:
         ratio = f"{r.flops_ratio_vs_vani:.2f}x" if r.flops_ratio_vs_vani else "-"
@@ -94,6 +95,7 @@ def format_rows(rows: Sequence[BenchRow]) -> str:
         gflops = f"{r.gflops_per_s:.1f}" if r.gflops_per_s else "-"
         name = r.variant if r.variant == r.runs_as else f"{r.variant}->{r.runs_as}"
         lines.append(
-            f"{name:7s} {r.n:5d} {r.median_ms:10.2f} {r.speedup_vs_vani:7.2f}x {ratio:>11s} {efficiency:>13s} {gflops:>8s}"
+            f"{name:7s} {r.n:5d} {r.median_ms:10.2f} {r.speedup_vs_vani:7.2f}x {ratio:>11s} {efficiency:>13s} "
+            f"{gflops:>8s}"
         )
     return "\n".join(lines)

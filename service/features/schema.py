@@ -24,13 +24,13 @@ CAPTURE_CANDIDATES = 8
 MIN_SEQUENCE_FILL = 0.2  # example_batch fills at least this fraction of a sequence with real ids
 
 
-class Side(str, Enum):
+class Side(str, Enum):  # noqa: UP042 (StrEnum would change what str() prints in stored JSON and messages)
     USER = "user"
     ITEM = "item"
     CROSS = "cross"
 
 
-class Kind(str, Enum):
+class Kind(str, Enum):  # noqa: UP042 (as Side)
     SPARSE_ID = "sparse_id"
     DENSE = "dense"
     ID_SEQUENCE = "id_sequence"
