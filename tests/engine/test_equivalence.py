@@ -1,4 +1,5 @@
-"""Every variant the engine derives reproduces the original eager model with tiled user inputs (DESIGN s.3).
+"""Every variant the engine derives reproduces the original eager model with tiled user inputs
+(docs/ARCHITECTURE.md section 3).
 
 The reference is always the ORIGINAL model called on user leaves tiled to N rows; the variant module gets
 user leaves at batch 1. Each (model, variant, dtype) is built once, at an example batch of 7 candidates,
