@@ -1,4 +1,4 @@
-"""`ranker`: train, analyze, bench, serve and example-request from one command."""
+"""`ranker`: train, analyze, bench, serve, config and example-request from one command."""
 
 from __future__ import annotations
 
@@ -123,6 +123,78 @@ def cmd_example_request(args: argparse.Namespace) -> None:
     print(json.dumps(example_request_for_store(args.model, n=args.n, columnar=args.columnar, seed=args.seed)))
 
 
+def _serving_config_file(args: argparse.Namespace):
+    from service.serving.serving_config import ServingConfigFile
+    from service.serving.settings import Settings
+
+    if args.store is not None and args.name is not None:
+        return ServingConfigFile(Path(args.store) / args.name)
+    try:
+        settings = Settings()
+    except ValueError as exc:
+        sys.exit(f"ranker config: the RANKER_* settings are invalid: {exc}")
+    return ServingConfigFile(Path(args.store or settings.model_store) / (args.name or settings.model_name))
+
+
+def cmd_config_show(args: argparse.Namespace) -> None:
+    from service.serving.serving_config import ServingConfigError
+
+    config_file = _serving_config_file(args)
+    try:
+        config = config_file.read()
+    except ServingConfigError as exc:
+        sys.exit(f"ranker config show: {exc}")
+    if config is None:
+        print(f"no {config_file.path}: every process serves its RANKER_* settings (generation 0)", file=sys.stderr)
+        return
+    sys.stdout.write(config.to_json().decode())
+
+
+def _config_changes(args: argparse.Namespace) -> dict:
+    """The fields `ranker config set` changes (shadow partially: its own fields merge with the current ones)."""
+    changes: dict = {}
+    if args.version is not None:
+        changes["version"] = None if args.version == "latest" else args.version
+    if args.variant is not None:
+        changes["variant"] = args.variant
+    if args.ab_split is not None:
+        try:
+            changes["ab_split"] = json.loads(args.ab_split)
+        except json.JSONDecodeError as exc:
+            sys.exit(f"ranker config set: --ab-split is not JSON ({exc})")
+    shadow: dict = {}
+    if args.shadow_variant is not None:
+        shadow["variant"] = None if args.shadow_variant == "none" else args.shadow_variant
+        if shadow["variant"] is None and args.shadow_sample_rate is None:
+            shadow["sample_rate"] = 0.0
+    if args.shadow_sample_rate is not None:
+        shadow["sample_rate"] = args.shadow_sample_rate
+    if shadow:
+        changes["shadow"] = shadow
+    return changes
+
+
+def cmd_config_set(args: argparse.Namespace) -> None:
+    from service.serving.serving_config import ServingConfig
+    from service.serving.settings import Settings
+    from service.store.artifact import load_artifact
+
+    changes = _config_changes(args)
+    config_file = _serving_config_file(args)
+    try:
+        with config_file.locked():
+            absent = ServingConfig.from_settings(Settings())  # no file yet: what the processes serve now
+            config = config_file.next_config(changes, absent=absent, invalid=None)
+            if config.version is not None:  # verified here, before any process builds it
+                load_artifact(config_file.model_dir / config.version)
+            config_file.write(config)
+    except ValueError as exc:  # ServingConfigError, ArtifactError, invalid RANKER_* settings
+        sys.exit(f"ranker config set: {exc}")
+    sys.stdout.write(config.to_json().decode())
+    print(f"wrote generation {config.generation} to {config_file.path}; every process applies it within "
+          f"RANKER_CONFIG_POLL_S", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ranker", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -174,6 +246,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None)
     serve.add_argument("--workers", type=int, default=None)
     serve.set_defaults(func=cmd_serve)
+
+    config = sub.add_parser("config", help="show or change the fleet's serving config (<store>/<name>/serving.json)")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    show = config_sub.add_parser("show", help="print serving.json")
+    set_ = config_sub.add_parser("set", help="write the next generation of serving.json; every process applies it")
+    for parser_ in (show, set_):
+        parser_.add_argument("--store", default=None, help="default: RANKER_MODEL_STORE (model_store)")
+        parser_.add_argument("--name", default=None, help="default: RANKER_MODEL_NAME (default)")
+    set_.add_argument("--version", default=None, help="version folder (verified first), or 'latest' (null)")
+    set_.add_argument("--variant", default=None, choices=["vani", "uoi", "mari"])
+    set_.add_argument("--ab-split", default=None, help='JSON weights, e.g. {"mari": 0.9, "vani": 0.1}; {} ends the A/B')
+    set_.add_argument("--shadow-variant", default=None, choices=["vani", "uoi", "mari", "none"])
+    set_.add_argument("--shadow-sample-rate", type=float, default=None)
+    show.set_defaults(func=cmd_config_show)
+    set_.set_defaults(func=cmd_config_set)
 
     example = sub.add_parser("example-request", help="print a valid request body for a model's schema")
     example.add_argument("--model", default=None, help="artifact path (default: the configured model)")

@@ -16,6 +16,7 @@ from service.api.deps import ServiceState
 from service.api.errors import install_error_handlers
 from service.api.routes import admin, health, metrics, models, rank
 from service.serving.admission import InferencePool
+from service.serving.config_watch import ConfigWatcher
 from service.serving.metrics import ServiceMetrics, mark_process_dead
 from service.serving.runtime import ModelRuntime
 from service.serving.scorer import RequestScorer
@@ -41,7 +42,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     shadow = ShadowComparator(settings.shadow_variant, settings.shadow_sample_rate, settings.shadow_queue_size,
                               settings.tolerance, service_metrics)
     scorer = RequestScorer(runtime, pool, shadow, service_metrics)
-    state = ServiceState(settings, runtime, pool, shadow, service_metrics, scorer)
+    config = ConfigWatcher(settings, runtime, shadow, service_metrics)
+    state = ServiceState(settings, runtime, pool, shadow, service_metrics, scorer, config)
 
     app = FastAPI(title=TITLE, description=DESCRIPTION, version="1", lifespan=_lifespan)
     app.state.service = state
@@ -64,14 +66,17 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServiceState = app.state.service
     if state.settings.torch_threads is not None:
         torch.set_num_threads(state.settings.torch_threads)  # before the first inference (the warm-up)
-    serving = await asyncio.to_thread(state.runtime.load)  # raises: start-up fails, the process exits
-    state.metrics.set_model(None, (serving.name, serving.version, state.runtime.router.default.value))
+    # serving.json when it exists, else the RANKER_* settings; raises: start-up fails, the process exits
+    serving = await asyncio.to_thread(state.config.start_up)
     state.shadow.start()
-    logger.info("ready: model %s/%s, routing %s", serving.name, serving.version, state.runtime.router.to_dict())
+    state.config.start()
+    logger.info("ready: model %s/%s, routing %s, serving config %s", serving.name, serving.version,
+                state.runtime.router.to_dict(), state.config.status())
     try:
         yield
     finally:
         state.draining = True  # uvicorn has already let in-flight requests finish
+        state.config.stop()
         state.shadow.stop()
         state.pool.shutdown()
         mark_process_dead()

@@ -10,6 +10,7 @@ from fastapi import Request
 
 from service.serving.admission import InferencePool
 from service.serving.codec import REQUEST_ID_PATTERN
+from service.serving.config_watch import ConfigWatcher
 from service.serving.errors import AdminDisabled, PayloadTooLarge, Unauthorized
 from service.serving.metrics import ServiceMetrics
 from service.serving.runtime import ModelRuntime
@@ -30,6 +31,7 @@ class ServiceState:
     shadow: ShadowComparator
     metrics: ServiceMetrics
     scorer: RequestScorer
+    config: ConfigWatcher
     draining: bool = field(default=False)
 
 

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.serving.errors import (
     AdminDisabled,
+    ConfigNotWritten,
     InvalidRequest,
     MalformedRequest,
     ModelRejected,
@@ -41,6 +42,7 @@ HTTP_STATUS: dict[type[ServiceError], int] = {
     AdminDisabled: 403,
     ModelRejected: 409,
     ReloadInProgress: 409,
+    ConfigNotWritten: 503,
 }
 
 

@@ -1,7 +1,8 @@
 """`ranker serve`: run the service under uvicorn with graceful shutdown.
 
 Host, port and worker count are arguments; every other setting comes from Settings (RANKER_* environment
-variables or RANKER_CONFIG_FILE). With several workers each process loads its own copy of the model, and
+variables or RANKER_CONFIG_FILE), and the model version, variant, A/B split and shadow from the store's
+serving.json when it exists. With several workers each process loads its own copy of the model, and
 metrics switch to prometheus_client's multiprocess mode through a fresh PROMETHEUS_MULTIPROC_DIR.
 """
 
@@ -17,8 +18,9 @@ import uvicorn
 
 from service.api.app import create_app
 from service.serving.metrics import MULTIPROC_ENV
+from service.serving.serving_config import ServingConfigError, ServingConfigFile
 from service.serving.settings import ENV_PREFIX, Settings
-from service.store.artifact import ArtifactError, read_manifest, resolve_version
+from service.store.artifact import ArtifactError, check_component, read_manifest, resolve_version
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +58,14 @@ def serve(host: str | None = None, port: int | None = None, workers: int | None 
 
 
 def _check_model_exists(settings: Settings) -> None:
-    """Fail fast with one clear line when the configured model is missing (workers verify it fully)."""
+    """Fail fast with one clear line when the configured model (serving.json's version when there is one, else
+    RANKER_MODEL_VERSION) or serving.json itself is unusable; workers verify the model fully."""
+    model_dir = settings.model_store / settings.model_name
     try:
-        read_manifest(resolve_version(settings.model_path))
-    except ArtifactError as exc:
+        config = ServingConfigFile(model_dir).read()
+        version = config.version if config is not None else settings.model_version
+        read_manifest(resolve_version(model_dir / check_component("version", version) if version else model_dir))
+    except (ArtifactError, ServingConfigError) as exc:
         raise SystemExit(f"cannot serve: {exc}") from None
 
 

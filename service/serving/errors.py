@@ -73,6 +73,12 @@ class ModelRejected(ServiceError):
 
 
 class ReloadInProgress(ServiceError):
-    """Another reload is still building its model."""
+    """Another reload or serving config change is still being applied."""
 
     code = "reload_in_progress"
+
+
+class ConfigNotWritten(ServiceError):
+    """serving.json could not be locked, read or written (e.g. a read-only store); nothing changed."""
+
+    code = "config_not_written"

@@ -1,6 +1,7 @@
 """Prometheus metrics of the ranking service (docs/ARCHITECTURE.md section 4), base unit seconds, prefix `ranker_`.
 
-Labels stay low-cardinality (variant, status, stage, model name/version); never a user or request id.
+Labels stay low-cardinality (variant, status, stage, model name/version, pid of a worker); never a user or
+request id.
 With several uvicorn workers, prometheus_client's multiprocess mode is used: `PROMETHEUS_MULTIPROC_DIR`
 (set by `service.api.server.serve` before any worker starts) holds one file per process, and /metrics
 sums them. Without it, each app instance keeps its own registry (so in-process tests do not collide).
@@ -90,7 +91,16 @@ class ServiceMetrics:
             f"{PREFIX}_model_info", "1 for the model and default variant being served.",
             ["name", "version", "variant"], multiprocess_mode="livemax", registry=registry,
         )
-        self.reloads = Counter(f"{PREFIX}_reloads", "Admin reloads by outcome.", ["outcome"], registry=registry)
+        self.reloads = Counter(f"{PREFIX}_reloads", "Model version swaps by outcome.", ["outcome"], registry=registry)
+        # One series per process (multiprocess "liveall" adds the pid label itself): converged when all agree.
+        self.config_generation = Gauge(
+            f"{PREFIX}_config_generation", "Serving config generation this process applies (0: its RANKER_* settings).",
+            [] if self.multiprocess else ["pid"], multiprocess_mode="liveall", registry=registry,
+        )
+        self.config_rejections = Counter(
+            f"{PREFIX}_config_rejections", "serving.json generations a process refused, by reason (invalid, model).",
+            ["reason"], registry=registry,
+        )
         self._largest_difference = 0.0
 
     def observe_stage(self, stage: str, variant: str, seconds: float) -> None:
@@ -111,6 +121,10 @@ class ServiceMetrics:
         if previous is not None and previous != current:
             self.model_info.labels(*previous).set(0)
         self.model_info.labels(*current).set(1)
+
+    def set_config_generation(self, generation: int) -> None:
+        gauge = self.config_generation if self.multiprocess else self.config_generation.labels(pid=str(os.getpid()))
+        gauge.set(generation)
 
     def exposition(self) -> tuple[bytes, str]:
         """The text format of every metric (summed over worker processes in multiprocess mode)."""

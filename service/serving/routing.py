@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,9 +13,11 @@ HASH_SPACE = 2**64
 
 
 def check_ab_split(split: Mapping[Variant, float]) -> dict[Variant, float]:
-    """An A/B split's weights must be >= 0 and, unless the split is empty (no A/B), sum to more than 0."""
-    if any(weight < 0 for weight in split.values()) or (split and sum(split.values()) <= 0):
-        raise ValueError(f"ab_split weights must be >= 0 and sum to more than 0, got {dict(split)}")
+    """An A/B split's weights must be finite, >= 0 and, unless the split is empty (no A/B), sum to more than 0."""
+    weights = split.values()
+    if any(not math.isfinite(w) or w < 0 for w in weights) or (split and sum(weights) <= 0):
+        shown = {getattr(variant, "value", variant): weight for variant, weight in split.items()}
+        raise ValueError(f"ab_split weights must be finite, >= 0 and sum to more than 0, got {shown}")
     return dict(split)
 
 

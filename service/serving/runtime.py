@@ -1,17 +1,16 @@
 """The loaded model with every variant built, checked and warmed, and the routing; swapped whole on reload.
 
 The runtime takes paths and tensors and raises the serving core's error kinds. A request reads
-`runtime.serving` once and uses that object to the end, so a reload that swaps the reference mid-request
-never mixes two models.
+`runtime.active` once and uses that object to the end, so a new config that swaps the reference mid-request
+never mixes two models or two routings.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,11 +24,12 @@ from service.engine.equivalence import compare
 from service.features.schema import FeatureSchema
 from service.serving.build import CAPTURE_SEED, build_variants
 from service.serving.codec import RequestCodec
-from service.serving.errors import InvalidRequest, ModelRejected, NotReady, ReloadInProgress
+from service.serving.errors import ModelRejected, NotReady
 from service.serving.example_request import example_request
 from service.serving.routing import VariantRouter
 from service.serving.settings import Settings
-from service.store import ArtifactError, load_artifact
+from service.store import ArtifactError, load_artifact, resolve_version
+from service.store.artifact import check_component
 
 logger = logging.getLogger(__name__)
 
@@ -143,59 +143,58 @@ def _warm_codec(codec: RequestCodec, settings: Settings) -> None:
         codec.encode(codec.decode(body))
 
 
+@dataclass(frozen=True)
+class ActiveConfig:
+    """What serves requests now, swapped as one reference: the model, the routing and the config generation."""
+
+    serving: ServingModel
+    router: VariantRouter
+    generation: int
+
+
 @dataclass
 class ModelRuntime:
-    """What the service serves now: the model (swapped atomically) and the routing of users to variants."""
+    """What the service serves now (swapped atomically), and how to build a version of the configured model.
+
+    The runtime does not decide what to serve: service/serving/config_watch.py applies the serving config.
+    """
 
     settings: Settings
-    _serving: ServingModel | None = None
-    router: VariantRouter = field(init=False)
-    _reload_lock: threading.Lock = field(default_factory=threading.Lock)
+    _active: ActiveConfig | None = None
 
-    def __post_init__(self) -> None:
-        self.router = VariantRouter(self.settings.variant, dict(self.settings.ab_split))
+    @property
+    def active(self) -> ActiveConfig:
+        active = self._active
+        if active is None:
+            raise NotReady("no model is loaded yet")
+        return active
 
     @property
     def serving(self) -> ServingModel:
-        serving = self._serving
-        if serving is None:
-            raise NotReady("no model is loaded yet")
-        return serving
+        return self.active.serving
+
+    @property
+    def router(self) -> VariantRouter:
+        return self.active.router
 
     @property
     def ready(self) -> bool:
-        return self._serving is not None
+        return self._active is not None
 
-    def load(self, version: str | None = None) -> ServingModel:
-        """Build the configured model (or `version` of it) beside the current one, then swap; one at a time."""
-        if not self._reload_lock.acquire(blocking=False):
-            raise ReloadInProgress("another reload is still building its model")
+    def version_path(self, version: str | None) -> Path:
+        """The folder of `version` of the configured model (None: its latest); ModelRejected when there is none."""
+        model_dir = self.settings.model_store / self.settings.model_name
         try:
-            if version is None:
-                path = self.settings.model_path
-            else:
-                path = self.settings.model_store / self.settings.model_name / check_version_name(version)
-            serving = build_serving_model(self.settings, path)
-            self._serving = serving  # one reference assignment: requests see the old or the new model, whole
-            return serving
-        finally:
-            self._reload_lock.release()
+            return resolve_version(model_dir / check_component("version", version) if version else model_dir)
+        except ArtifactError as exc:
+            raise ModelRejected(f"version {version or '(latest)'} refused: {exc}") from exc
 
-    def set_routing(self, variant: Variant, ab_split: dict[Variant, float] | None = None) -> VariantRouter:
-        """Switch the default variant and the A/B split (an empty split sends everyone to `variant`)."""
-        try:
-            router = VariantRouter(variant, ab_split or {})
-        except ValueError as exc:
-            raise InvalidRequest(str(exc), field="ab_split", code="invalid_value") from None
-        self.router = router
-        return router
+    def build(self, path: Path) -> ServingModel:
+        """Build, verify and warm the version at `path` beside the one serving; requests see nothing yet."""
+        return build_serving_model(self.settings, path)
 
-    def choose_variant(self, user_id: str) -> Variant:
-        return self.router.route(user_id)
-
-
-def check_version_name(version: str) -> str:
-    """Admin input: a version is one path component (no traversal out of the store)."""
-    if not version or "/" in version or "\\" in version or version.startswith("."):
-        raise InvalidRequest(f"version {version!r} must be a single folder name", field="version", code="invalid_value")
-    return version
+    def activate(self, serving: ServingModel, router: VariantRouter, generation: int) -> ActiveConfig:
+        """Swap what serves: one reference assignment, so a request sees the old or the new config, whole."""
+        active = ActiveConfig(serving, router, generation)
+        self._active = active
+        return active

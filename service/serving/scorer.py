@@ -17,7 +17,7 @@ import torch
 from service.engine import Variant
 from service.serving.admission import InferencePool
 from service.serving.metrics import STAGES, ServiceMetrics
-from service.serving.runtime import ModelRuntime, ServingModel
+from service.serving.runtime import ActiveConfig, ModelRuntime, ServingModel
 from service.serving.shadow import ShadowComparator, ShadowJob
 
 
@@ -51,6 +51,7 @@ class RankResult:
     model_name: str
     model_version: str
     variant: Variant
+    config_generation: int
     n_candidates: int
     times: StageTimes
 
@@ -80,27 +81,29 @@ class RequestScorer:
 
     async def score(self, body: bytes, header_request_id: str | None) -> RankResult:
         """Score a /rank body on an inference slot; raises the serving core's errors (invalid, overloaded...)."""
-        serving = self.runtime.serving  # one model for the whole request, even if a reload swaps it meanwhile
-        scored, waited = await self.pool.run(lambda: self._score_on_slot(serving, body, header_request_id))
+        active = self.runtime.active  # one model and routing for the whole request, even if a new config swaps it
+        scored, waited = await self.pool.run(lambda: self._score_on_slot(active, body, header_request_id))
         times = StageTimes(waited, scored.decode, scored.encode, scored.infer, scored.respond)
         self._observe(scored, times)
-        return RankResult(scored.body, scored.request_id, serving.name, serving.version, scored.variant,
-                          scored.n_candidates, times)
+        return RankResult(scored.body, scored.request_id, active.serving.name, active.serving.version, scored.variant,
+                          active.generation, scored.n_candidates, times)
 
-    def _score_on_slot(self, serving: ServingModel, body: bytes, header_request_id: str | None) -> _Scored:
+    def _score_on_slot(self, active: ActiveConfig, body: bytes, header_request_id: str | None) -> _Scored:
+        serving = active.serving
         t0 = time.perf_counter()
         request = serving.codec.decode(body)
         t1 = time.perf_counter()
         encoded = serving.codec.encode(request)
         t2 = time.perf_counter()
-        variant = self.runtime.choose_variant(request.user_id)
+        variant = active.router.route(request.user_id)
         scores = serving.score(variant, encoded.features)
         t3 = time.perf_counter()
         request_id = request.request_id or header_request_id or uuid.uuid4().hex
         response = _response_body(serving, variant, request_id, scores, request.top_k)
         t4 = time.perf_counter()
-        if self.shadow.wants(variant):
-            self.shadow.submit(ShadowJob(request_id, serving, variant, encoded.features, scores))
+        shadow = self.shadow.sample(variant)
+        if shadow is not None:
+            self.shadow.submit(ShadowJob(request_id, serving, variant, shadow, encoded.features, scores))
         return _Scored(response, request_id, variant, encoded.n_candidates, t1 - t0, t2 - t1, t3 - t2, t4 - t3)
 
     def _observe(self, scored: _Scored, times: StageTimes) -> None:

@@ -3,7 +3,8 @@
 Values come from (highest priority first): keyword arguments, environment variables prefixed `RANKER_`,
 an optional TOML or JSON file named by `RANKER_CONFIG_FILE`, then the defaults below. Structured values
 (`RANKER_AB_SPLIT`, `RANKER_WARMUP_CANDIDATES`) are JSON in the environment. Unsafe values are refused at
-start-up with a message naming the setting.
+start-up with a message naming the setting. The fleet's serving config (service/serving/serving_config.py,
+model_store/<name>/serving.json) overrides model_version, variant, ab_split and shadow_* when it exists.
 """
 
 from __future__ import annotations
@@ -87,6 +88,10 @@ class Settings(BaseSettings):
     analysis_candidates: int = Field(default=1000, ge=1, description="N at which /v1/models reports FLOPs.")
 
     # --- operations ---
+    config_poll_s: float = Field(
+        default=2.0, ge=0.0, allow_inf_nan=False,
+        description="How often every worker re-reads model_store/<name>/serving.json (seconds); 0: never.",
+    )
     admin_token: SecretStr | None = Field(
         default=None, description="Bearer token for /admin/*; admin is off when unset."
     )

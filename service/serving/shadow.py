@@ -32,19 +32,24 @@ class ShadowJob:
     request_id: str
     serving: ServingModel
     primary: Variant
+    shadow: Variant
     features: dict[str, Tensor]
     primary_scores: dict[str, Tensor]
 
 
 class ShadowComparator:
-    """Samples requests onto a bounded queue; a background thread scores them on the shadow variant."""
+    """Samples requests onto a bounded queue; a background thread scores them on the shadow variant.
+
+    The variant and the sample rate change with the serving config (`configure`); the thread runs from
+    `start` to `stop` whether or not sampling is on, and each job names the variant it was sampled for.
+    """
 
     def __init__(
         self, variant: Variant | None, sample_rate: float, queue_size: int, tolerance: float,
         metrics: ServiceMetrics,
     ) -> None:
-        self.variant = variant
-        self.sample_rate = sample_rate if variant is not None else 0.0
+        self._sampling: tuple[Variant | None, float] = (None, 0.0)
+        self.configure(variant, sample_rate)
         self.tolerance = tolerance
         self.metrics = metrics
         self._queue: queue.Queue[ShadowJob | object] = queue.Queue(maxsize=queue_size)
@@ -52,11 +57,23 @@ class ShadowComparator:
         self._thread: threading.Thread | None = None
 
     @property
+    def variant(self) -> Variant | None:
+        return self._sampling[0]
+
+    @property
+    def sample_rate(self) -> float:
+        return self._sampling[1]
+
+    @property
     def enabled(self) -> bool:
         return self.variant is not None and self.sample_rate > 0
 
+    def configure(self, variant: Variant | None, sample_rate: float) -> None:
+        """Shadow `variant` on `sample_rate` of requests from now on (one assignment: never half-switched)."""
+        self._sampling = (variant, sample_rate if variant is not None else 0.0)
+
     def start(self) -> None:
-        if self.enabled and self._thread is None:
+        if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="shadow-comparator", daemon=True)
             self._thread.start()
 
@@ -70,9 +87,12 @@ class ShadowComparator:
         self._thread.join(timeout_s)
         self._thread = None
 
-    def wants(self, primary: Variant) -> bool:
-        """Whether to copy this request (sampled, and the shadow differs from the variant that served it)."""
-        return self.enabled and primary != self.variant and self._random.random() < self.sample_rate
+    def sample(self, primary: Variant) -> Variant | None:
+        """The variant to copy this request to, or None (not sampled, or the shadow served it already)."""
+        variant, rate = self._sampling
+        if variant is None or variant == primary or rate <= 0 or self._random.random() >= rate:
+            return None
+        return variant
 
     def submit(self, job: ShadowJob) -> bool:
         """Queue a job without blocking; False (and counted as dropped) when the queue is full."""
@@ -94,14 +114,13 @@ class ShadowComparator:
                 logger.exception("shadow comparison failed for request %s", job.request_id)
 
     def _compare(self, job: ShadowJob) -> None:
-        assert self.variant is not None
-        shadow_scores = job.serving.score(self.variant, job.features)
+        shadow_scores = job.serving.score(job.shadow, job.features)
         result = compare(shadow_scores, job.primary_scores, self.tolerance, rank_by=job.serving.final_scores)
-        self.metrics.observe_shadow(job.primary.value, self.variant.value, result.max_difference, not result.equivalent)
+        self.metrics.observe_shadow(job.primary.value, job.shadow.value, result.max_difference, not result.equivalent)
         if not result.equivalent:
             logger.warning(
                 "shadow mismatch request_id=%s model=%s/%s primary=%s shadow=%s max_abs_difference=%.3g "
                 "ranking_agrees=%s tolerance=%g",
-                job.request_id, job.serving.name, job.serving.version, job.primary.value, self.variant.value,
+                job.request_id, job.serving.name, job.serving.version, job.primary.value, job.shadow.value,
                 result.max_difference, result.rankings_agree, self.tolerance,
             )

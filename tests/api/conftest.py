@@ -30,6 +30,14 @@ def make_settings(store: Path, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
+def private_store(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the session's store for tests that change the serving config: admin calls write its
+    serving.json, which every later app on the same store would follow."""
+    root = tmp_path_factory.mktemp("private_store")
+    shutil.copytree(store / MODEL_NAME, root / MODEL_NAME, ignore=shutil.ignore_patterns("serving.json", ".*"))
+    return root
+
+
 def corrupt_copy(store: Path, source: str, target: str) -> Path:
     """A copy of a version whose weights no longer match their sha256."""
     path = store / MODEL_NAME / target
@@ -43,9 +51,11 @@ def corrupt_copy(store: Path, source: str, target: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def client(store: Path) -> Iterator[TestClient]:
-    """In-process app on v1 (lifespan run: model built and warmed), admin on, shadow VanI for every request."""
-    settings = make_settings(store, model_version="v1", shadow_variant="vani", shadow_sample_rate=1.0)
+def client(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """In-process app on v1 (lifespan run: model built and warmed), admin on, shadow VanI for every request;
+    on its own copy of the store (its admin calls write serving.json)."""
+    settings = make_settings(private_store(store, tmp_path_factory), model_version="v1", shadow_variant="vani",
+                             shadow_sample_rate=1.0)
     with TestClient(create_app(settings)) as test_client:
         yield test_client
 

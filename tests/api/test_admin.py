@@ -11,13 +11,18 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.api.app import create_app
-from tests.api.conftest import ADMIN_HEADERS, MODEL_NAME, corrupt_copy, make_settings, rank_body
+from tests.api.conftest import ADMIN_HEADERS, MODEL_NAME, corrupt_copy, make_settings, private_store, rank_body
 
 
 @pytest.fixture(scope="module")
-def admin_client(store: Path) -> Iterator[TestClient]:
+def admin_store(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return private_store(store, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def admin_client(admin_store: Path) -> Iterator[TestClient]:
     """One app for the module: tests that reload or switch run last or restore what they change."""
-    with TestClient(create_app(make_settings(store, model_version="v1"))) as test_client:
+    with TestClient(create_app(make_settings(admin_store, model_version="v1"))) as test_client:
         yield test_client
 
 
@@ -36,9 +41,9 @@ def test_admin_endpoints_need_the_bearer_token(admin_client: TestClient, headers
 
 
 def test_reload_of_a_corrupted_artifact_is_refused_and_the_old_model_keeps_serving(
-    admin_client: TestClient, store: Path, schema
+    admin_client: TestClient, admin_store: Path, schema
 ) -> None:
-    corrupt_copy(store, "v1", "v1-corrupted")
+    corrupt_copy(admin_store, "v1", "v1-corrupted")
     response = admin_client.post("/admin/reload", json={"version": "v1-corrupted"}, headers=ADMIN_HEADERS)
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "model_rejected" and "sha256" in response.json()["error"]["message"]
@@ -46,10 +51,10 @@ def test_reload_of_a_corrupted_artifact_is_refused_and_the_old_model_keeps_servi
     assert served.status_code == 200 and served.headers["x-model-version"] == "v1"
 
 
-def test_reload_of_a_mismatching_artifact_is_refused(admin_client: TestClient, store: Path) -> None:
-    mismatched = store / MODEL_NAME / "v1-mismatch"
+def test_reload_of_a_mismatching_artifact_is_refused(admin_client: TestClient, admin_store: Path) -> None:
+    mismatched = admin_store / MODEL_NAME / "v1-mismatch"
     if not mismatched.exists():
-        shutil.copytree(store / MODEL_NAME / "v1", mismatched)
+        shutil.copytree(admin_store / MODEL_NAME / "v1", mismatched)
         manifest = json.loads((mismatched / "model.json").read_text())
         for feature in manifest["feature_schema"]["features"]:  # the program no longer takes this schema
             if feature["kind"] == "dense":

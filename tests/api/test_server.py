@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from service.engine import Variant
-from tests.api.conftest import ADMIN_HEADERS, ADMIN_TOKEN, corrupt_copy, rank_body
+from tests.api.conftest import ADMIN_HEADERS, ADMIN_TOKEN, corrupt_copy, private_store, rank_body
 from tests.api.live_server import LiveServer
 from tests.api.metrics_text import parse_metrics, total, value
 
@@ -35,9 +35,15 @@ def server_env(store: Path, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def live(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def live_store(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `live` server's own store: its admin calls write serving.json there."""
+    return private_store(store, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def live(live_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     log = tmp_path_factory.mktemp("logs") / "server.log"
-    with LiveServer(server_env(store), log_path=log) as server:
+    with LiveServer(server_env(live_store), log_path=log) as server:
         yield server
 
 
@@ -135,8 +141,8 @@ def test_metrics_move_as_requests_are_served_and_normal_shadows_never_mismatch(l
     assert value(after, "ranker_model_info", name="default", version="v1", variant="mari") == 1
 
 
-def test_reload_under_concurrent_traffic_fails_no_request(live: LiveServer, store: Path, schema) -> None:
-    corrupt_copy(store, "v2", "v2-corrupted")
+def test_reload_under_concurrent_traffic_fails_no_request(live: LiveServer, live_store: Path, schema) -> None:
+    corrupt_copy(live_store, "v2", "v2-corrupted")
     body = json.dumps(rank_body(schema, n=50)).encode()
     stop = threading.Event()
     outcomes: list[tuple[int, str]] = []

@@ -1,4 +1,8 @@
-"""Admin actions behind the bearer token: reload the model, switch the variant / A/B split."""
+"""Admin actions behind the bearer token: roll out a model version, switch the variant / A/B split.
+
+Both write the next generation of the fleet's serving config (model_store/<name>/serving.json), which every
+worker of every replica applies within RANKER_CONFIG_POLL_S, and apply it in the answering process at once.
+"""
 
 from __future__ import annotations
 
@@ -18,27 +22,22 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(requir
 async def reload_model(
     body: ReloadRequest | None = None, state: ServiceState = Depends(get_state)
 ) -> dict[str, Any]:
-    """Build and warm a model version beside the current one, then swap; a bad artifact is refused (409)."""
+    """Build and verify a version here, then publish it to the fleet and swap; a bad artifact is refused (409)."""
     previous = state.runtime.serving
     try:
-        serving = await asyncio.to_thread(state.runtime.load, body.version if body else None)
+        version = body.version if body and body.version else state.config.latest_version()  # pinned for the fleet
+        active = await asyncio.to_thread(state.config.publish, {"version": version})
     except ServiceError:
         state.metrics.reloads.labels(outcome="refused").inc()
         raise
-    state.metrics.reloads.labels(outcome="ok").inc()
-    router_default = state.runtime.router.default.value
-    state.metrics.set_model((previous.name, previous.version, router_default),
-                            (serving.name, serving.version, router_default))
+    serving = active.serving
     return {"status": "reloaded", "name": serving.name, "version": serving.version,
-            "previous_version": previous.version, "loaded_at": serving.loaded_at}
+            "previous_version": previous.version, "loaded_at": serving.loaded_at, "generation": active.generation}
 
 
 @router.post("/variant")
 async def switch_variant(body: VariantSwitch, state: ServiceState = Depends(get_state)) -> dict[str, Any]:
-    """Set the default variant and the A/B split (every variant is already built and warmed)."""
-    serving = state.runtime.serving
-    previous = state.runtime.router.default.value
-    router = state.runtime.set_routing(body.variant, body.ab_split)  # InvalidRequest for unusable weights
-    state.metrics.set_model((serving.name, serving.version, previous),
-                            (serving.name, serving.version, router.default.value))
-    return {"status": "switched", **router.to_dict()}
+    """Set the default variant and the A/B split for the fleet (every variant is already built and warmed)."""
+    changes = {"variant": body.variant, "ab_split": body.ab_split or {}}
+    active = await asyncio.to_thread(state.config.publish, changes)  # InvalidRequest for unusable weights
+    return {"status": "switched", **active.router.to_dict(), "generation": active.generation}

@@ -15,8 +15,9 @@ router = APIRouter(tags=["models"])
 
 @router.get("/v1/models", responses={503: ERROR_RESPONSES[503]})
 async def get_models(state: ServiceState = Depends(get_state)) -> dict[str, Any]:
-    """The loaded model, its variants (engine reports), A/B and shadow configuration and the FLOPs report."""
-    serving = state.runtime.serving
+    """The loaded model, its variants (engine reports), serving config, A/B and shadow, and the FLOPs report."""
+    active = state.runtime.active  # model and routing of one config generation
+    serving = active.serving
     settings = state.settings
     return jsonable_encoder({
         "name": serving.name,
@@ -32,7 +33,8 @@ async def get_models(state: ServiceState = Depends(get_state)) -> dict[str, Any]
         "feature_schema": serving.manifest["feature_schema"],
         "training_metrics": serving.manifest.get("metrics", {}),
         "variants": {variant.value: report for variant, report in serving.reports.items()},
-        "routing": state.runtime.router.to_dict(),
+        "config": state.config.status(),
+        "routing": active.router.to_dict(),
         "shadow": {
             "variant": state.shadow.variant.value if state.shadow.variant else None,
             "sample_rate": state.shadow.sample_rate,

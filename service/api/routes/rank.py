@@ -32,6 +32,7 @@ async def rank_candidates(request: Request, state: ServiceState = Depends(get_st
             "X-Model-Name": result.model_name,
             "X-Model-Version": result.model_version,
             "X-Variant": result.variant.value,
+            "X-Config-Generation": str(result.config_generation),
             "Server-Timing": result.times.server_timing(),
         }
         return Response(result.body, media_type="application/json", headers=headers)

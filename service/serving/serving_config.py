@@ -1,0 +1,238 @@
+"""The fleet's serving config: model_store/<name>/serving.json, the one file every worker of every replica follows.
+
+    {"generation": 7, "version": "v2", "variant": "mari", "ab_split": {"mari": 0.9, "vani": 0.1},
+     "shadow": {"variant": "vani", "sample_rate": 0.05}}
+
+`version` null means the latest version folder at the time a process applies the generation. Writers
+(`POST /admin/*`, `ranker config set`) hold an exclusive lock on a sibling lock file, read the current file,
+write the next generation to a temp file in the same folder, fsync it and `os.replace` it over the old one,
+so a reader, which never locks, sees the old file or the new one, whole. docs/ARCHITECTURE.md section 4.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
+
+from service.engine import Variant
+from service.serving.routing import check_ab_split
+from service.serving.settings import Settings
+from service.store.artifact import check_component
+
+SERVING_CONFIG_FILE = "serving.json"
+LOCK_FILE = ".serving.json.lock"  # hidden, and not a folder: never taken for a model version
+LOCK_TIMEOUT_S = 300.0  # a writer may hold the lock while it builds and verifies a new model version
+LOCK_RETRY_S = 0.05
+MAX_ECHO_CHARS = 200  # of a bad value quoted in an error message (one log line)
+
+
+class ServingConfigError(ValueError):
+    """serving.json (or a change to it) is unusable; the message names the file and the field at fault."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class ServingConfigIOError(ServingConfigError):
+    """The file or its lock cannot be opened, read or written (a missing model folder, a read-only store)."""
+
+
+class ServingConfigBusy(ServingConfigError):
+    """Another writer held the lock for longer than LOCK_TIMEOUT_S."""
+
+
+class ShadowConfig(BaseModel):
+    """Which variant re-scores a sample of requests, and how large a sample."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    variant: Variant | None
+    sample_rate: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _check_variant(self) -> ShadowConfig:
+        if self.sample_rate > 0 and self.variant is None:
+            raise ValueError("shadow.sample_rate > 0 needs shadow.variant")
+        return self
+
+
+class ServingConfig(BaseModel):
+    """One generation of the fleet's serving config: model version, variant, A/B split and shadow."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    generation: StrictInt = Field(ge=0, description="Bumped by every write; 0 is a process's RANKER_* settings.")
+    version: str | None = Field(description="Version folder; null: the latest when a process applies it.")
+    variant: Variant = Field(description="Serves every request when ab_split is empty.")
+    ab_split: dict[Variant, float] = Field(description="Weights per variant; users bucketed by user id.")
+    shadow: ShadowConfig
+
+    @field_validator("version")
+    @classmethod
+    def _check_version(cls, version: str | None) -> str | None:
+        return None if version is None else check_component("version", version)
+
+    @field_validator("ab_split")
+    @classmethod
+    def _check_ab_split(cls, split: dict[Variant, float]) -> dict[Variant, float]:
+        return check_ab_split(split)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ServingConfig:
+        """Generation 0: what a process serves from its RANKER_* settings while there is no serving.json."""
+        return validated({
+            "generation": 0, "version": settings.model_version, "variant": settings.variant,
+            "ab_split": dict(settings.ab_split),
+            "shadow": {"variant": settings.shadow_variant, "sample_rate": settings.shadow_sample_rate},
+        }, "settings")
+
+    def updated(self, changes: Mapping[str, Any]) -> ServingConfig:
+        """A copy with `changes` (top-level fields; `shadow` may name only some of its own), validated whole."""
+        current = self.model_dump()
+        shadow = changes.get("shadow")
+        if isinstance(shadow, Mapping):
+            changes = {**changes, "shadow": {**current["shadow"], **shadow}}
+        return validated({**current, **changes}, "the change")
+
+    def to_json(self) -> bytes:
+        return (json.dumps(self.model_dump(mode="json"), indent=2) + "\n").encode()
+
+
+def validated(data: Any, source: str) -> ServingConfig:
+    """ServingConfig from plain data; ServingConfigError naming the first field at fault."""
+    try:
+        return ServingConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _config_error(exc, source) from None
+
+
+def parse_serving_config(raw: bytes, source: Path | str) -> ServingConfig:
+    """ServingConfig from the bytes of serving.json; ServingConfigError for broken JSON or a bad field."""
+    try:
+        return ServingConfig.model_validate_json(raw)
+    except ValidationError as exc:
+        raise _config_error(exc, str(source)) from None
+
+
+def _config_error(exc: ValidationError, source: str) -> ServingConfigError:
+    first = exc.errors()[0]
+    if first["type"] == "json_invalid":
+        return ServingConfigError(f"{source}: not valid JSON ({first['msg']})")
+    location = [str(part) for part in first["loc"]]
+    where = ".".join(location) or "(the object)"
+    got = "" if first["type"] == "value_error" else f" (got {repr(first.get('input'))[:MAX_ECHO_CHARS]})"
+    return ServingConfigError(f"{source}: field {where}: {first['msg']}{got}", field=location[0] if location else None)
+
+
+def generation_in(raw: bytes) -> int:
+    """The generation a broken file still states, or 0: the next write must move past it."""
+    try:
+        value = json.loads(raw).get("generation")
+    except (ValueError, AttributeError):
+        return 0
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _try_lock(descriptor: int) -> bool:
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+class ServingConfigFile:
+    """model_store/<name>/serving.json: read without locking; read-modify-write under an exclusive lock."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self.model_dir = model_dir
+        self.path = model_dir / SERVING_CONFIG_FILE
+        self._lock_path = model_dir / LOCK_FILE
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> ServingConfigFile:
+        return cls(settings.model_store / settings.model_name)
+
+    def read_bytes(self) -> bytes | None:
+        """The file's content; None when there is no file."""
+        try:
+            return self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ServingConfigIOError(f"{self.path}: cannot read the file ({exc})") from exc
+
+    def read(self) -> ServingConfig | None:
+        raw = self.read_bytes()
+        return None if raw is None else parse_serving_config(raw, self.path)
+
+    @contextlib.contextmanager
+    def locked(self, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+        """Hold the writers' lock (flock on a sibling file; every writer on this file system respects it)."""
+        try:
+            descriptor = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ServingConfigIOError(f"{self._lock_path}: cannot open the writers' lock ({exc})") from exc
+        try:
+            deadline = time.monotonic() + timeout_s
+            while not _try_lock(descriptor):
+                if time.monotonic() > deadline:
+                    raise ServingConfigBusy(f"{self.path}: another writer held the lock over {timeout_s:g} s")
+                time.sleep(LOCK_RETRY_S)
+            yield
+        finally:
+            os.close(descriptor)  # releases the lock
+
+    def next_config(
+        self, changes: Mapping[str, Any], *, absent: ServingConfig, invalid: ServingConfig | None
+    ) -> ServingConfig:
+        """The current file with `changes` and the next generation; call it holding `locked()`.
+
+        `absent` is the base when there is no file; `invalid` the base when the file is unusable (None: refuse).
+        """
+        raw = self.read_bytes()
+        if raw is None:
+            base = absent
+        else:
+            try:
+                base = parse_serving_config(raw, self.path)
+            except ServingConfigError as exc:
+                if invalid is None:
+                    raise ServingConfigError(f"{exc.message}; fix or delete the file first", exc.field) from None
+                base = invalid.updated({"generation": max(invalid.generation, generation_in(raw))})
+        return base.updated({**changes, "generation": base.generation + 1})
+
+    def write(self, config: ServingConfig) -> bytes:
+        """Replace the file atomically with `config` (temp file, fsync, rename, fsync of the folder)."""
+        data = config.to_json()
+        try:
+            descriptor, temp = tempfile.mkstemp(prefix=f".{SERVING_CONFIG_FILE}.", suffix=".tmp", dir=self.model_dir)
+        except OSError as exc:
+            raise ServingConfigIOError(f"{self.model_dir}: cannot write {SERVING_CONFIG_FILE} ({exc})") from exc
+        try:
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(temp, 0o644)  # mkstemp's 0600 would hide it from workers running as another user
+            os.replace(temp, self.path)
+        except OSError as exc:
+            Path(temp).unlink(missing_ok=True)
+            raise ServingConfigIOError(f"{self.path}: cannot write the file ({exc})") from exc
+        folder = os.open(self.model_dir, os.O_RDONLY)
+        try:
+            os.fsync(folder)  # the rename itself survives a crash
+        finally:
+            os.close(folder)
+        return data
