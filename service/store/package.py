@@ -12,6 +12,7 @@ a dict) is mapped to task names here, so every stored program returns {task: sco
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -255,7 +256,7 @@ def publish(target: Path, manifest_fields: dict[str, Any], program_json: bytes, 
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return load_artifact(target)
+    return dataclasses.replace(loaded, path=target)  # already loaded and checked: only the folder moved
 
 
 def _check_against_eager(loaded: LoadedArtifact, head: TaskScores, schema: FeatureSchema,
