@@ -29,6 +29,7 @@ LATENCY_BUCKETS = (0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2,
 # One stage: decode/encode/respond take well under a ms to a few ms; infer spans the latency range.
 STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 CANDIDATE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
+BATCH_REQUEST_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 SHADOW_DIFF_BUCKETS = (1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 STAGES = ("queue", "decode", "encode", "infer", "respond")  # label values of ranker_stage_duration_seconds
 
@@ -63,6 +64,14 @@ class ServiceMetrics:
         self.candidates_scored = Counter(
             f"{PREFIX}_candidates_scored", "Candidates scored (rate() gives throughput).", ["variant"],
             registry=registry,
+        )
+        self.batch_requests = Histogram(
+            f"{PREFIX}_batch_requests", "Requests scored in one inference call (1 when batching is off).",
+            ["variant"], buckets=BATCH_REQUEST_BUCKETS, registry=registry,
+        )
+        self.batch_candidates = Histogram(
+            f"{PREFIX}_batch_candidates", "Candidates scored in one inference call.", ["variant"],
+            buckets=CANDIDATE_BUCKETS, registry=registry,
         )
         self.in_flight = Gauge(
             f"{PREFIX}_requests_in_flight", "Rank requests being served (waiting or scoring).",

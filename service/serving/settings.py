@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     max_queued_requests: int = Field(
         default=32, ge=0, description="Requests waiting for a slot; beyond it a 503 at once."
     )
+    max_queued_candidates: int = Field(
+        default=20000, ge=1, description="Candidates of the requests waiting for a slot; beyond it a 503 at once."
+    )
     queue_timeout_s: float = Field(default=2.0, gt=0.0, description="Longest wait for a slot before a 503.")
     retry_after_s: int = Field(default=1, ge=1, description="Retry-After header value on a 503.")
     warmup_candidates: tuple[int, ...] = Field(
@@ -86,6 +89,22 @@ class Settings(BaseSettings):
         default=CAPTURE_CANDIDATES, ge=2, description="Candidate batch used to trace the model into variants."
     )
     analysis_candidates: int = Field(default=1000, ge=1, description="N at which /v1/models reports FLOPs.")
+
+    # --- micro-batching and compilation (docs/capacity.md) ---
+    batching: bool = Field(
+        default=False, description="Score requests that wait for the same slot as one call (user side kept split)."
+    )
+    batch_window_ms: float = Field(
+        default=0.0, ge=0.0, le=100.0, allow_inf_nan=False,
+        description="Extra wait for more requests once a slot is free (ms); 0: take only those already waiting.",
+    )
+    batch_max_requests: int = Field(default=32, ge=1, description="Requests scored in one batched call at most.")
+    batch_max_candidates: int = Field(
+        default=4096, ge=1, description="Candidates scored in one batched call at most (a larger request runs alone)."
+    )
+    compile: Literal["off", "inductor"] = Field(
+        default="off", description="torch.compile every built variant at start-up (inductor) or not (off)."
+    )
 
     # --- operations ---
     config_poll_s: float = Field(
