@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from service.engine.equivalence import compare
 from service.features.schema import FeatureSchema
 from service.serving.build import CAPTURE_SEED, build_variants
 from service.serving.codec import RequestCodec
+from service.serving.compile import compile_variants
 from service.serving.errors import ModelRejected, NotReady
 from service.serving.example_request import example_request
 from service.serving.routing import VariantRouter
@@ -52,6 +53,7 @@ class ServingModel:
     analysis: dict[str, Any]
     manifest: dict[str, Any]
     loaded_at: str
+    compilation: dict[str, Any] = field(default_factory=dict)  # compile.CompileReport.to_dict()
 
     def score(self, variant: Variant, features: dict[str, Tensor]) -> dict[str, Tensor]:
         """Per-task scores [N] of one request (user leaves at batch 1, candidates at batch N)."""
@@ -90,6 +92,8 @@ def build_serving_model(settings: Settings, path: Path) -> ServingModel:
                                candidates=settings.trace_candidates)
         variants = {variant: result.module for variant, result in built.items()}
         reports = {variant: result.report.to_dict() for variant, result in built.items()}
+        variants, compilation = compile_variants(variants, schema.example_batch, settings.warmup_candidates,
+                                                 settings.tolerance, settings.compile)
         _warm_and_check(variants, reports, schema, lambda scores: final_scores(scores, tasks, task_weights),
                         settings)
     except Exception as exc:  # a model that cannot even run as VanI is refused, never served
@@ -110,6 +114,7 @@ def build_serving_model(settings: Settings, path: Path) -> ServingModel:
         analysis=Analysis(settings.analysis_candidates, built).to_dict(),
         manifest=manifest.to_dict(),
         loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        compilation=compilation.to_dict(),
     )
     logger.info("model %s/%s built and warmed in %.1fs", serving.name, serving.version, time.perf_counter() - started)
     return serving

@@ -48,4 +48,5 @@ async def get_models(state: ServiceState = Depends(get_state)) -> dict[str, Any]
             "sequence_overflow": settings.sequence_overflow,
         },
         "flops": serving.analysis,
+        "compile": serving.compilation,
     })
