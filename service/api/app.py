@@ -15,6 +15,7 @@ from fastapi.openapi.utils import get_openapi
 from service.api.deps import ServiceState
 from service.api.errors import install_error_handlers
 from service.api.routes import admin, health, metrics, models, rank
+from service.api.schemas import ReloadRequest, VariantSwitch, model_components, rank_request_components
 from service.serving.admission import InferencePool
 from service.serving.config_watch import ConfigWatcher
 from service.serving.metrics import ServiceMetrics, mark_process_dead
@@ -82,10 +83,21 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         mark_process_dead()
 
 
+ADMIN_SECURITY_SCHEMES = {"adminBearer": {"type": "http", "scheme": "bearer", "description": "RANKER_ADMIN_TOKEN"}}
+
+
 def _openapi(app: FastAPI) -> dict[str, Any]:
-    """Generated schema plus the two POST /rank request forms (documented, validated per model at run time)."""
-    if app.openapi_schema is None:
+    """Generated schema plus the request bodies read by hand: the loaded model's own POST /rank request (made
+    again when a reload changes the model) and the admin bodies, behind the admin bearer scheme."""
+    state: ServiceState = app.state.service
+    codec = state.runtime.active.serving.codec if state.runtime.ready else None
+    cached = getattr(app.state, "openapi", None)
+    if cached is None or cached[0] is not codec:
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        schema.setdefault("components", {}).setdefault("schemas", {}).update(rank.RANK_REQUEST_SCHEMAS)
-        app.openapi_schema = schema
-    return app.openapi_schema
+        components = schema.setdefault("components", {})
+        components.setdefault("schemas", {}).update(
+            {**model_components(ReloadRequest, VariantSwitch), **rank_request_components(codec)}
+        )
+        components["securitySchemes"] = ADMIN_SECURITY_SCHEMES
+        app.state.openapi = (codec, schema)
+    return app.state.openapi[1]

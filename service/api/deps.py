@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import re
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from fastapi import Request
+from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 
 from service.serving.admission import InferencePool
 from service.serving.codec import REQUEST_ID_PATTERN
 from service.serving.config_watch import ConfigWatcher
-from service.serving.errors import AdminDisabled, PayloadTooLarge, Unauthorized
+from service.serving.errors import (
+    AdminDisabled,
+    BodyReadTimeout,
+    ClientDisconnected,
+    InvalidRequest,
+    MalformedRequest,
+    PayloadTooLarge,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 from service.serving.metrics import ServiceMetrics
 from service.serving.runtime import ModelRuntime
 from service.serving.scorer import RequestScorer
@@ -19,6 +32,12 @@ from service.serving.settings import Settings
 from service.serving.shadow import ShadowComparator
 
 _REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
+JSON_MEDIA_TYPE = "application/json"
+ADMIN_MAX_BODY_BYTES = 64 * 1024  # an admin body is a few fields
+# pydantic error type -> the error code clients see (the same codes as POST /rank's top-level fields)
+_FIELD_ERROR_CODES = {"missing": "missing_field", "extra_forbidden": "unknown_field"}
+
+BodyModel = TypeVar("BodyModel", bound=BaseModel)
 
 
 @dataclass
@@ -39,18 +58,66 @@ def get_state(request: Request) -> ServiceState:
     return request.app.state.service
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes `limit` bytes (declared or streamed)."""
+def is_json(content_type: str | None) -> bool:
+    """`application/json`, parameters (`; charset=utf-8`) allowed."""
+    return content_type is not None and content_type.partition(";")[0].strip().lower() == JSON_MEDIA_TYPE
+
+
+async def read_body(request: Request, limit: int, timeout_s: float, *, optional: bool = False) -> bytes:
+    """The request body, declared as JSON, read within `timeout_s` and refused as soon as it passes `limit` bytes.
+
+    Any other Content-Type (or none) is a 415 before a byte is read: a browser page cannot post a form or
+    text/plain body cross-site without a preflight. `optional`: an empty body needs no Content-Type.
+    """
+    content_type = request.headers.get("content-type")
+    if content_type is not None and not is_json(content_type):
+        raise UnsupportedMediaType(f"Content-Type must be {JSON_MEDIA_TYPE}, got {content_type[:100]!r}")
+    if content_type is None and not optional:
+        raise UnsupportedMediaType(f"Content-Type must be {JSON_MEDIA_TYPE}; the request has none")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    body = await _read_within(request, limit, timeout_s)
+    if body and content_type is None:
+        raise UnsupportedMediaType(f"Content-Type must be {JSON_MEDIA_TYPE} for a request with a body")
+    return body
+
+
+async def _read_within(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The streamed body; a stall past `timeout_s` is BodyReadTimeout, a client gone is ClientDisconnected."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BodyReadTimeout(
+            f"the body did not arrive within {timeout_s:g} s (body_read_timeout_s); {size} bytes came"
+        ) from None
+    except ClientDisconnect:
+        raise ClientDisconnected(f"client disconnected after sending {size} bytes of the body") from None
     return b"".join(chunks)
+
+
+def parse_body(body: bytes, model: type[BodyModel]) -> BodyModel:
+    """A JSON body as `model`: MalformedRequest for broken JSON or a non-object, else InvalidRequest naming the
+    field (its value is never echoed: it may be anything)."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False, include_input=False, include_context=False)[0]
+        if error["type"] == "json_invalid":
+            raise MalformedRequest(f"body is not valid JSON: {error['msg']}") from None
+        if not error["loc"]:
+            raise MalformedRequest("body must be a JSON object") from None
+        field = ".".join(str(part) for part in error["loc"])
+        code = _FIELD_ERROR_CODES.get(error["type"], "invalid_value")
+        message = error["msg"].removeprefix("Value error, ")  # a validator's own message says it all
+        raise InvalidRequest(f"{field}: {message}", field=field, code=code) from None
 
 
 def client_request_id(request: Request) -> str | None:

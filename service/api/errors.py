@@ -17,6 +17,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.serving.errors import (
     AdminDisabled,
+    BodyReadTimeout,
+    ClientDisconnected,
     ConfigNotWritten,
     InvalidRequest,
     MalformedRequest,
@@ -27,15 +29,22 @@ from service.serving.errors import (
     ReloadInProgress,
     ServiceError,
     Unauthorized,
+    UnsupportedMediaType,
 )
 
 logger = logging.getLogger(__name__)
 
 
+# nginx's 499 "client closed request": counted apart from 5xx, never seen by the client that left.
+CLIENT_CLOSED_REQUEST = 499
+
 HTTP_STATUS: dict[type[ServiceError], int] = {
     MalformedRequest: 400,
     InvalidRequest: 422,
     PayloadTooLarge: 413,
+    UnsupportedMediaType: 415,
+    BodyReadTimeout: 408,
+    ClientDisconnected: CLIENT_CLOSED_REQUEST,
     Overloaded: 503,
     NotReady: 503,
     Unauthorized: 401,
@@ -59,7 +68,11 @@ def error_body(code: str, message: str, field: str | None = None) -> dict:
 
 
 def error_response(error: ServiceError) -> JSONResponse:
-    headers = {"Retry-After": str(error.retry_after_s)} if isinstance(error, Overloaded) else None
+    headers = None
+    if isinstance(error, Overloaded):
+        headers = {"Retry-After": str(error.retry_after_s)}
+    elif isinstance(error, BodyReadTimeout | ClientDisconnected):
+        headers = {"Connection": "close"}  # the rest of the body may never come: do not wait for it
     body = error_body(error.code, error.message, error.field)
     return JSONResponse(body, status_code=status_of(error), headers=headers)
 
@@ -69,6 +82,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        if isinstance(exc, BodyReadTimeout | ClientDisconnected):  # the client's fault: one line, no traceback
+            logger.warning("%s %s: %s", request.method, request.url.path, exc.message)
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)

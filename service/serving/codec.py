@@ -35,6 +35,7 @@ REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"  # body field or X-Request-Id h
 COLUMNS_BRANCH = "CandidateColumns"
 ROWS_BRANCH = "list[CandidateRow]"
 FEATURE_CONTAINERS = ("user", "candidates")
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # dense values are float32 tensors: larger ones are not finite
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,11 @@ class RequestCodec:
         self._validator = TypeAdapter(_request_type(schema, max_candidates, max_id, self.truncate_sequences))
         self._user = schema.user_features
         self._candidates = schema.candidate_features
+
+    def json_schema(self, ref_template: str) -> dict[str, Any]:
+        """JSON Schema of the bodies `decode` accepts (all it cannot say: columnar lists share one length)."""
+        schema: dict[str, Any] = self._validator.json_schema(ref_template=ref_template)
+        return schema
 
     def decode(self, body: bytes) -> DecodedRequest:
         """Parse and validate a JSON body; raises MalformedRequest or InvalidRequest naming the field."""
@@ -151,11 +157,11 @@ def _common_length(columns: dict[str, list[Any]]) -> int:
 
 def _value_type(spec: FeatureSpec, max_id: int, truncate: bool) -> Any:
     """The JSON type of one value of a feature (one user's, or one candidate's)."""
-    identifier = Annotated[int, Field(strict=True, ge=0, le=max_id)]
+    identifier = Annotated[int, Field(strict=True, ge=0, le=max_id)]  # an integer written without a fraction
     if spec.kind is Kind.SPARSE_ID:
         return identifier
     if spec.kind is Kind.DENSE:
-        number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+        number = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
         return Annotated[list[number], Field(min_length=spec.dim, max_length=spec.dim)]
     return list[identifier] if truncate else Annotated[list[identifier], Field(max_length=spec.max_len)]
 
@@ -250,8 +256,8 @@ def _error_code(kind: str, loc: tuple[Any, ...], schema: FeatureSchema) -> str:
         return "missing_feature" if in_features else "missing_field"
     if kind == "extra_forbidden":
         return "unknown_feature" if in_features else "unknown_field"
-    if kind == "finite_number":
-        return "non_finite"
+    if kind == "finite_number" or (spec is not None and spec.kind is Kind.DENSE and kind.endswith("_equal")):
+        return "non_finite"  # NaN, Infinity, or past float32's range
     if kind in ("greater_than_equal", "less_than_equal") and spec is not None:
         return "id_out_of_range"
     if kind in ("too_short", "too_long"):

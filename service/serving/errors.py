@@ -38,6 +38,25 @@ class PayloadTooLarge(ServiceError):
     code = "body_too_large"
 
 
+class UnsupportedMediaType(ServiceError):
+    """A body that is not declared as JSON: refused before it is read, so a cross-site form or text/plain
+    POST from a browser page cannot make the service score anything."""
+
+    code = "unsupported_media_type"
+
+
+class BodyReadTimeout(ServiceError):
+    """The client did not send the whole body within body_read_timeout_s (a stalled or trickled upload)."""
+
+    code = "body_read_timeout"
+
+
+class ClientDisconnected(ServiceError):
+    """The client closed the connection before its body arrived: nobody is left to answer (499, not a 5xx)."""
+
+    code = "client_disconnected"
+
+
 class Overloaded(ServiceError):
     """Every inference slot is busy and the wait would exceed the budget."""
 

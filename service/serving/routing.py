@@ -10,14 +10,22 @@ from typing import Any
 from service.engine import Variant
 
 HASH_SPACE = 2**64
+# Weights are relative; a bound keeps their sum finite ({"mari": 1e308, "vani": 1e308} would overflow to inf and
+# every share to 0). Every place that takes a split (settings, serving.json, /admin/variant) checks it here.
+MAX_AB_WEIGHT = 1e9
 
 
 def check_ab_split(split: Mapping[Variant, float]) -> dict[Variant, float]:
-    """An A/B split's weights must be finite, >= 0 and, unless the split is empty (no A/B), sum to more than 0."""
+    """An A/B split's weights must be numbers in [0, MAX_AB_WEIGHT] (not NaN) and, unless the split is empty
+    (no A/B), sum to more than 0."""
     weights = split.values()
-    if any(not math.isfinite(w) or w < 0 for w in weights) or (split and sum(weights) <= 0):
+    in_range = all(isinstance(w, int | float) and math.isfinite(w) and 0 <= w <= MAX_AB_WEIGHT for w in weights)
+    if not in_range or (split and sum(weights) <= 0):
         shown = {getattr(variant, "value", variant): weight for variant, weight in split.items()}
-        raise ValueError(f"ab_split weights must be finite, >= 0 and sum to more than 0, got {shown}")
+        raise ValueError(
+            f"ab_split weights must be numbers in [0, {MAX_AB_WEIGHT:g}] (not NaN or Infinity) with at least one "
+            f"above 0, got {shown}"
+        )
     return dict(split)
 
 

@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     # --- request limits ---
     max_candidates: int = Field(default=5000, ge=1, description="Candidates per request; more is a 422.")
     max_body_bytes: int = Field(default=16 * 2**20, ge=1024, description="Request body size; more is a 413.")
+    body_read_timeout_s: float = Field(
+        default=10.0, gt=0.0, allow_inf_nan=False,
+        description="Longest time reading one request body may take (s); a stalled upload is then a 408.",
+    )
     max_id: int = Field(
         default=2**53, ge=1, le=MAX_INT64, description="Largest id accepted; ids >= vocab_size go to OOV."
     )

@@ -284,7 +284,8 @@ def test_a_bad_generation_is_refused_and_counted_by_every_worker_and_the_last_go
         assert fleet.rejections(reason) == before + workers, (reason, raw[:80])
         for server in fleet.servers.values():
             for _ in range(3):
-                answer = httpx.post(f"{server.url}/rank", content=body, timeout=30)
+                answer = httpx.post(f"{server.url}/rank", content=body, headers={"content-type": "application/json"},
+                                    timeout=30)
                 assert answer.status_code == 200 and answer.headers["x-config-generation"] == str(good.generation)
     refused = {reason: fleet.rejections(reason) for reason in ("invalid", "model")}
     time.sleep(3 * POLL_S)  # the same bad file is not retried on every poll

@@ -141,7 +141,8 @@ def test_requests_beyond_the_inference_slots_get_503_with_retry_after(store: Pat
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-                return await asyncio.gather(*(http.post("/rank", content=body) for _ in range(4)))
+                json_post = {"content": body, "headers": {"content-type": "application/json"}}
+                return await asyncio.gather(*(http.post("/rank", **json_post) for _ in range(4)))
 
     responses = asyncio.run(burst())
     statuses = sorted(r.status_code for r in responses)
@@ -162,6 +163,8 @@ def test_readyz_is_503_until_the_model_is_loaded_and_warmed(store: Path, client:
 def test_openapi_documents_both_request_forms(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/rank"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    refs = {option["$ref"].rsplit("/", 1)[-1] for option in body["oneOf"]}
-    assert refs == {"RankRequestColumnar", "RankRequestRows"}
+    assert body == {"$ref": "#/components/schemas/RankRequest"}  # the loaded model's own request
+    forms = spec["components"]["schemas"]["RankRequest"]["properties"]["candidates"]["anyOf"]
+    refs = {(form.get("items") or form)["$ref"].rsplit("/", 1)[-1] for form in forms}
+    assert refs == {"CandidateColumns", "CandidateRow"}  # columnar, and a list of rows
     assert refs <= set(spec["components"]["schemas"])

@@ -148,7 +148,7 @@ def test_reload_under_concurrent_traffic_fails_no_request(live: LiveServer, live
     outcomes: list[tuple[int, str]] = []
 
     def traffic() -> None:
-        with httpx.Client(timeout=30) as http:
+        with httpx.Client(timeout=30, headers={"content-type": "application/json"}) as http:
             while not stop.is_set():
                 response = http.post(f"{live.url}/rank", content=body)
                 outcomes.append((response.status_code, response.headers.get("x-model-version", "")))
@@ -208,7 +208,7 @@ def test_metrics_are_summed_across_uvicorn_workers(store: Path, schema, tmp_path
     with LiveServer(env, workers=2, log_path=tmp_path / "workers.log") as server:
         body = json.dumps(rank_body(schema, n=10)).encode()
         for _ in range(12):  # a fresh connection each time: the kernel spreads them over the workers
-            with httpx.Client(timeout=30) as http:
+            with httpx.Client(timeout=30, headers={"content-type": "application/json"}) as http:
                 assert http.post(f"{server.url}/rank", content=body).status_code == 200
         for _ in range(6):  # every scrape, whichever worker answers it, sees all of them
             with httpx.Client(timeout=30) as http:

@@ -107,7 +107,7 @@ BAD_COLUMNAR = [
     ("missing user_id", _delete("user_id"), "missing_field", "user_id"),
     ("unknown top-level field", _set("colour", "red"), "unknown_field", "colour"),
     ("zero top_k", _set("top_k", 0), "invalid_value", "top_k"),
-    ("float32 overflow", _set("candidates/item_dense/3/1", 1e39), "non_finite", "candidates.item_dense[3]"),
+    ("float32 overflow", _set("candidates/item_dense/3/1", 1e39), "non_finite", "candidates.item_dense[3][1]"),
 ]
 
 

@@ -9,23 +9,29 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
-from service.api.deps import ServiceState, get_state, require_admin
-from service.api.schemas import ReloadRequest, VariantSwitch
+from service.api.deps import ADMIN_MAX_BODY_BYTES, ServiceState, get_state, parse_body, read_body, require_admin
+from service.api.schemas import ADMIN_ERRORS, ReloadRequest, VariantSwitch, json_request_body
 from service.serving.errors import ServiceError
 
-router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+ADMIN_SECURITY = [{"adminBearer": []}]
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)], responses=ADMIN_ERRORS)
 
 
-@router.post("/reload")
-async def reload_model(
-    body: ReloadRequest | None = None, state: ServiceState = Depends(get_state)
-) -> dict[str, Any]:
+async def _read(request: Request, state: ServiceState, *, optional: bool = False) -> bytes:
+    return await read_body(request, ADMIN_MAX_BODY_BYTES, state.settings.body_read_timeout_s, optional=optional)
+
+
+@router.post("/reload", openapi_extra={"requestBody": json_request_body("ReloadRequest", required=False),
+                                       "security": ADMIN_SECURITY})
+async def reload_model(request: Request, state: ServiceState = Depends(get_state)) -> dict[str, Any]:
     """Build and verify a version here, then publish it to the fleet and swap; a bad artifact is refused (409)."""
     previous = state.runtime.serving
-    try:
-        version = body.version if body and body.version else state.config.latest_version()  # pinned for the fleet
+    try:  # every refusal counts, a bad body as much as a bad artifact
+        raw = await _read(request, state, optional=True)
+        body = parse_body(raw, ReloadRequest) if raw else ReloadRequest()
+        version = body.version or state.config.latest_version()  # pinned for the fleet
         active = await asyncio.to_thread(state.config.publish, {"version": version})
     except ServiceError:
         state.metrics.reloads.labels(outcome="refused").inc()
@@ -35,9 +41,11 @@ async def reload_model(
             "previous_version": previous.version, "loaded_at": serving.loaded_at, "generation": active.generation}
 
 
-@router.post("/variant")
-async def switch_variant(body: VariantSwitch, state: ServiceState = Depends(get_state)) -> dict[str, Any]:
+@router.post("/variant", openapi_extra={"requestBody": json_request_body("VariantSwitch"),
+                                        "security": ADMIN_SECURITY})
+async def switch_variant(request: Request, state: ServiceState = Depends(get_state)) -> dict[str, Any]:
     """Set the default variant and the A/B split for the fleet (every variant is already built and warmed)."""
+    body = parse_body(await _read(request, state), VariantSwitch)  # 422 naming the field for unusable weights
     changes = {"variant": body.variant, "ab_split": body.ab_split or {}}
-    active = await asyncio.to_thread(state.config.publish, changes)  # InvalidRequest for unusable weights
+    active = await asyncio.to_thread(state.config.publish, changes)
     return {"status": "switched", **active.router.to_dict(), "generation": active.generation}

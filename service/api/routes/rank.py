@@ -6,25 +6,24 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from service.api.deps import ServiceState, client_request_id, get_state, read_body
 from service.api.errors import status_of
-from service.api.schemas import ERROR_RESPONSES, RankResponse, rank_request_openapi
+from service.api.schemas import RANK_ERRORS, RANK_REQUEST_BODY, RankResponse
 from service.serving.errors import ServiceError
 
 router = APIRouter(tags=["ranking"])
-_REQUEST_BODY, RANK_REQUEST_SCHEMAS = rank_request_openapi()
 
 
 @router.post(
     "/rank",
     response_model=RankResponse,
-    responses=ERROR_RESPONSES,
-    openapi_extra={"requestBody": _REQUEST_BODY},
+    responses=RANK_ERRORS,
+    openapi_extra={"requestBody": RANK_REQUEST_BODY},
 )
 async def rank_candidates(request: Request, state: ServiceState = Depends(get_state)) -> Response:
     """Score N candidates for one user (columnar or row-wise body) and order them by final score."""
     variant, status = "none", 500
     state.metrics.in_flight.inc()
     try:
-        body = await read_body(request, state.settings.max_body_bytes)
+        body = await read_body(request, state.settings.max_body_bytes, state.settings.body_read_timeout_s)
         result = await state.scorer.score(body, client_request_id(request))
         variant, status = result.variant.value, 200
         headers = {
