@@ -27,9 +27,10 @@ $(STORE)/default: | $(STAMP)
 train: $(STAMP)
 	$(BIN)/ranker train --arch mmoe --name default --store $(STORE)
 
+# exec: the server replaces the recipe's shell, so a SIGTERM (or Ctrl-C) that make passes on reaches the server.
 run: $(STAMP) $(STORE)/default
 	$(BIN)/ranker analyze $(STORE)/default --n 1000
-	RANKER_MODEL_STORE=$(STORE) RANKER_MODEL_NAME=default $(BIN)/ranker serve --host 127.0.0.1 --port $(PORT)
+	exec env RANKER_MODEL_STORE=$(STORE) RANKER_MODEL_NAME=default $(BIN)/ranker serve --host 127.0.0.1 --port $(PORT)
 
 test: $(STAMP)
 	$(BIN)/ruff check .

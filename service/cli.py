@@ -8,6 +8,33 @@ import sys
 from pathlib import Path
 
 DEFAULT_STORE = "model_store"
+VALUE_ERROR_PREFIX = "Value error, "  # pydantic's prefix for a validator's ValueError
+
+
+def _settings_or_exit(command: str):
+    """Settings from RANKER_* and RANKER_CONFIG_FILE, or exit with one line naming each bad setting: never its
+    value, which may be a secret (pydantic's own message quotes the input, e.g. a too-short admin token)."""
+    from pydantic import ValidationError
+
+    from service.serving.settings import Settings
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        sys.exit(f"{command}: invalid settings: {_settings_problems(exc)}")
+    except ValueError as exc:  # RANKER_CONFIG_FILE unreadable or not parseable, or a RANKER_* value not JSON
+        sys.exit(f"{command}: invalid settings: {exc}")
+
+
+def _settings_problems(exc) -> str:
+    from service.serving.settings import ENV_PREFIX
+
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        name, *detail = [str(part) for part in error["loc"]]
+        where = f"{ENV_PREFIX}{name.upper()}" + (f" ({'.'.join(detail)})" if detail else "") if name else "settings"
+        problems.append(f"{where}: {error['msg'].removeprefix(VALUE_ERROR_PREFIX)}")
+    return "; ".join(problems)
 
 
 def _load(artifact: str):
@@ -114,25 +141,30 @@ def cmd_convert(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     from service.api.server import serve
 
+    _settings_or_exit("ranker serve")  # a bad setting stops start-up in one line, before any worker starts
     serve(host=args.host, port=args.port, workers=args.workers)
 
 
 def cmd_example_request(args: argparse.Namespace) -> None:
     from service.serving.example_request import example_request_for_store
+    from service.store.artifact import ArtifactError
 
-    print(json.dumps(example_request_for_store(args.model, n=args.n, columnar=args.columnar, seed=args.seed)))
+    model = Path(args.model) if args.model else _settings_or_exit("ranker example-request").model_path
+    try:
+        body = example_request_for_store(model, n=args.n, columnar=args.columnar, seed=args.seed)
+    except (ArtifactError, OSError, ValueError) as exc:
+        sys.exit(f"ranker example-request: cannot read the model's feature schema from {model.absolute()}: {exc}. "
+                 "Run it where model_store/ is (the repository root), pass --model model_store/<name>, or set "
+                 "RANKER_MODEL_STORE.")
+    print(json.dumps(body))
 
 
 def _serving_config_file(args: argparse.Namespace):
     from service.serving.serving_config import ServingConfigFile
-    from service.serving.settings import Settings
 
     if args.store is not None and args.name is not None:
         return ServingConfigFile(Path(args.store) / args.name)
-    try:
-        settings = Settings()
-    except ValueError as exc:
-        sys.exit(f"ranker config: the RANKER_* settings are invalid: {exc}")
+    settings = _settings_or_exit("ranker config")
     return ServingConfigFile(Path(args.store or settings.model_store) / (args.name or settings.model_name))
 
 
@@ -176,19 +208,19 @@ def _config_changes(args: argparse.Namespace) -> dict:
 
 def cmd_config_set(args: argparse.Namespace) -> None:
     from service.serving.serving_config import ServingConfig
-    from service.serving.settings import Settings
     from service.store.artifact import load_artifact
 
     changes = _config_changes(args)
     config_file = _serving_config_file(args)
+    settings = _settings_or_exit("ranker config set")
     try:
         with config_file.locked():
-            absent = ServingConfig.from_settings(Settings())  # no file yet: what the processes serve now
+            absent = ServingConfig.from_settings(settings)  # no file yet: what the processes serve now
             config = config_file.next_config(changes, absent=absent, invalid=None)
             if config.version is not None:  # verified here, before any process builds it
                 load_artifact(config_file.model_dir / config.version)
             config_file.write(config)
-    except ValueError as exc:  # ServingConfigError, ArtifactError, invalid RANKER_* settings
+    except ValueError as exc:  # ServingConfigError, ArtifactError
         sys.exit(f"ranker config set: {exc}")
     sys.stdout.write(config.to_json().decode())
     print(f"wrote generation {config.generation} to {config_file.path}; every process applies it within "
