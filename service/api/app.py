@@ -16,7 +16,7 @@ from service.api.deps import ServiceState
 from service.api.errors import install_error_handlers
 from service.api.routes import admin, health, metrics, models, rank
 from service.api.schemas import ReloadRequest, VariantSwitch, model_components, rank_request_components
-from service.serving.admission import InferencePool
+from service.serving.admission import BatchPolicy, InferencePool
 from service.serving.config_watch import ConfigWatcher
 from service.serving.metrics import ServiceMetrics, mark_process_dead
 from service.serving.runtime import ModelRuntime
@@ -38,8 +38,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     service_metrics = ServiceMetrics()
     runtime = ModelRuntime(settings)
-    pool = InferencePool(settings.inference_concurrency, settings.max_queued_requests, settings.queue_timeout_s,
-                         settings.retry_after_s)
+    pool = InferencePool(settings.inference_concurrency, settings.max_queued_requests,
+                         settings.max_queued_candidates, settings.queue_timeout_s, settings.retry_after_s,
+                         BatchPolicy(settings.batching, settings.batch_window_ms / 1e3, settings.batch_max_requests,
+                                     settings.batch_max_candidates))
     shadow = ShadowComparator(settings.shadow_variant, settings.shadow_sample_rate, settings.shadow_queue_size,
                               settings.tolerance, service_metrics)
     scorer = RequestScorer(runtime, pool, shadow, service_metrics)

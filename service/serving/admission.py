@@ -1,61 +1,180 @@
-"""Bounded inference off the event loop: a fixed number of slots, a short bounded wait, then 503.
+"""Admission and micro-batching in front of the inference slots.
 
-CPU-bound torch work runs on a thread pool with one thread per slot. A request waits for a slot only if
-fewer than `max_queued` requests are already waiting, and at most `queue_timeout_s`; otherwise it is
-refused at once with Overloaded (503 + Retry-After) instead of joining an unbounded queue.
+A request is admitted or refused the moment it is ready to score (503 + Retry-After at once, never after a
+timeout) from what is already waiting: the number of requests and the candidates they hold. Admitted
+requests wait in one queue; each free slot takes the oldest one together with every other waiting request of
+the same batch key (same model and variant, so A/B arms batch separately) up to a request and a candidate cap,
+and runs them as one job on its worker thread. With batching off the cap is one request: the same code path.
+`queue_timeout_s` stays as a backstop for a slot stuck on a long job.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 from service.serving.errors import Overloaded
 
 T = TypeVar("T")
+R = TypeVar("R")
+
+BatchJob = Callable[[Sequence[Any]], Sequence[Any]]  # payloads -> one outcome (result or exception) each
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How many waiting requests one slot may take at once, and how long it waits for more (batching only)."""
+
+    enabled: bool = False
+    window_s: float = 0.0
+    max_requests: int = 32
+    max_candidates: int = 4096
+
+
+@dataclass(frozen=True)
+class Ticket(Generic[R]):
+    """What a request gets back: its outcome, how long it waited for a slot, and the batch it ran in."""
+
+    result: R
+    waited_s: float
+    batch_requests: int
+    batch_candidates: int
+    batch_seconds: float
+
+
+@dataclass
+class _Waiting:
+    key: Hashable
+    candidates: int
+    payload: Any
+    job: BatchJob
+    future: asyncio.Future[Ticket[Any]]
+    enqueued: float = field(default_factory=time.perf_counter)
 
 
 class InferencePool:
-    """`slots` concurrent jobs on worker threads; admission control in front of them."""
+    """`slots` worker threads fed by one admission-controlled queue; a slot runs a batch of requests."""
 
-    def __init__(self, slots: int, max_queued: int, queue_timeout_s: float, retry_after_s: int) -> None:
+    def __init__(
+        self, slots: int, max_queued: int, max_queued_candidates: int, queue_timeout_s: float, retry_after_s: int,
+        policy: BatchPolicy | None = None, codec_threads: int = 1,
+    ) -> None:
         self.slots = slots
         self.max_queued = max_queued
+        self.max_queued_candidates = max_queued_candidates
         self.queue_timeout_s = queue_timeout_s
         self.retry_after_s = retry_after_s
+        self.policy = policy or BatchPolicy()
         self._executor = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="inference")
-        self._semaphore: asyncio.Semaphore | None = None  # made on first use, inside the running loop
-        self._waiting = 0
+        self._codec = ThreadPoolExecutor(max_workers=codec_threads, thread_name_prefix="codec")
+        self._queue: deque[_Waiting] = deque()
+        self._queued_candidates = 0
+        self._arrived: asyncio.Event | None = None  # made on first use, inside the running loop
+        self._workers: list[asyncio.Task[None]] = []
+        self._idle_workers = slots
 
-    async def run(self, job: Callable[[], T]) -> tuple[T, float]:
-        """Run `job` on a slot; returns its result and the seconds spent waiting for the slot."""
-        if self._semaphore is None:
-            self._semaphore = asyncio.Semaphore(self.slots)
-        semaphore = self._semaphore
-        started = time.perf_counter()
-        if semaphore.locked():
-            if self._waiting >= self.max_queued:
-                raise Overloaded(f"all {self.slots} inference slots are busy and {self._waiting} requests wait",
-                                 retry_after_s=self.retry_after_s)
-            self._waiting += 1
-            try:
-                await asyncio.wait_for(semaphore.acquire(), timeout=self.queue_timeout_s)
-            except TimeoutError:
+    @property
+    def queued(self) -> tuple[int, int]:
+        """Requests and candidates waiting for a slot now."""
+        return len(self._queue), self._queued_candidates
+
+    async def run_codec(self, work: Callable[[], T]) -> T:
+        """Run decoding/encoding work on the codec thread, beside inference (it does not hold a slot)."""
+        return await asyncio.get_running_loop().run_in_executor(self._codec, work)
+
+    async def submit(self, key: Hashable, candidates: int, payload: Any, job: BatchJob) -> Ticket[Any]:
+        """Admit one request (or raise Overloaded at once) and wait for its outcome from a batch."""
+        self._start()
+        ahead = len(self._queue) - self._idle_workers  # >= 0: no slot is free for this request
+        if ahead >= 0 and ahead >= self.max_queued:
+            raise Overloaded(f"{len(self._queue)} requests already wait for the {self.slots} inference slot(s)",
+                             retry_after_s=self.retry_after_s)
+        if ahead >= 0 and self._queued_candidates + candidates > self.max_queued_candidates:
+            raise Overloaded(f"{self._queued_candidates} candidates already wait; {candidates} more exceed "
+                             f"max_queued_candidates={self.max_queued_candidates}", retry_after_s=self.retry_after_s)
+        future: asyncio.Future[Ticket[Any]] = asyncio.get_running_loop().create_future()
+        waiting = _Waiting(key, candidates, payload, job, future)
+        self._queue.append(waiting)
+        self._queued_candidates += candidates
+        assert self._arrived is not None
+        self._arrived.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout=self.queue_timeout_s)
+        except TimeoutError:
+            if self._remove(waiting):  # still waiting: refuse; already running: its outcome is on the way
                 raise Overloaded(f"no inference slot freed within {self.queue_timeout_s}s",
                                  retry_after_s=self.retry_after_s) from None
-            finally:
-                self._waiting -= 1
-        else:
-            await semaphore.acquire()
-        waited = time.perf_counter() - started
+            return await future
+
+    def _start(self) -> None:
+        if self._arrived is None:
+            self._arrived = asyncio.Event()
+            self._workers = [asyncio.create_task(self._slot_loop()) for _ in range(self.slots)]
+
+    def _remove(self, waiting: _Waiting) -> bool:
         try:
-            result = await asyncio.get_running_loop().run_in_executor(self._executor, job)
-        finally:
-            semaphore.release()
-        return result, waited
+            self._queue.remove(waiting)
+        except ValueError:
+            return False
+        self._queued_candidates -= waiting.candidates
+        return True
+
+    def _take_batch(self) -> list[_Waiting]:
+        """The oldest waiting request and, when batching, the next ones with its key, within the caps."""
+        first = self._queue.popleft()
+        batch, candidates = [first], first.candidates
+        if self.policy.enabled:
+            for waiting in list(self._queue):
+                if len(batch) >= self.policy.max_requests:
+                    break
+                if waiting.key != first.key or candidates + waiting.candidates > self.policy.max_candidates:
+                    continue
+                self._queue.remove(waiting)
+                batch.append(waiting)
+                candidates += waiting.candidates
+        self._queued_candidates -= candidates
+        return batch
+
+    async def _slot_loop(self) -> None:
+        assert self._arrived is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+            self._idle_workers -= 1
+            try:
+                if self.policy.enabled and self.policy.window_s > 0:
+                    await asyncio.sleep(self.policy.window_s)
+                if not self._queue:
+                    continue
+                batch = self._take_batch()
+                started = time.perf_counter()
+                try:
+                    outcomes: Sequence[Any] = await loop.run_in_executor(
+                        self._executor, batch[0].job, [w.payload for w in batch])
+                except Exception as exc:  # the job itself broke: every request of the batch gets the error
+                    outcomes = [exc] * len(batch)
+                seconds = time.perf_counter() - started
+                candidates = sum(w.candidates for w in batch)
+                for waiting, outcome in zip(batch, outcomes):
+                    if waiting.future.done():
+                        continue
+                    if isinstance(outcome, BaseException):
+                        waiting.future.set_exception(outcome)
+                    else:
+                        waiting.future.set_result(Ticket(outcome, started - waiting.enqueued, len(batch),
+                                                         candidates, seconds))
+            finally:
+                self._idle_workers += 1
 
     def shutdown(self) -> None:
+        for worker in self._workers:
+            worker.cancel()
         self._executor.shutdown(wait=True)
+        self._codec.shutdown(wait=True)

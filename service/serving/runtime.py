@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from service.engine import Analysis, Variant
 from service.engine.equivalence import compare
 from service.features.schema import FeatureSchema
+from service.serving.batching import build_batched
 from service.serving.build import CAPTURE_SEED, build_variants
 from service.serving.codec import RequestCodec
 from service.serving.compile import compile_variants
@@ -54,11 +55,20 @@ class ServingModel:
     manifest: dict[str, Any]
     loaded_at: str
     compilation: dict[str, Any] = field(default_factory=dict)  # compile.CompileReport.to_dict()
+    batched: dict[Variant, nn.Module] = field(default_factory=dict)  # segment-batched forms (batching on)
 
     def score(self, variant: Variant, features: dict[str, Tensor]) -> dict[str, Tensor]:
         """Per-task scores [N] of one request (user leaves at batch 1, candidates at batch N)."""
         with torch.inference_mode():
             scores: dict[str, Tensor] = self.variants[variant](features)
+        return scores
+
+    def score_batch(self, variant: Variant, requests: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
+        """Per-task scores of several requests scored as one call (the user side kept split); KeyError when
+        `variant` has no batched form."""
+        batched = self.batched[variant]
+        with torch.inference_mode():
+            scores: list[dict[str, Tensor]] = batched([((features,), {}) for features in requests])
         return scores
 
     def final_scores(self, scores: dict[str, Tensor]) -> Tensor:
@@ -96,6 +106,7 @@ def build_serving_model(settings: Settings, path: Path) -> ServingModel:
                                                  settings.tolerance, settings.compile)
         _warm_and_check(variants, reports, schema, lambda scores: final_scores(scores, tasks, task_weights),
                         settings)
+        batched = build_batched(built, reports, schema.example_batch) if settings.batching else {}
     except Exception as exc:  # a model that cannot even run as VanI is refused, never served
         raise ModelRejected(f"{artifact.path}: variants could not be built or warmed: {exc}") from exc
     codec = RequestCodec(schema, max_candidates=settings.max_candidates, max_id=settings.max_id,
@@ -115,6 +126,7 @@ def build_serving_model(settings: Settings, path: Path) -> ServingModel:
         manifest=manifest.to_dict(),
         loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
         compilation=compilation.to_dict(),
+        batched=batched,
     )
     logger.info("model %s/%s built and warmed in %.1fs", serving.name, serving.version, time.perf_counter() - started)
     return serving

@@ -1,14 +1,20 @@
 """One /rank request end to end: body -> codec (decode, encode) -> router -> variant -> response body.
 
-Every stage is timed, and all of them run on one inference slot (a worker thread), so the event loop only
-accepts connections and moves bytes. Nothing here knows HTTP: bytes in, bytes and timings out.
+Every stage is timed. Decoding, encoding and the response body run on the codec thread; scoring on an
+inference slot (service/serving/admission.py), where waiting requests of the same model and variant are
+scored as one call when batching is on. The event loop only accepts connections and moves bytes. Nothing
+here knows HTTP: bytes in, bytes and timings out. Queue time is whatever of the request's time no stage
+accounts for: waiting for the codec thread, for admission and for a slot (the batching wait included).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import pydantic_core
@@ -19,6 +25,9 @@ from service.serving.admission import InferencePool
 from service.serving.metrics import STAGES, ServiceMetrics
 from service.serving.runtime import ActiveConfig, ModelRuntime, ServingModel
 from service.serving.shadow import ShadowComparator, ShadowJob
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -57,15 +66,16 @@ class RankResult:
 
 
 @dataclass(frozen=True)
-class _Scored:
-    body: bytes
+class _Prepared:
+    """A decoded, encoded and routed request, ready for an inference slot."""
+
     request_id: str
     variant: Variant
+    features: dict[str, torch.Tensor]
     n_candidates: int
+    top_k: int | None
     decode: float
     encode: float
-    infer: float
-    respond: float
 
 
 class RequestScorer:
@@ -80,39 +90,77 @@ class RequestScorer:
         self.metrics = metrics
 
     async def score(self, body: bytes, header_request_id: str | None) -> RankResult:
-        """Score a /rank body on an inference slot; raises the serving core's errors (invalid, overloaded...)."""
+        """Score a /rank body; raises the serving core's errors (invalid, overloaded...).
+
+        Decoding and the response body run on the codec thread; scoring on an inference slot, batched with
+        other waiting requests of the same model and variant when batching is on.
+        """
+        started = time.perf_counter()
         active = self.runtime.active  # one model and routing for the whole request, even if a new config swaps it
-        scored, waited = await self.pool.run(lambda: self._score_on_slot(active, body, header_request_id))
-        times = StageTimes(waited, scored.decode, scored.encode, scored.infer, scored.respond)
-        self._observe(scored, times)
-        return RankResult(scored.body, scored.request_id, active.serving.name, active.serving.version, scored.variant,
-                          active.generation, scored.n_candidates, times)
-
-    def _score_on_slot(self, active: ActiveConfig, body: bytes, header_request_id: str | None) -> _Scored:
         serving = active.serving
-        t0 = time.perf_counter()
-        request = serving.codec.decode(body)
-        t1 = time.perf_counter()
-        encoded = serving.codec.encode(request)
-        t2 = time.perf_counter()
-        variant = active.router.route(request.user_id)
-        scores = serving.score(variant, encoded.features)
-        t3 = time.perf_counter()
-        request_id = request.request_id or header_request_id or uuid.uuid4().hex
-        response = _response_body(serving, variant, request_id, scores, request.top_k)
-        t4 = time.perf_counter()
-        shadow = self.shadow.sample(variant)
+        prepared = await self.pool.run_codec(lambda: _prepare(active, body, header_request_id))
+        ticket = await self.pool.submit((id(serving), prepared.variant), prepared.n_candidates, prepared,
+                                        lambda batch: self._score_on_slot(serving, batch))
+        scores: dict[str, torch.Tensor] = ticket.result
+        response, respond = await self.pool.run_codec(
+            lambda: _timed(lambda: _response_body(serving, prepared.variant, prepared.request_id, scores,
+                                                  prepared.top_k)))
+        shadow = self.shadow.sample(prepared.variant)
         if shadow is not None:
-            self.shadow.submit(ShadowJob(request_id, serving, variant, shadow, encoded.features, scores))
-        return _Scored(response, request_id, variant, encoded.n_candidates, t1 - t0, t2 - t1, t3 - t2, t4 - t3)
+            self.shadow.submit(ShadowJob(prepared.request_id, serving, prepared.variant, shadow, prepared.features,
+                                         scores))
+        total = time.perf_counter() - started
+        infer = ticket.batch_seconds
+        queue = max(0.0, total - prepared.decode - prepared.encode - infer - respond)
+        times = StageTimes(queue, prepared.decode, prepared.encode, infer, respond)
+        self._observe(prepared, times)
+        return RankResult(response, prepared.request_id, serving.name, serving.version, prepared.variant,
+                          active.generation, prepared.n_candidates, times)
 
-    def _observe(self, scored: _Scored, times: StageTimes) -> None:
-        variant = scored.variant.value
+    def _score_on_slot(self, serving: ServingModel, batch: Sequence[_Prepared]) -> list[object]:
+        """Per-task scores of each request of one batch (same model and variant), or the error of each that
+        failed: a batch that cannot run as one call is retried request by request, so only a request that
+        fails alone fails."""
+        variant = batch[0].variant
+        self.metrics.batch_requests.labels(variant=variant.value).observe(len(batch))
+        self.metrics.batch_candidates.labels(variant=variant.value).observe(sum(p.n_candidates for p in batch))
+        if len(batch) > 1 and variant in serving.batched:
+            try:
+                return list(serving.score_batch(variant, [p.features for p in batch]))
+            except Exception:  # one bad request must not fail the others: score each alone below
+                logger.exception("batched call of %d requests failed; scoring them one by one", len(batch))
+        outcomes: list[object] = []
+        for prepared in batch:
+            try:
+                outcomes.append(serving.score(variant, prepared.features))
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    def _observe(self, prepared: _Prepared, times: StageTimes) -> None:
+        variant = prepared.variant.value
         for stage in STAGES:
             self.metrics.observe_stage(stage, variant, times.seconds(stage))
         self.metrics.request_seconds.labels(variant=variant).observe(times.total)
-        self.metrics.candidates_per_request.observe(scored.n_candidates)
-        self.metrics.candidates_scored.labels(variant=variant).inc(scored.n_candidates)
+        self.metrics.candidates_per_request.observe(prepared.n_candidates)
+        self.metrics.candidates_scored.labels(variant=variant).inc(prepared.n_candidates)
+
+
+def _prepare(active: ActiveConfig, body: bytes, header_request_id: str | None) -> _Prepared:
+    serving = active.serving
+    t0 = time.perf_counter()
+    request = serving.codec.decode(body)
+    t1 = time.perf_counter()
+    encoded = serving.codec.encode(request)
+    t2 = time.perf_counter()
+    variant = active.router.route(request.user_id)
+    request_id = request.request_id or header_request_id or uuid.uuid4().hex
+    return _Prepared(request_id, variant, encoded.features, encoded.n_candidates, request.top_k, t1 - t0, t2 - t1)
+
+
+def _timed(work: Callable[[], T]) -> tuple[T, float]:
+    started = time.perf_counter()
+    return work(), time.perf_counter() - started
 
 
 def _response_body(

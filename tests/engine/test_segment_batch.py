@@ -1,0 +1,149 @@
+"""Micro-batching keeps the user split (service/engine/segment_batch.py): several requests of different users
+and sizes scored as one call equal each request scored by the user's own eager model on tiled inputs.
+
+Every reference model and variant, float32 and float64, fresh weights and inputs per test; plus models the
+cut must refuse (a listwise op mixing candidates) or run once per request (a user side that drops its batch
+dimension).
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from service.engine import Variant, reparameterize
+from service.engine.segment_batch import BatchingError, SegmentBatched, UserSide, segment_batch
+from tests.engine.conftest import CASES, ReferenceCase, assert_equivalent, build_model, reference_scores
+
+VARIANTS = [Variant.VANI, Variant.UOI, Variant.MARI]
+CHECK_SIZES = (1, 3, 5, 2)  # the build check's requests
+REQUEST_SIZES = (7, 1, 30, 2, 1, 12)  # the test's requests: different users, N = 1 twice
+
+
+def _generator(*parts: object) -> torch.Generator:
+    return torch.Generator().manual_seed(zlib.crc32("/".join(map(str, parts)).encode()))
+
+
+def _batched(case: ReferenceCase, model: nn.Module, variant: Variant, dtype: torch.dtype,
+             generator: torch.Generator) -> SegmentBatched:
+    example = case.call_args(case.random_inputs(7, dtype, generator))
+    result = reparameterize(model, example, case.user_inputs, variant)
+    runner = result.module
+    checks = [(case.call_args(case.random_inputs(n, dtype, generator)), {}) for n in CHECK_SIZES]
+    return segment_batch(runner.graph_module, runner.layout, runner.out_spec, result.batch, runner, checks)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.value)
+@pytest.mark.parametrize("case_name", list(CASES))
+def test_requests_scored_together_equal_the_eager_model_on_each_request(case_name, variant, dtype):
+    case = CASES[case_name]
+    generator = _generator(case_name, variant.value, dtype)
+    model = build_model(case, dtype, generator)
+    batched = _batched(case, model, variant, dtype, generator)
+    assert batched.user_side is UserSide.BATCHED  # every reference model's user side runs at batch M
+    requests = [case.random_inputs(n, dtype, generator) for n in REQUEST_SIZES]
+    with torch.no_grad():
+        outputs = batched([(case.call_args(values), {}) for values in requests])
+    assert len(outputs) == len(requests)
+    for values, output, n in zip(requests, outputs, REQUEST_SIZES):
+        assert_equivalent(output, reference_scores(model, case, values, n), dtype, case.post_sigmoid)
+
+
+def test_one_request_alone_through_the_batched_form_equals_the_eager_model():
+    case = CASES["target_attention"]
+    generator = _generator("alone")
+    model = build_model(case, torch.float32, generator)
+    batched = _batched(case, model, Variant.MARI, torch.float32, generator)
+    values = case.random_inputs(1, torch.float32, generator)
+    with torch.no_grad():
+        (output,) = batched([(case.call_args(values), {})])
+    assert_equivalent(output, reference_scores(model, case, values, 1), torch.float32, case.post_sigmoid)
+
+
+class PaddedUserVector(nn.Module):
+    """A user side that builds a batch-sized tensor (`new_zeros(B, 2)`): the engine evaluates B at 1 there, so
+    the user side cannot run at batch M and must run once per request."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.user = nn.Linear(4, 6)
+        self.item = nn.Linear(5, 8)
+        self.out = nn.Linear(8, 1)
+
+    def forward(self, user: Tensor, item: Tensor) -> Tensor:
+        u = torch.tanh(self.user(user))
+        u = torch.cat([u, u.new_zeros(u.size(0), 2)], dim=1)  # [B, 8]
+        return torch.sigmoid(self.out(torch.relu(self.item(item) + u))).squeeze(-1)
+
+
+class RowZeroUserVector(nn.Module):
+    """Reads row 0 of the user rows: the same for every tiled row of one request, the first request's once
+    VanI's tiled rows of several requests are stacked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.user = nn.Linear(4, 6)
+        self.item = nn.Linear(5, 6)
+
+    def forward(self, user: Tensor, item: Tensor) -> Tensor:
+        return torch.sigmoid((self.item(item) * torch.tanh(self.user(user))[0]).sum(-1))
+
+
+class ListwiseSoftmax(nn.Module):
+    """Scores normalised over the candidate list: scoring two lists together would mix them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.user = nn.Linear(4, 6)
+        self.item = nn.Linear(5, 6)
+
+    def forward(self, user: Tensor, item: Tensor) -> Tensor:
+        logits = (self.item(item) * self.user(user)).sum(-1)  # [N]
+        return torch.softmax(logits, dim=0)
+
+
+def _build_two_input(model: nn.Module, variant: Variant) -> tuple[nn.Module, SegmentBatched]:
+    generator = torch.Generator().manual_seed(7)
+    model = model.eval()
+    example = (torch.randn(1, 4, generator=generator), torch.randn(6, 5, generator=generator))
+    result = reparameterize(model, example, ["user"], variant)
+    runner = result.module
+    checks = [((torch.randn(1, 4, generator=generator), torch.randn(n, 5, generator=generator)), {})
+              for n in CHECK_SIZES]
+    return runner, segment_batch(runner.graph_module, runner.layout, runner.out_spec, result.batch, runner, checks)
+
+
+@pytest.mark.parametrize("variant", [Variant.UOI, Variant.MARI], ids=lambda v: v.value)
+def test_a_user_side_that_is_not_batch_polymorphic_runs_once_per_request_and_still_matches(variant):
+    model = PaddedUserVector()
+    _, batched = _build_two_input(model, variant)
+    assert batched.user_side is UserSide.PER_REQUEST
+    generator = torch.Generator().manual_seed(8)
+    calls = [(torch.randn(1, 4, generator=generator), torch.randn(n, 5, generator=generator)) for n in (3, 1, 9)]
+    with torch.no_grad():
+        outputs = batched([(call, {}) for call in calls])
+        for (user, item), output in zip(calls, outputs):
+            eager = model(user.expand(item.size(0), -1), item)
+            assert torch.allclose(output, eager, atol=1e-6, rtol=0)
+
+
+def test_vani_reading_row_0_of_the_tiled_user_rows_is_refused():
+    # VanI computes the user vector on N tiled rows and reads row 0: batched, row 0 is the first request's user.
+    with pytest.raises(BatchingError, match="differs from alone"):
+        _build_two_input(RowZeroUserVector(), Variant.VANI)
+
+
+def test_a_model_that_mixes_candidates_of_one_list_is_refused_with_the_difference():
+    with pytest.raises(BatchingError, match="differs from alone"):
+        _build_two_input(ListwiseSoftmax(), Variant.MARI)
+
+
+def test_requests_with_different_feature_shapes_cannot_share_a_call():
+    _, batched = _build_two_input(PaddedUserVector(), Variant.UOI)
+    calls = [((torch.randn(1, 4), torch.randn(3, 5)), {}), ((torch.randn(2, 4), torch.randn(3, 5)), {})]
+    with pytest.raises(ValueError, match="user input 'user'"):
+        batched(calls)
