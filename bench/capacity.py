@@ -56,7 +56,9 @@ DRAIN_S = 5.0  # after the last arrival, in-flight requests get this long before
 PAUSE_S = 1.0  # between steps: the server's queue empties
 MAX_CONNECTIONS = 1024
 SMALL_N = (50, 200)
-DEFAULT_SLO_MS = {"mix": 150.0, "small": 50.0}
+# mix: 500 ms, since VanI alone takes ~330 ms at N = 2,000 (the mix's p99 requests) on the 2-core box: 150 ms
+# would give VanI no capacity at all; small: N <= 200 takes VanI ~30 ms alone
+DEFAULT_SLO_MS = {"mix": 500.0, "small": 100.0}
 MARK_BEGIN, MARK_END = "<!-- capacity:begin (bench/capacity.py) -->", "<!-- capacity:end -->"
 N_CANDIDATES = re.compile(rb'"n_candidates"\s*:\s*(\d+)')
 TIMING = re.compile(r"(\w+);dur=([0-9.]+)")
@@ -248,8 +250,9 @@ def sweep(url: str, pool: list[Body], curve: Curve, args: argparse.Namespace) ->
         rate = next_rate(curve, curve.single_slot_rps)
         if rate is None:
             break
-        samples = asyncio.run(open_loop(url, pool, rate, args.step_s, curve.variant, args.seed + index))
-        step = summarize(samples, round(rate, 2), args.step_s, curve.slo_ms)
+        duration = min(max(args.step_s, args.min_requests / rate), args.max_step_s)  # enough samples for a p99
+        samples = asyncio.run(open_loop(url, pool, rate, duration, curve.variant, args.seed + index))
+        step = summarize(samples, round(rate, 2), duration, curve.slo_ms)
         curve.steps.append(step)
         print(f"    {curve.variant:4s} batching={'on ' if curve.batching else 'off'} {curve.mix:5s} "
               f"offered={step.offered_rps:7.2f} achieved={step.achieved_rps:7.2f} p50={step.p50_ms:7.1f} "
@@ -358,8 +361,10 @@ def markdown(result: dict[str, Any], plots: list[Path], out: Path) -> str:
     lines = [MARK_BEGIN, "", f"Measured {ctx['started_utc']} on {ctx['machine']}, with:", "",
              f"    {ctx['command']}", "",
              f"SLO: p99 under {', '.join(f'{ms:g} ms ({mix})' for mix, ms in ctx['slo_ms'].items())}, zero "
-             f"failures (503, timeout, wrong answer). Open loop: constant arrival rate, {ctx['step_s']:g} s per step, "
-             f"latency from the scheduled send time. Server: one worker, RANKER_TORCH_THREADS="
+             f"failures (503, timeout, wrong answer). Open loop: constant arrival rate, {ctx['step_s']:g} s per step "
+             f"(longer, up to {ctx['max_step_s']:g} s, until {ctx['min_requests']} arrivals), latency from the "
+             f"scheduled send time. Server: one "
+             f"worker, RANKER_TORCH_THREADS="
              f"{ctx['torch_threads']}, settings {ctx['server_env'] or 'default'}. Load average before/after each "
              f"server: {', '.join(str(m['loadavg'][0]) for m in result['machine_load'])}; busiest processes at "
              f"the start: {'; '.join(result['machine_load'][0]['top'])}.", ""]
@@ -460,6 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
                         default=DEFAULT_SLO_MS, help="per mix, e.g. mix=150,small=50")
     parser.add_argument("--step-s", type=float, default=8.0, help="seconds of arrivals per step")
     parser.add_argument("--max-steps", type=int, default=8, help="steps per curve at most")
+    parser.add_argument("--min-requests", type=int, default=40, help="a slow step lasts until this many arrivals")
+    parser.add_argument("--max-step-s", type=float, default=25.0, help="... but never longer than this")
     parser.add_argument("--calibration-s", type=float, default=CALIBRATION_S)
     parser.add_argument("--bodies", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
@@ -479,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.quick:
-        args.step_s, args.max_steps, args.calibration_s = 2.0, 2, 1.0
+        args.step_s, args.max_steps, args.calibration_s, args.min_requests = 2.0, 2, 1.0, 1
         args.outside_requests = min(args.outside_requests, 5)
     if missing := [m for m in args.mixes if m not in args.slo_ms or m not in DEFAULT_SLO_MS]:
         parser.error(f"unknown mix or no SLO for {missing}; mixes: {sorted(DEFAULT_SLO_MS)}")
@@ -498,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m bench.capacity " + shlex.join(sys.argv[1:] if argv is None else argv),
         "started_utc": stamp, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python "
                                          f"{platform.python_version()}",
-        "slo_ms": {m: args.slo_ms[m] for m in args.mixes}, "step_s": args.step_s, "max_steps": args.max_steps,
+        "slo_ms": {m: args.slo_ms[m] for m in args.mixes}, "step_s": args.step_s, "min_requests": args.min_requests,
+        "max_step_s": args.max_step_s, "max_steps": args.max_steps,
         "variants": args.variants, "batching": args.batching, "torch_threads": args.torch_threads,
         "server_env": args.server_env, "model": str(args.model)}
     result["targets"] = targets(result["curves"], result["outside_inference"])
