@@ -37,6 +37,7 @@ Call = tuple[tuple[Any, ...], dict[str, Any]]  # (args, kwargs) of one request, 
 SIZE_LIST_OPS = (aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.expand.default)
 
 
+MATMUL_OPS = (aten.mm.default, aten.matmul.default, aten.bmm.default)
 # Ops that only reinterpret a value's shape (row-major order kept).
 RESHAPE_OPS = (
     aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.squeeze.dim, aten.squeeze.dims,
@@ -63,11 +64,13 @@ class _Side(Enum):
 
 @dataclass(frozen=True)
 class Gather:
-    """One candidate-graph input: user-graph output `index`, gathered to one row per candidate and reshaped
-    so that each row is `tail` (the shape the reading op broadcasts against its candidate operand)."""
+    """One candidate-graph input made from user-graph output `index`: gathered to one row per candidate, each
+    row of shape `tail` (what the reading op broadcasts against its candidate operand); or, `per_request`, one
+    operand of shape `tail` per request, for a matmul that multiplies each request's rows by its own."""
 
     index: int
     tail: tuple[int, ...]
+    per_request: bool = False
 
 
 class SegmentBatched(nn.Module):
@@ -94,9 +97,10 @@ class SegmentBatched(nn.Module):
         sizes = self._check_shapes(leaves)
         user_values = self._user_values(leaves)
         segment = torch.repeat_interleave(torch.arange(len(calls)), torch.tensor(sizes))
-        gathered = [user_values[g.index].index_select(0, segment).reshape(-1, *g.tail) for g in self.gathers]
+        gathered = [user_values[g.index].reshape(len(calls), *g.tail) if g.per_request
+                    else user_values[g.index].index_select(0, segment).reshape(-1, *g.tail) for g in self.gathers]
         candidates = [_concat([request[j] for request in leaves]) for j in self._candidate_slots]
-        outputs = self.candidate_graph(*candidates, *gathered)
+        outputs = self.candidate_graph(*candidates, *gathered, sizes)
         per_request = zip(*(output.split(sizes) for output in outputs))
         return [list(out) if self.out_spec is None else pytree.tree_unflatten(list(out), self.out_spec)
                 for out in per_request]
@@ -133,6 +137,13 @@ class SegmentBatched(nn.Module):
 
 def _concat(tensors: list[Tensor]) -> Tensor:
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+
+def segmented_matmul(rows: Tensor, operands: Tensor, candidates: list[int], rows_per_candidate: int) -> Tensor:
+    """Each request's block of `rows` (its candidates' rows, in request order) times that request's operand:
+    the same GEMMs as scoring the requests alone, with no per-candidate copy of the user operand."""
+    blocks = torch.split(rows, [n * rows_per_candidate for n in candidates])
+    return torch.cat([torch.matmul(block, operands[m]) for m, block in enumerate(blocks)])
 
 
 def segment_batch(
@@ -192,7 +203,7 @@ class _Cut:
         self.outputs = self._outputs(graph)
         self.boundary: list[fx.Node] = []  # user-graph outputs, in order
         self.gathers: list[Gather] = []
-        self._gather_of: dict[tuple[fx.Node, tuple[int, ...]], int] = {}
+        self._gather_of: dict[tuple[fx.Node, tuple[int, ...], bool], int] = {}
         self._constants: dict[fx.Node, int] = {}
         for node in graph.nodes:
             if self.side.get(node) is _Side.CANDIDATE and node.op == "call_function":
@@ -260,8 +271,8 @@ class _Cut:
         if not isinstance(out, Tensor):
             raise BatchingError(f"{reader.name} reads user value {source.name} and returns no single tensor")
         rank = out.dim()
-        if self._is_shared_matmul(reader) and len(shape) == 2:
-            return shape  # one [d, L] operand per candidate: the matmul becomes a batched one
+        if self._is_segmented_matmul(reader):
+            return shape  # the request's own operand, as the matmul read it
         if len(shape) <= rank - 1:
             return (1,) * (rank - 1 - len(shape)) + shape
         if len(shape) == rank and shape[0] == 1:
@@ -270,13 +281,13 @@ class _Cut:
                             f"{list(shape)} other than by broadcasting over candidates")
 
     def _gather_for(self, source: fx.Node, reader: fx.Node) -> int:
-        key = (source, self._tail(source, reader))
+        key = (source, self._tail(source, reader), self._is_segmented_matmul(reader))
         if key not in self._gather_of:
             origin = self._before_reshapes(source)
             if origin not in self.boundary:
                 self.boundary.append(origin)
             self._gather_of[key] = len(self.gathers)
-            self.gathers.append(Gather(self.boundary.index(origin), key[1]))
+            self.gathers.append(Gather(self.boundary.index(origin), key[1], key[2]))
         return self._gather_of[key]
 
     def _before_reshapes(self, source: fx.Node) -> fx.Node:
@@ -293,23 +304,23 @@ class _Cut:
             node = parent
         return node
 
-    def _is_shared_matmul(self, node: fx.Node) -> bool:
-        """mm(candidate rows [k*N, d], user [d, L]): one GEMM for one request (UOI's shared user operand)."""
-        if node.target != aten.mm.default or not all(isinstance(a, fx.Node) for a in node.args[:2]):
+    def _is_segmented_matmul(self, node: fx.Node) -> bool:
+        """A matmul of candidate rows by a user matrix (attention over a user sequence, UOI's shared operand):
+        batched, each request's rows meet its own matrix (segmented_matmul) instead of a copy per candidate."""
+        if node.target not in MATMUL_OPS or len(node.args) != 2 or node.kwargs:
             return False
-        left, right = node.args[0], node.args[1]
-        assert isinstance(left, fx.Node) and isinstance(right, fx.Node)
-        return self.side[left] is _Side.CANDIDATE and self.side[right] is _Side.USER
-
-    def _per_candidate_matmul(self, graph: fx.Graph, node: fx.Node, rows: Argument, operand: Argument) -> fx.Node:
-        """The shared-operand GEMM with each candidate's own user operand: [N, k, d] @ [N, d, L] -> [k*N, L]."""
-        left, right = node.args[0], node.args[1]
-        assert isinstance(left, fx.Node) and isinstance(right, fx.Node)
-        k = _rows_per_candidate(left, self.batch)
-        d, length = (int(s) for s in right.meta["val"].shape)
-        grouped = graph.call_function(aten.reshape.default, (rows, [-1, k, d]))
-        product = graph.call_function(aten.bmm.default, (grouped, operand))
-        return graph.call_function(aten.reshape.default, (product, [-1, length]))
+        left, right = node.args
+        if not isinstance(left, fx.Node) or not isinstance(right, fx.Node):
+            return False
+        if self.side.get(left) is not _Side.CANDIDATE or self.side.get(right) is not _Side.USER:
+            return False
+        right_value, left_value = right.meta.get("val"), left.meta.get("val")
+        if not isinstance(right_value, Tensor) or not isinstance(left_value, Tensor) or left_value.dim() < 2:
+            return False
+        matrix = [int(s) for s in right_value.shape]
+        while len(matrix) > 2 and matrix[0] == 1:
+            matrix = matrix[1:]
+        return len(matrix) == 2 and batch_factor(symbolic_expr(left_value.shape[0]), self.batch) is not None
 
     # -- the two graphs -------------------------------------------------------------------------------
     def user_graph(self, batched: bool) -> fx.GraphModule:
@@ -345,8 +356,9 @@ class _Cut:
             if node not in self.user_placeholders:
                 env[node] = graph.placeholder(node.name)
                 env[node].meta = dict(node.meta)
-        gathered = [graph.placeholder(f"{self.boundary[g.index].name}_per_candidate_{i}")
+        gathered = [graph.placeholder(f"{self.boundary[g.index].name}_per_{'request' if g.per_request else 'row'}_{i}")
                     for i, g in enumerate(self.gathers)]
+        candidates_per_request = graph.placeholder("candidates_per_request")
         for node in self.root.graph.nodes:
             if node.op in ("placeholder", "output") or self.side[node] is _Side.USER:
                 continue
@@ -356,10 +368,15 @@ class _Cut:
                     return env[source]
                 if source in self._constants:
                     return self._constants[source]
-                return gathered[self._gather_of[(source, self._tail(source, reader))]]
+                key = (source, self._tail(source, reader), self._is_segmented_matmul(reader))
+                return gathered[self._gather_of[key]]
 
-            if self._is_shared_matmul(node):
-                env[node] = self._per_candidate_matmul(graph, node, env[node.args[0]], read(node.args[1]))
+            if self._is_segmented_matmul(node):
+                left, right = node.args
+                assert isinstance(left, fx.Node) and isinstance(right, fx.Node)
+                factor = _rows_per_candidate(left, self.batch)
+                env[node] = graph.call_function(segmented_matmul,
+                                                (env[left], read(right), candidates_per_request, factor))
             else:
                 env[node] = graph.node_copy(node, read)
         graph.output(tuple(env[node] for node in self.outputs))
