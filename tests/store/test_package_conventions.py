@@ -163,3 +163,31 @@ def test_ranker_analyze_counts_a_packaged_jagged_model_with_data_dependent_sizes
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert "at least" in done.stdout and "data-dependent" in done.stdout
+
+
+BATCH_SIZES = (1, 9, 2, 30)  # candidates of four requests of four users scored as one call
+
+
+@pytest.mark.parametrize("name", [*CONVENTIONS, "torchrec/ec_seq_longest"])
+def test_a_packaged_model_batches_requests_of_different_users_equal_to_its_eager_model(name: str,
+                                                                                        tmp_path: Path) -> None:
+    from service.serving.batching import build_batched
+
+    convention = CONVENTIONS[name]() if name in CONVENTIONS else _torchrec(name.split("/")[1])
+    schema = convention.schema
+    generator = torch.Generator().manual_seed(6)
+    package(convention.model, schema.example_batch(8, generator), schema, tasks=["score"],
+            store=tmp_path, name="user_model")
+    loaded = load_artifact(tmp_path / "user_model")
+    built = reparameterize_all(loaded.model, (schema.example_batch(8, generator),), loaded.user_features)
+    reports = {variant: result.report.to_dict() for variant, result in built.items()}
+    forms = build_batched(built, reports, schema.example_batch)
+    requests = [schema.example_batch(n, generator) for n in BATCH_SIZES]
+    for variant in Variant:
+        assert reports[variant]["batching"]["batched"], (name, variant, reports[variant]["batching"])
+        with torch.no_grad():
+            together = forms[variant]([((features,), {}) for features in requests])
+            for features, scores, n in zip(requests, together, BATCH_SIZES):
+                tiled = {k: v.expand(n, *v.shape[1:]) if schema.get(k).is_user else v for k, v in features.items()}
+                reference = convention.model(tiled).reshape(n)
+                assert (scores["score"] - reference).abs().max().item() <= TOLERANCE, (name, variant, n)
