@@ -24,7 +24,7 @@ def test_waiting_requests_are_scored_together_per_arm_and_equal_their_scores_alo
     store: Path, schema, tmp_path: Path
 ) -> None:
     env = server_env(store, RANKER_BATCHING="true", RANKER_AB_SPLIT='{"mari": 0.5, "vani": 0.5}',
-                     RANKER_SHADOW_SAMPLE_RATE="0")
+                     RANKER_SHADOW_VARIANT="uoi", RANKER_SHADOW_SAMPLE_RATE="1.0")
     bodies = [json.dumps(rank_body(schema, n=n, seed=100 + i)).encode() for i, n in enumerate(SIZES)]
     with LiveServer(env, delay_s=SLOT_DELAY_S, log_path=tmp_path / "server.log") as server:
         first: list[httpx.Response] = []
@@ -38,6 +38,9 @@ def test_waiting_requests_are_scored_together_per_arm_and_equal_their_scores_alo
         with httpx.Client(timeout=30) as http:
             samples = parse_metrics(http.get(f"{server.url}/metrics").text)
         alone = [post_rank(server.url, body) for body in bodies]  # one at a time: batches of one
+        time.sleep(1.0)  # the shadow compares in the background
+        with httpx.Client(timeout=30) as http:
+            shadow = parse_metrics(http.get(f"{server.url}/metrics").text)
         log = server.log()
 
     assert all(r.status_code == 200 for r in together + alone + first), log
@@ -60,6 +63,9 @@ def test_waiting_requests_are_scored_together_per_arm_and_equal_their_scores_alo
     batched_requests = total(samples, "ranker_batch_requests_sum")
     assert batched_requests == len(bodies) + 1  # every request in exactly one call
     assert total(samples, "ranker_batch_candidates_sum") == sum(SIZES) + 5
+    # The shadow re-scored every request of a batch on its own, and found the batched scores equal.
+    assert total(shadow, "ranker_shadow_comparisons_total") == 2 * len(bodies) + 1
+    assert total(shadow, "ranker_shadow_mismatches_total") == 0
 
 
 def _ties(body: dict) -> bool:
