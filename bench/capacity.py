@@ -55,6 +55,7 @@ REQUEST_TIMEOUT_S = 10.0
 DRAIN_S = 5.0  # after the last arrival, in-flight requests get this long before they count as failures
 PAUSE_S = 1.0  # between steps: the server's queue empties
 MAX_CONNECTIONS = 1024
+LATE_SENDER_MS = 20.0  # a step whose sends lag more (p99) had a generator short of CPU: flagged in the report
 SMALL_N = (50, 200)
 # mix: 500 ms, since VanI alone takes ~330 ms at N = 2,000 (the mix's p99 requests) on the 2-core box: 150 ms
 # would give VanI no capacity at all; small: N <= 200 takes VanI ~30 ms alone
@@ -371,8 +372,8 @@ def markdown(result: dict[str, Any], plots: list[Path], out: Path) -> str:
     for mix, pool in result["mixes"].items():
         lines.append(f"- mix `{mix}`: {pool['bodies']} bodies, N {pool['n_min']}-{pool['n_max']} (median "
                      f"{pool['n_median']}, mean {pool['n_mean']}), {pool['columnar']} columnar.")
-    header = ["variant", "batching"] + [f"{mix}: req/s at SLO | cand/s | p99 at low load (ms)"
-                                        for mix in result["mixes"]]
+    header = ["variant", "batching"] + [f"{mix}: {column}" for mix in result["mixes"]
+                                        for column in ("req/s at SLO", "cand/s", "p99 at low load (ms)")]
     rows = []
     for variant in ctx["variants"]:
         for batching in ctx["batching"]:
@@ -380,9 +381,9 @@ def markdown(result: dict[str, Any], plots: list[Path], out: Path) -> str:
             for mix in result["mixes"]:
                 curve = capacity(curves, variant, batching, mix)
                 summary = curve.summary() if curve else None
-                row.append("-" if summary is None else
-                           f"{'>= ' if not summary['bounded'] else ''}{summary['capacity_rps']:g} | "
-                           f"{summary['capacity_candidates_per_s']:,.0f} | {summary['low_load_p99_ms']:g}")
+                row += (["-"] * 3 if summary is None else
+                        [f"{'>= ' if not summary['bounded'] else ''}{summary['capacity_rps']:g}",
+                         f"{summary['capacity_candidates_per_s']:,.0f}", f"{summary['low_load_p99_ms']:g}"])
             rows.append(row)
     lines += ["", "Capacity (the highest offered rate meeting the SLO; `>=`: no failing step above it):", "",
               *_table(header, rows), ""]
@@ -395,10 +396,12 @@ def markdown(result: dict[str, Any], plots: list[Path], out: Path) -> str:
     lines += ["Targets:", "", *_table(["target", "measured", "met"], [
         [t["target"], "-" if t["value"] is None else f"{t['value']:.3g}",
          "not measured" if t["met"] is None else ("yes" if t["met"] else "**no**")] for t in result["targets"]]), ""]
-    lines += ["Every step (offered req/s: p99 ms, failures; `x` fails the SLO):", ""]
+    lines += [f"Every step (offered req/s: p99 ms, failures; `x` fails the SLO; `late` when the generator sent its "
+              f"p99 request more than {LATE_SENDER_MS:g} ms after schedule, i.e. it was short of CPU itself):", ""]
     for curve in curves:
         steps = ", ".join(f"{s.offered_rps:g}: {s.p99_ms:g}{'' if s.meets_slo else ' x'}"
                           f"{f' ({s.failures} failed)' if s.failures else ''}"
+                          f"{' late' if s.send_lag_p99_ms > LATE_SENDER_MS else ''}"
                           for s in sorted(curve.steps, key=lambda s: s.offered_rps))
         lines.append(f"- {curve.variant}, batching {'on' if curve.batching else 'off'}, {curve.mix} "
                      f"(single-slot estimate {curve.single_slot_rps:g} req/s): {steps}")
