@@ -481,13 +481,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="2 steps of 2 s per curve, 1 s calibration (tests)")
     parser.add_argument("--out", type=Path, default=Path("docs"), help="capacity.json, capacity.md, capacity_*.png")
     parser.add_argument("--prefix", default="capacity", help="file name prefix in --out")
-    parser.add_argument("--results-dir", type=Path, default=None, help="server logs (default a temp folder)")
+    parser.add_argument("--results-dir", type=Path, default=None,
+                        help="server logs (default loadtest/results/capacity_<UTC timestamp>)")
+    parser.add_argument("--report-from", type=Path, default=None,
+                        help="a capacity.json: write the report (markdown, plots, JSON) again without measuring")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.report_from:
+        result = load_result(args.report_from)
+        args.out.mkdir(parents=True, exist_ok=True)
+    else:
+        result = measure(parser, args, argv)
+        if result is None:
+            return 2
+    result["targets"] = targets(result["curves"], result["outside_inference"])
+    plots = plot(result["curves"], args.out, args.prefix)
+    write_markdown(args.out / f"{args.prefix}.md", markdown(result, plots, args.out))
+    data = {**result, "curves": [{**asdict(c), "summary": c.summary()} for c in result["curves"]]}
+    (args.out / f"{args.prefix}.json").write_text(json.dumps(data, indent=2, default=str))
+    print(f"wrote {args.out / args.prefix}.json, .md, " + ", ".join(str(p) for p in plots))
+    return 0
+
+
+def measure(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any] | None:
+    """The whole sweep, with the context the report needs; None when a server could not run."""
     if args.quick:
         args.step_s, args.max_steps, args.calibration_s, args.min_requests = 2.0, 2, 1.0, 1
         args.outside_requests = min(args.outside_requests, 5)
@@ -503,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_all(args)
     except RunError as exc:
         print(f"capacity sweep could not run: {exc}", file=sys.stderr)
-        return 2
+        return None
     result["context"] = {
         "command": "python -m bench.capacity " + shlex.join(sys.argv[1:] if argv is None else argv),
         "started_utc": stamp, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python "
@@ -512,14 +533,15 @@ def main(argv: list[str] | None = None) -> int:
         "max_step_s": args.max_step_s, "max_steps": args.max_steps,
         "variants": args.variants, "batching": args.batching, "torch_threads": args.torch_threads,
         "server_env": args.server_env, "model": str(args.model)}
-    result["targets"] = targets(result["curves"], result["outside_inference"])
-    plots = plot(result["curves"], args.out, args.prefix)
-    write_markdown(args.out / f"{args.prefix}.md", markdown(result, plots, args.out))
-    data = {**result, "curves": [{**asdict(c), "summary": c.summary()} for c in result["curves"]]}
-    (args.out / f"{args.prefix}.json").write_text(json.dumps(data, indent=2, default=str))
-    print(f"wrote {args.out / args.prefix}.json, .md, " + ", ".join(str(p) for p in plots))
-    return 0
+    return result
 
+
+def load_result(path: Path) -> dict[str, Any]:
+    """A saved capacity.json back into curves, to redo the report without measuring again."""
+    data: dict[str, Any] = json.loads(path.read_text())
+    data["curves"] = [Curve(**{k: v for k, v in c.items() if k not in ("steps", "summary")},
+                            steps=[Step(**step) for step in c["steps"]]) for c in data["curves"]]
+    return data
 
 if __name__ == "__main__":
     sys.exit(main())
