@@ -10,6 +10,9 @@ sums them. Without it, each app instance keeps its own registry (so in-process t
 from __future__ import annotations
 
 import os
+import re
+import threading
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -32,6 +35,8 @@ CANDIDATE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
 BATCH_REQUEST_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 SHADOW_DIFF_BUCKETS = (1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 STAGES = ("queue", "decode", "encode", "infer", "respond")  # label values of ranker_stage_duration_seconds
+# prometheus_client's file of one live gauge mode of one process (livesum, liveall, livemax, ...)
+LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
 
 
 def multiprocess_dir() -> str | None:
@@ -102,10 +107,9 @@ class ServiceMetrics:
         )
         self.reloads = Counter(f"{PREFIX}_reloads", "Model version swaps by outcome.", ["outcome"], registry=registry)
         # One series per process (multiprocess "liveall" adds the pid label itself): converged when all agree.
-        self.config_generation = Gauge(
-            f"{PREFIX}_config_generation", "Serving config generation this process applies (0: its RANKER_* settings).",
-            [] if self.multiprocess else ["pid"], multiprocess_mode="liveall", registry=registry,
-        )
+        # Made by the first set_config_generation: a process still starting shows no series rather than 0.
+        self._config_generation: Gauge | None = None
+        self._config_generation_lock = threading.Lock()
         self.config_rejections = Counter(
             f"{PREFIX}_config_rejections", "serving.json generations a process refused, by reason (invalid, model).",
             ["reason"], registry=registry,
@@ -132,12 +136,20 @@ class ServiceMetrics:
         self.model_info.labels(*current).set(1)
 
     def set_config_generation(self, generation: int) -> None:
-        gauge = self.config_generation if self.multiprocess else self.config_generation.labels(pid=str(os.getpid()))
-        gauge.set(generation)
+        with self._config_generation_lock:
+            if self._config_generation is None:
+                self._config_generation = Gauge(
+                    f"{PREFIX}_config_generation",
+                    "Serving config generation this process applies (0: its RANKER_* settings).",
+                    [] if self.multiprocess else ["pid"], multiprocess_mode="liveall", registry=self.registry,
+                )
+            gauge = self._config_generation
+        (gauge if self.multiprocess else gauge.labels(pid=str(os.getpid()))).set(generation)
 
     def exposition(self) -> tuple[bytes, str]:
         """The text format of every metric (summed over worker processes in multiprocess mode)."""
         if self.registry is None:  # multiprocess mode: read every process's files
+            reap_dead_processes()  # a worker killed without shutting down must not count as in flight
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return generate_latest(registry), CONTENT_TYPE_LATEST
@@ -148,3 +160,34 @@ def mark_process_dead() -> None:
     """Drop this process's live gauges from the multiprocess directory (on worker shutdown)."""
     if multiprocess_dir() is not None:
         multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
+def reap_dead_processes() -> list[int]:
+    """Drop the live gauges of processes that died without shutting down (kill -9, OOM); their pids.
+
+    Their counters and histograms stay: the totals they served are kept.
+    """
+    directory = multiprocess_dir()
+    if directory is None:
+        return []
+    matches = (LIVE_GAUGE_FILE.fullmatch(path.name) for path in Path(directory).iterdir())
+    pids = {int(match.group(1)) for match in matches if match is not None}
+    dead = sorted(pid for pid in pids if not process_alive(pid))
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+    return dead
+
+
+def process_alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not yet collected by its parent, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no procfs: trust kill(0)
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
