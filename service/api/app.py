@@ -13,12 +13,13 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from service.api.deps import ServiceState
+from service.api.drain import CloseConnectionsWhileDraining, drain_on_sigterm
 from service.api.errors import install_error_handlers
 from service.api.routes import admin, health, metrics, models, rank
 from service.api.schemas import ReloadRequest, VariantSwitch, model_components, rank_request_components
 from service.serving.admission import BatchPolicy, InferencePool
 from service.serving.config_watch import ConfigWatcher
-from service.serving.metrics import ServiceMetrics, mark_process_dead
+from service.serving.metrics import ServiceMetrics, mark_process_dead, reap_dead_processes
 from service.serving.runtime import ModelRuntime
 from service.serving.scorer import RequestScorer
 from service.serving.settings import Settings
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title=TITLE, description=DESCRIPTION, version="1", lifespan=_lifespan)
     app.state.service = state
     install_error_handlers(app)
+    app.add_middleware(CloseConnectionsWhileDraining, state=state)
     for module in (rank, health, models, admin, metrics):
         app.include_router(module.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
@@ -69,16 +71,21 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServiceState = app.state.service
     if state.settings.torch_threads is not None:
         torch.set_num_threads(state.settings.torch_threads)  # before the first inference (the warm-up)
+    reaped = reap_dead_processes()  # e.g. this worker replaces one killed by SIGKILL: drop its live gauges
+    if reaped:
+        logger.info("dropped the live gauges of dead worker processes %s", reaped)
     # serving.json when it exists, else the RANKER_* settings; raises: start-up fails, the process exits
     serving = await asyncio.to_thread(state.config.start_up)
     state.shadow.start()
     state.config.start()
+    restore_sigterm = drain_on_sigterm(state, state.settings.drain_delay_s)
     logger.info("ready: model %s/%s, routing %s, serving config %s", serving.name, serving.version,
                 state.runtime.router.to_dict(), state.config.status())
     try:
         yield
     finally:
         state.draining = True  # uvicorn has already let in-flight requests finish
+        restore_sigterm()
         state.config.stop()
         state.shadow.stop()
         state.pool.shutdown()

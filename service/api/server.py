@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import uvicorn
+from uvicorn.supervisors.multiprocess import Multiprocess
 
 from service.api.app import create_app
 from service.serving.metrics import MULTIPROC_ENV
@@ -32,6 +33,8 @@ DEFAULT_PORT = 8000
 def serve(host: str | None = None, port: int | None = None, workers: int | None = None) -> None:
     """Serve until SIGINT/SIGTERM; in-flight requests finish (up to graceful_shutdown_s) before exit.
 
+    On SIGTERM every worker drains first: /readyz answers 503 and requests are still served for drain_delay_s.
+
     Defaults: 127.0.0.1, port 8000, one worker.
     """
     host = DEFAULT_HOST if host is None else host
@@ -48,13 +51,29 @@ def serve(host: str | None = None, port: int | None = None, workers: int | None 
         uvicorn.run(create_app(settings), **common)
         return
     metrics_dir, owned = _prepare_multiprocess_dir()
+    _pin_latest_version(settings)
     if settings.torch_threads is None:  # do not let W workers each take every core
         os.environ[f"{ENV_PREFIX}TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    config = uvicorn.Config(APP_FACTORY, factory=True, workers=workers, **common)
     try:
-        uvicorn.run(APP_FACTORY, factory=True, workers=workers, **common)
+        WorkerSupervisor(config, sockets=[config.bind_socket()]).run()
+    except KeyboardInterrupt:
+        pass
     finally:
         if owned:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+class WorkerSupervisor(Multiprocess):
+    """uvicorn's worker supervisor, except that it lets go of the listening socket once it has told the workers
+    to stop. The workers keep accepting while they drain (service/api/drain.py); when the last one closes it, the
+    socket closes and new connections are refused at once. Held here it would keep listening, and connections
+    queued on it after the workers stopped accepting would be reset when this process exits."""
+
+    def terminate_all(self) -> None:
+        super().terminate_all()
+        for sock in self.sockets:
+            sock.close()
 
 
 def _check_model_exists(settings: Settings) -> None:
@@ -67,6 +86,16 @@ def _check_model_exists(settings: Settings) -> None:
         read_manifest(resolve_version(model_dir / check_component("version", version) if version else model_dir))
     except (ArtifactError, ServingConfigError) as exc:
         raise SystemExit(f"cannot serve: {exc}") from None
+
+
+def _pin_latest_version(settings: Settings) -> None:
+    """With neither serving.json nor RANKER_MODEL_VERSION, pin the latest version now for every worker, so one
+    that uvicorn respawns later (after a crash) serves what its siblings serve, not a version added since."""
+    if settings.model_version is not None or ServingConfigFile.for_settings(settings).read() is not None:
+        return  # the workers follow the file, or the pinned setting: already one version for all of them
+    version = resolve_version(settings.model_store / settings.model_name).name
+    os.environ[f"{ENV_PREFIX}MODEL_VERSION"] = version
+    logger.info("no serving config and no RANKER_MODEL_VERSION: every worker serves %s, the latest now", version)
 
 
 def _prepare_multiprocess_dir() -> tuple[Path, bool]:

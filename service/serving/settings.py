@@ -121,6 +121,11 @@ class Settings(BaseSettings):
     graceful_shutdown_s: float = Field(
         default=30.0, gt=0.0, description="How long shutdown waits for in-flight requests."
     )
+    drain_delay_s: float = Field(
+        default=5.0, ge=0.0, le=300.0, allow_inf_nan=False,
+        description="After SIGTERM: /readyz answers 503 and requests are still served this long (seconds) "
+        "before the server stops accepting; a second SIGTERM stops at once.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
     access_log: bool = Field(default=False, description="uvicorn's per-request access log line.")
 
