@@ -19,7 +19,7 @@ from typing import Any
 from service.serving.errors import ConfigNotWritten, InvalidRequest, ReloadInProgress
 from service.serving.metrics import ServiceMetrics
 from service.serving.routing import VariantRouter
-from service.serving.runtime import ActiveConfig, ModelRuntime, ServingModel
+from service.serving.runtime import ActiveConfig, ModelRuntime, ServingModel, release_build_memory
 from service.serving.serving_config import (
     LOCK_TIMEOUT_S,
     ServingConfig,
@@ -208,11 +208,15 @@ class ConfigWatcher:
                                            previous.router.default.value),
             (serving.name, serving.version, config.variant.value),
         )
-        if previous is not None and previous.serving is not serving:
+        swapped = previous is None or previous.serving is not serving
+        if previous is not None and swapped:
             self.metrics.reloads.labels(outcome="ok").inc()
         logger.info("serving config generation %d applied (from %s): model %s/%s, routing %s, shadow %s at %g",
                     config.generation, source, serving.name, serving.version, active.router.to_dict(),
                     config.shadow.variant.value if config.shadow.variant else None, config.shadow.sample_rate)
+        if swapped:
+            del previous  # the old model goes with the last reference to it, then the capture's garbage
+            release_build_memory()
         return active
 
     def _refuse(self, generation: int, reason: str, message: str) -> None:
@@ -221,6 +225,7 @@ class ConfigWatcher:
         self.metrics.config_rejections.labels(reason=reason).inc()
         if reason == REFUSED_MODEL:
             self.metrics.reloads.labels(outcome="refused").inc()
+            release_build_memory()  # what the refused build left
         logger.warning("serving config generation %d refused (%s), still serving generation %d: %s",
                        generation, reason, self.applied.config.generation, message)
 

@@ -7,8 +7,12 @@ never mixes two models or two routings.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import logging
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,6 +22,8 @@ from typing import Any
 import pydantic_core
 import torch
 from torch import Tensor, nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
 from service.engine import Analysis, Variant
 from service.engine.equivalence import compare
@@ -215,3 +221,39 @@ class ModelRuntime:
         active = ActiveConfig(serving, router, generation)
         self._active = active
         return active
+
+
+def release_build_memory() -> None:
+    """Give back what builds leave behind, once a swap has dropped the previous model (docs/soak.md).
+
+    torch.export's class-level memo tables (ShapeEnv's lru_caches, keyed by the ShapeEnv itself, and
+    FakeTensorMode's dispatch cache) keep past captures' shape environments and fake tensors alive; the old
+    variants are cycles only the collector frees; and glibc keeps freed heap pages unless trimmed. Clearing the
+    memo tables costs the next build a few recomputations, nothing else.
+    """
+    for member in vars(ShapeEnv).values():
+        cache_clear = getattr(member, "cache_clear", None)
+        if callable(cache_clear):
+            cache_clear()
+    FakeTensorMode.cache_clear()
+    gc.collect()
+    with warnings.catch_warnings():  # isinstance() on some of torch's deprecated objects warns
+        warnings.simplefilter("ignore")
+        shape_envs = [obj for obj in gc.get_objects() if isinstance(obj, ShapeEnv)]
+    for shape_env in shape_envs:
+        # fake tensor -> (C++ symbolic sizes) -> SymNode -> ShapeEnv -> tracked_fakes -> fake tensor: a cycle
+        # through C++ that the collector cannot see; captures are over, so cut it on the ShapeEnv's side
+        shape_env.tracked_fakes = None
+        shape_env.fake_tensor_cache.clear()
+    gc.collect()
+    _malloc_trim()
+
+
+def _malloc_trim() -> None:
+    """glibc's malloc_trim(0): return free heap pages to the OS (nothing elsewhere)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    trim = getattr(ctypes.CDLL(name), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
