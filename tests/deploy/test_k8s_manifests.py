@@ -434,9 +434,10 @@ def test_grace_period_covers_the_prestop_drain_and_the_graceful_shutdown(rendere
 
     env = effective_env(rendered, rendered.container)
     graceful = float(env.get("RANKER_GRACEFUL_SHUTDOWN_S", Settings.model_fields["graceful_shutdown_s"].default))
+    drain_after_sigterm = float(env.get("RANKER_DRAIN_DELAY_S", Settings.model_fields["drain_delay_s"].default))
     drain = pre_stop_sleep_s(rendered.container)
     assert drain >= 5, "the endpoint removal needs a few seconds to reach kube-proxy and load balancers"
-    assert rendered.pod["terminationGracePeriodSeconds"] > drain + graceful
+    assert rendered.pod["terminationGracePeriodSeconds"] > drain + drain_after_sigterm + graceful
 
 
 def test_pods_run_as_the_images_user_with_a_read_only_root_and_no_privileges(rendered: Rendered) -> None:
