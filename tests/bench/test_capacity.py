@@ -25,6 +25,8 @@ def test_sweep_starts_at_low_load_ladders_up_then_bisects() -> None:
     curve.steps.append(_step(60.0, True))
     assert next_rate(curve, 100.0) == pytest.approx(60 * LADDER_FACTOR)
     curve.steps.append(_step(78.0, False))
+    assert next_rate(curve, 100.0) == 78.0  # a failure is tried once more before it counts
+    curve.steps.append(_step(78.0, False))
     assert next_rate(curve, 100.0) == pytest.approx((60 * 78) ** 0.5)
     curve.steps.append(_step(77.0, True))
     assert next_rate(curve, 100.0) is None  # 78 / 77 < 1.05: pinned
@@ -33,9 +35,16 @@ def test_sweep_starts_at_low_load_ladders_up_then_bisects() -> None:
 
 def test_sweep_halves_when_even_low_load_fails() -> None:
     curve = Curve("vani", True, "mix", 10.0, single_slot_rps=50.0)
-    curve.steps.append(_step(10.0, False))
+    curve.steps += [_step(10.0, False), _step(10.0, False)]
     assert next_rate(curve, 50.0) == pytest.approx(5.0)
     assert curve.best is None and curve.summary()["capacity_rps"] == 0.0
+
+
+def test_a_failure_that_passes_on_its_second_try_does_not_stop_the_ladder() -> None:
+    curve = Curve("mari", False, "mix", 500.0, single_slot_rps=10.0)
+    curve.steps += [_step(2.0, True), _step(6.0, False), _step(6.0, True)]
+    assert next_rate(curve, 10.0) == pytest.approx(6.0 * LADDER_FACTOR)
+    assert curve.best is not None and curve.best.offered_rps == 6.0 and not curve.bounded
 
 
 def test_quick_sweep_against_a_real_server_reports_every_step(store: Path, tmp_path: Path) -> None:
