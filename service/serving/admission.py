@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from service.serving.errors import Overloaded
@@ -38,23 +38,19 @@ class BatchPolicy:
 
 @dataclass(frozen=True)
 class Ticket(Generic[R]):
-    """What a request gets back: its outcome, how long it waited for a slot, and the batch it ran in."""
+    """What a request gets back: its outcome and how long its batch's call took."""
 
     result: R
-    waited_s: float
-    batch_requests: int
-    batch_candidates: int
     batch_seconds: float
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: the queue must never compare payloads (tensors)
 class _Waiting:
     key: Hashable
     candidates: int
     payload: Any
     job: BatchJob
     future: asyncio.Future[Ticket[Any]]
-    enqueued: float = field(default_factory=time.perf_counter)
 
 
 class InferencePool:
@@ -77,11 +73,6 @@ class InferencePool:
         self._arrived: asyncio.Event | None = None  # made on first use, inside the running loop
         self._workers: list[asyncio.Task[None]] = []
         self._idle_workers = slots
-
-    @property
-    def queued(self) -> tuple[int, int]:
-        """Requests and candidates waiting for a slot now."""
-        return len(self._queue), self._queued_candidates
 
     async def run_codec(self, work: Callable[[], T]) -> T:
         """Run decoding/encoding work on the codec thread, beside inference (it does not hold a slot)."""
@@ -161,15 +152,13 @@ class InferencePool:
                 except Exception as exc:  # the job itself broke: every request of the batch gets the error
                     outcomes = [exc] * len(batch)
                 seconds = time.perf_counter() - started
-                candidates = sum(w.candidates for w in batch)
                 for waiting, outcome in zip(batch, outcomes):
                     if waiting.future.done():
                         continue
                     if isinstance(outcome, BaseException):
                         waiting.future.set_exception(outcome)
                     else:
-                        waiting.future.set_result(Ticket(outcome, started - waiting.enqueued, len(batch),
-                                                         candidates, seconds))
+                        waiting.future.set_result(Ticket(outcome, seconds))
             finally:
                 self._idle_workers += 1
 

@@ -17,7 +17,7 @@ JSON = {"content-type": "application/json"}
 
 
 def _slow_app(store: Path, **overrides):
-    app = create_app(make_settings(store, model_version="v1", queue_timeout_s=30.0, **overrides))
+    app = create_app(make_settings(store, model_version="v1", **{"queue_timeout_s": 30.0, **overrides}))
     scorer = app.state.service.scorer
     score = scorer._score_on_slot
 
@@ -64,3 +64,4 @@ def test_small_requests_still_queue_when_large_ones_are_refused(store: Path, sch
     rest = [json.dumps(rank_body(schema, n=n, seed=i)).encode() for i, n in enumerate((150, 30, 30, 30))]
     results = asyncio.run(_burst(app, first, rest))
     assert [status for status, _ in results] == [503, 200, 200, 200]  # 150 alone exceeds; 3 x 30 fit in 100
+
