@@ -150,6 +150,7 @@ def _warm_and_check(
         batch = schema.example_batch(n, generator)
         with torch.inference_mode():
             reference = variants[Variant.VANI](batch)
+            _check_finite_warm_up(reference, rank_by(reference), n)
             for variant in (Variant.UOI, Variant.MARI):
                 result = compare(variants[variant](batch), reference, settings.tolerance, rank_by)
                 if not result.equivalent:
@@ -158,6 +159,16 @@ def _warm_and_check(
                     logger.warning("variant %s falls back to VanI: %s", variant.value, reason)
                     variants[variant] = variants[Variant.VANI]
                     reports[variant] = {**reports[variant], "variant": "vani", "fallback_reason": reason}
+
+
+def _check_finite_warm_up(scores: dict[str, Tensor], final: Tensor, n: int) -> None:
+    """A model whose scores on ordinary inputs are NaN or inf (NaN weights, overflowing task weights) would
+    answer every request with a meaningless ranking: it is refused, never served."""
+    for task, values in scores.items():
+        if not bool(torch.isfinite(values).all()):
+            raise ValueError(f"warm-up at N={n}: task {task!r} scores are not finite (NaN or inf)")
+    if not bool(torch.isfinite(final).all()):
+        raise ValueError(f"warm-up at N={n}: the task-weighted final scores are not finite (check task_weights)")
 
 
 def _warm_codec(codec: RequestCodec, settings: Settings) -> None:

@@ -14,14 +14,16 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import numpy as np
 import pydantic_core
 import torch
 
 from service.engine import Variant
+from service.features.schema import Kind
 from service.serving.admission import InferencePool
+from service.serving.errors import InvalidRequest
 from service.serving.metrics import STAGES, ServiceMetrics
 from service.serving.runtime import ActiveConfig, ModelRuntime, ServingModel
 from service.serving.shadow import ShadowComparator, ShadowJob
@@ -124,6 +126,13 @@ class RequestScorer:
         variant = batch[0].variant
         self.metrics.batch_requests.labels(variant=variant.value).observe(len(batch))
         self.metrics.batch_candidates.labels(variant=variant.value).observe(sum(p.n_candidates for p in batch))
+        outcomes = self._outcomes(serving, variant, batch)
+        return [outcome if isinstance(outcome, Exception)
+                else check_finite(serving, prepared.features, cast(dict[str, torch.Tensor], outcome))
+                for prepared, outcome in zip(batch, outcomes)]
+
+    def _outcomes(self, serving: ServingModel, variant: Variant, batch: Sequence[_Prepared]) -> list[object]:
+        """Scores or error of each request: one call for the batch when it can, else one call per request."""
         if len(batch) > 1 and variant in serving.batched:
             try:
                 return list(serving.score_batch(variant, [p.features for p in batch]))
@@ -144,6 +153,37 @@ class RequestScorer:
         self.metrics.request_seconds.labels(variant=variant).observe(times.total)
         self.metrics.candidates_per_request.observe(prepared.n_candidates)
         self.metrics.candidates_scored.labels(variant=variant).inc(prepared.n_candidates)
+
+
+def check_finite(
+    serving: ServingModel, features: dict[str, torch.Tensor], scores: dict[str, torch.Tensor]
+) -> object:
+    """The scores, or an InvalidRequest when the inputs drove a healthy model past float32 (a 200 never carries
+    NaN or inf: strict JSON parsers refuse them and the ranking would be meaningless). The model passed its
+    finite warm-up, so the request's dense values are the likely cause: the one of largest magnitude is named."""
+    if all(bool(torch.isfinite(scores[task]).all()) for task in serving.tasks) and bool(
+            torch.isfinite(serving.final_scores(scores)).all()):
+        return scores
+    field = _largest_dense_input(serving, features)
+    hint = f"; the largest dense input is {field}" if field else ""
+    return InvalidRequest(f"the request's features drive the model to non-finite scores{hint}; "
+                          f"dense values of this magnitude are outside what the model can score",
+                          field=field, code="non_finite_scores")
+
+
+def _largest_dense_input(serving: ServingModel, features: dict[str, torch.Tensor]) -> str | None:
+    """'user.<name>' or 'candidates.<name>[row]' of the dense value of largest magnitude, None without dense."""
+    best: tuple[float, str] | None = None
+    for spec in serving.codec.schema.features:
+        values = features[spec.name]
+        if spec.kind is not Kind.DENSE or values.numel() == 0:
+            continue
+        flat = values.abs().reshape(values.shape[0], -1).amax(dim=1)  # [B]
+        row = int(flat.argmax())
+        where = f"user.{spec.name}" if spec.is_user else f"candidates.{spec.name}[{row}]"
+        if best is None or float(flat[row]) > best[0]:
+            best = (float(flat[row]), where)
+    return None if best is None else best[1]
 
 
 def _prepare(active: ActiveConfig, body: bytes, header_request_id: str | None) -> _Prepared:
