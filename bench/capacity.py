@@ -262,12 +262,13 @@ def next_rate(curve: Curve, estimate: float) -> float | None:
 
 def sweep(url: str, pool: list[Body], curve: Curve, args: argparse.Namespace) -> Curve:
     for index in range(args.max_steps):
-        rate = next_rate(curve, curve.single_slot_rps)
-        if rate is None:
+        proposed = next_rate(curve, curve.single_slot_rps)
+        if proposed is None:
             break
+        rate = round(proposed, 2)  # the rate scheduled is the rate reported: its arrivals are round(rate x s)
         duration = min(max(args.step_s, args.min_requests / rate), args.max_step_s)  # enough samples for a p99
         samples = asyncio.run(open_loop(url, pool, rate, duration, curve.variant, args.seed + index))
-        step = summarize(samples, round(rate, 2), duration, curve.slo_ms)
+        step = summarize(samples, rate, duration, curve.slo_ms)
         curve.steps.append(step)
         print(f"    {curve.variant:4s} batching={'on ' if curve.batching else 'off'} {curve.mix:5s} "
               f"offered={step.offered_rps:7.2f} achieved={step.achieved_rps:7.2f} p50={step.p50_ms:7.1f} "
