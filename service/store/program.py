@@ -2,30 +2,30 @@
 
 `torch.export.save/load` put the weights in pickles and `torch.export.load` retries with
 `weights_only=False`; the exported program's `guards_code` is Python source that `ExportedProgram.module()`
-executes. So the store keeps only the program's JSON graph (guards dropped, node metadata dropped,
-operators limited to known namespaces, names limited to identifiers) and the tensors in safetensors, and
-rebuilds the program with torch's JSON deserializer.
+executes. So the store keeps only the program's JSON graph (guards dropped, node metadata dropped) and the
+tensors in safetensors, and rebuilds the program with torch's JSON deserializer once the whole document has
+passed service.store.program_document (allowed operators, size grammar, bounded sizes, identifiers).
 """
 
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch._export.serde.serialize import SerializedArtifact, deserialize, serialize
 from torch.export import ExportedProgram
 
+from service.store.bounded_json import MAX_JSON_DEPTH, MAX_PROGRAM_BYTES, JsonBoundError, loads_bounded
+from service.store.program_document import (
+    DocumentError,
+    check_program_document,
+    check_tensor_metadata,
+    graph_nodes,
+)
+
 STATE_PREFIX = "state_dict/"
 CONSTANT_PREFIX = "constants/"
-# Operator namespaces a stored graph may call; an artifact naming anything else is refused.
-ALLOWED_TARGET_PREFIXES = (
-    "torch.ops.aten.", "torch.ops.prims.", "torch.ops.higher_order.", "torch.ops.fbgemm.", "_operator.",
-    "torch.sym_", "torch._sym_", "math.",
-)
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class ProgramError(ValueError):
@@ -50,7 +50,7 @@ def program_to_json(program: ExportedProgram) -> tuple[bytes, dict[str, torch.Te
         program._guards_code = guards
     document = json.loads(serialized.exported_program)
     _strip_metadata(document)
-    check_program_document(document)
+    _check_document(document)
     return json.dumps(document, separators=(",", ":")).encode(), tensors
 
 
@@ -59,10 +59,11 @@ def program_from_json(
 ) -> ExportedProgram:
     """Rebuild the program; `example_inputs` gives the call's structure (torch binds it to name inputs)."""
     try:
-        document = json.loads(program_json)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ProgramError(f"not valid JSON ({error})") from error
-    check_program_document(document)
+        document = loads_bounded(program_json, max_bytes=MAX_PROGRAM_BYTES, max_depth=MAX_JSON_DEPTH,
+                                 what="the program")
+    except JsonBoundError as error:
+        raise ProgramError(str(error)) from error
+    _check_document(document)
     parameters = set(_parameter_names(document))
     state_dict: dict[str, torch.Tensor] = {}
     constants: dict[str, torch.Tensor] = {}
@@ -75,7 +76,10 @@ def program_from_json(
         else:
             raise ProgramError(f"tensor {key!r} is neither under {STATE_PREFIX!r} nor under {CONSTANT_PREFIX!r}")
     _check_tensor_names(document, state_dict, constants)
-    _register_library_operators(document)
+    try:
+        check_tensor_metadata(document, state_dict, constants)
+    except DocumentError as error:
+        raise ProgramError(str(error)) from error
     artifact = SerializedArtifact(json.dumps(document).encode(), state_dict, constants, example_inputs)  # type: ignore[arg-type]
     try:
         return deserialize(artifact)
@@ -104,31 +108,11 @@ def _views_to_reshapes(module: torch.fx.GraphModule) -> None:
         module.recompile()
 
 
-def check_program_document(document: Any) -> None:
-    """Refuse what could run code on load: guard code, operators outside the allowed namespaces, odd names."""
-    if not isinstance(document, dict) or not isinstance(document.get("graph_module"), dict):
-        raise ProgramError("expected a JSON object with a 'graph_module'")
-    if document.get("guards_code"):
-        raise ProgramError("field 'guards_code' must be empty: stored programs carry no Python source")
-    for node in _graph_nodes(document["graph_module"]):
-        target = node.get("target")
-        if not isinstance(target, str) or not target.startswith(ALLOWED_TARGET_PREFIXES):
-            raise ProgramError(f"node calls {target!r}, outside the allowed operator namespaces "
-                               f"{list(ALLOWED_TARGET_PREFIXES)}")
-    for name in _value_names(document["graph_module"]):
-        if not _IDENTIFIER.match(name):
-            raise ProgramError(f"graph value name {name!r} is not an identifier")
-
-
-def _register_library_operators(document: dict[str, Any]) -> None:
-    """fbgemm's operators (torchrec's jagged ops) exist only once its package is imported."""
-    targets = (str(node.get("target", "")) for node in _graph_nodes(document["graph_module"]))
-    if any(target.startswith("torch.ops.fbgemm.") for target in targets):
-        try:
-            import fbgemm_gpu  # noqa: F401  (registers torch.ops.fbgemm)
-        except ImportError as error:
-            raise ProgramError("the program calls torch.ops.fbgemm operators; install fbgemm-gpu-cpu to serve it "
-                               f"({error})") from error
+def _check_document(document: Any) -> None:
+    try:
+        check_program_document(document)
+    except DocumentError as error:
+        raise ProgramError(str(error)) from error
 
 
 def _plain_tensor(key: str, value: torch.Tensor) -> torch.Tensor:
@@ -139,35 +123,8 @@ def _plain_tensor(key: str, value: torch.Tensor) -> torch.Tensor:
 
 def _strip_metadata(document: dict[str, Any]) -> None:
     """Stack traces and module paths are provenance for debugging, not needed to run, and never trusted."""
-    for node in _graph_nodes(document["graph_module"]):
+    for node in graph_nodes(document["graph_module"]):
         node["metadata"] = {}
-
-
-def _graph_nodes(graph_module: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    graph = graph_module.get("graph", {})
-    for node in graph.get("nodes", []):
-        yield node
-        for value in _walk(node.get("inputs", [])):  # higher-order ops carry nested graphs
-            if isinstance(value, dict) and isinstance(value.get("graph"), dict) and "nodes" in value["graph"]:
-                yield from _graph_nodes(value)
-
-
-def _value_names(graph_module: dict[str, Any]) -> Iterator[str]:
-    for value in _walk(graph_module.get("graph", {})):
-        if isinstance(value, dict):
-            for key in ("name", "as_name"):
-                if isinstance(value.get(key), str):
-                    yield value[key]
-
-
-def _walk(value: Any) -> Iterator[Any]:
-    yield value
-    if isinstance(value, dict):
-        for item in value.values():
-            yield from _walk(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _walk(item)
 
 
 def _parameter_names(document: dict[str, Any]) -> list[str]:
