@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, NotRequired, Union
 
@@ -70,6 +71,7 @@ class RequestCodec:
         sequence_overflow: Literal["reject", "truncate"],
     ) -> None:
         self.schema = schema
+        self.max_candidates = max_candidates
         self.max_id = max_id
         self.truncate_sequences = sequence_overflow == "truncate"
         self._validator = TypeAdapter(_request_type(schema, max_candidates, max_id, self.truncate_sequences))
@@ -111,20 +113,11 @@ class RequestCodec:
 
     def _encode_column(self, spec: FeatureSpec, values: list[Any], container: str) -> Tensor:
         if spec.kind is Kind.SPARSE_ID:
-            ids = np.asarray(values, dtype=np.int64)  # [B]
-            return torch.from_numpy(np.minimum(ids, spec.vocab_size, out=ids))
+            return torch.from_numpy(map_oov(np.asarray(values, dtype=np.int64), spec))  # [B]
         if spec.kind is Kind.DENSE:
-            with np.errstate(over="ignore"):  # float32 overflow becomes inf, refused just below
-                dense = np.asarray(values, dtype=np.float32)  # [B, dim]
-            if not np.isfinite(dense).all():  # finite in float64 but past float32's range
-                row = int(np.flatnonzero(~np.isfinite(dense).all(axis=1))[0])
-                where = spec.name if container == "user" else f"{spec.name}[{row}]"
-                raise InvalidRequest(
-                    f"feature {spec.name!r} has a value outside float32's finite range",
-                    field=f"{container}.{where}",
-                    code="non_finite",
-                )
-            return torch.from_numpy(dense)
+            field_of_row = (lambda row: f"user.{spec.name}") if container == "user" else (
+                lambda row: f"candidates.{spec.name}[{row}]")
+            return torch.from_numpy(finite_float32(values, spec, field_of_row))
         return torch.from_numpy(self._pad_sequences(spec, values))
 
     def _pad_sequences(self, spec: FeatureSpec, sequences: list[list[int]]) -> np.ndarray:
@@ -134,7 +127,39 @@ class RequestCodec:
         flat = np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64, count=int(lengths.sum()))
         padded = np.zeros((len(sequences), spec.max_len), dtype=np.int64)  # [B, max_len], 0 = padding
         padded[np.arange(spec.max_len) < lengths[:, None]] = flat
-        return np.minimum(padded, spec.vocab_size, out=padded)
+        return map_oov(padded, spec)
+
+    def fit_padded_sequences(self, padded: np.ndarray, spec: FeatureSpec, field: str) -> np.ndarray:
+        """Already padded sequences [B, L] (int64) at the model's width [B, max_len] by the same rules as a /rank
+        list: shorter ones right-padded with 0, longer ones refused (or cut with sequence_overflow="truncate");
+        ids past the vocabulary go to the OOV row."""
+        length = padded.shape[1]
+        if length > spec.max_len and not self.truncate_sequences:
+            raise InvalidRequest(f"{field}: sequence {spec.name!r} holds at most {spec.max_len} ids, got {length} "
+                                 "columns", field=field, code="sequence_too_long")
+        fitted = np.zeros((padded.shape[0], spec.max_len), dtype=np.int64)  # [B, max_len], 0 = padding
+        width = min(length, spec.max_len)
+        fitted[:, :width] = padded[:, :width]
+        return map_oov(fitted, spec)
+
+
+def map_oov(ids: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """Ids >= vocab_size score with the out-of-vocabulary row `vocab_size` (in place on an int64 array)."""
+    clamped: np.ndarray = np.minimum(ids, spec.vocab_size, out=ids)
+    return clamped
+
+
+def finite_float32(values: Any, spec: FeatureSpec, field_of_row: Callable[[int], str]) -> np.ndarray:
+    """Dense values [B, dim] as float32; InvalidRequest(non_finite) naming the first row with a value that is NaN,
+    infinite or past float32's range (finite in float64, inf once a float32)."""
+    with np.errstate(over="ignore", invalid="ignore"):  # float32 overflow becomes inf, refused just below
+        dense = np.asarray(values, dtype=np.float32)  # [B, dim]
+    finite = np.isfinite(dense)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite.reshape(dense.shape[0], -1).all(axis=1))[0])
+        raise InvalidRequest(f"feature {spec.name!r} has a value outside float32's finite range",
+                             field=field_of_row(row), code="non_finite")
+    return dense
 
 
 def _common_length(columns: dict[str, list[Any]]) -> int:

@@ -43,8 +43,9 @@ class VariantRouter:
             bounds.append((running, variant))
         self._bounds = bounds
 
-    def route(self, user_id: str) -> Variant:
-        if not self._bounds:
+    def route(self, user_id: str | None) -> Variant:
+        """The user's arm; an anonymous request (no user id: nothing to keep stable) gets the default variant."""
+        if user_id is None or not self._bounds:
             return self.default
         digest = hashlib.blake2b(user_id.encode("utf-8"), digest_size=8).digest()
         point = int.from_bytes(digest, "big") / HASH_SPACE  # same user, same point, in every process

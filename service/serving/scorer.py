@@ -1,4 +1,8 @@
-"""One /rank request end to end: body -> codec (decode, encode) -> router -> variant -> response body.
+"""One scoring request end to end: body -> door (decode, encode) -> router -> variant -> door (response body).
+
+A door is one protocol's way in and out: POST /rank's JSON (`RankDoor`, the default) or the Open Inference
+Protocol (service/serving/v2_codec.py). Admission, routing, batching, the finite-scores check, shadow and
+metrics are the same whichever door a request came through.
 
 Every stage is timed. Decoding, encoding and the response body run on the codec thread; scoring on an
 inference slot (service/serving/admission.py), where waiting requests of the same model and variant are
@@ -14,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import numpy as np
 import pydantic_core
@@ -30,6 +34,7 @@ from service.serving.shadow import ShadowComparator, ShadowJob
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+Reply = TypeVar("Reply")  # what a door keeps from the request to write its response (top_k, requested outputs)
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,34 @@ class StageTimes:
 
 
 @dataclass(frozen=True)
+class Decoded(Generic[Reply]):
+    """A request as model inputs (user leaves at batch 1, candidates at batch N), whichever door it came in by."""
+
+    features: dict[str, torch.Tensor]
+    n_candidates: int
+    user_id: str | None  # the A/B routing key; None: the default variant (no user to keep in one arm)
+    request_id: str | None  # safe to log and echo (codec.REQUEST_ID_PATTERN), or None
+    reply: Reply
+    decode: float
+    encode: float
+
+
+@dataclass(frozen=True)
+class ResponseBody:
+    content: bytes
+    json_length: int | None = None  # binary tensor data follows the first json_length bytes (V2 binary extension)
+
+
+class Door(Protocol[Reply]):
+    """One protocol's request bytes -> model inputs, and scores -> its response bytes (both on the codec thread)."""
+
+    def decode(self, serving: ServingModel, body: bytes) -> Decoded[Reply]: ...
+
+    def respond(self, serving: ServingModel, variant: Variant, request_id: str, scores: dict[str, torch.Tensor],
+                reply: Reply) -> ResponseBody: ...
+
+
+@dataclass(frozen=True)
 class RankResult:
     body: bytes
     request_id: str
@@ -65,6 +98,7 @@ class RankResult:
     config_generation: int
     n_candidates: int
     times: StageTimes
+    json_length: int | None = None  # see ResponseBody
 
 
 @dataclass(frozen=True)
@@ -75,7 +109,7 @@ class _Prepared:
     variant: Variant
     features: dict[str, torch.Tensor]
     n_candidates: int
-    top_k: int | None
+    reply: Any  # the door's Reply
     decode: float
     encode: float
 
@@ -91,8 +125,9 @@ class RequestScorer:
         self.shadow = shadow
         self.metrics = metrics
 
-    async def score(self, body: bytes, header_request_id: str | None) -> RankResult:
-        """Score a /rank body; raises the serving core's errors (invalid, overloaded...).
+    async def score(self, body: bytes, header_request_id: str | None, door: Door[Any] | None = None) -> RankResult:
+        """Score a body that came in by `door` (None: POST /rank's); raises the serving core's errors (invalid,
+        overloaded...).
 
         Decoding and the response body run on the codec thread; scoring on an inference slot, batched with
         other waiting requests of the same model and variant when batching is on.
@@ -100,13 +135,14 @@ class RequestScorer:
         started = time.perf_counter()
         active = self.runtime.active  # one model and routing for the whole request, even if a new config swaps it
         serving = active.serving
-        prepared = await self.pool.run_codec(lambda: _prepare(active, body, header_request_id))
+        by: Door[Any] = door or RANK_DOOR
+        prepared = await self.pool.run_codec(lambda: _prepare(active, by, body, header_request_id))
         ticket = await self.pool.submit((id(serving), prepared.variant), prepared.n_candidates, prepared,
                                         lambda batch: self._score_on_slot(serving, batch))
         scores: dict[str, torch.Tensor] = ticket.result
         response, respond = await self.pool.run_codec(
-            lambda: _timed(lambda: _response_body(serving, prepared.variant, prepared.request_id, scores,
-                                                  prepared.top_k)))
+            lambda: _timed(lambda: by.respond(serving, prepared.variant, prepared.request_id, scores,
+                                              prepared.reply)))
         shadow = self.shadow.sample(prepared.variant)
         if shadow is not None:
             self.shadow.submit(ShadowJob(prepared.request_id, serving, prepared.variant, shadow, prepared.features,
@@ -116,8 +152,8 @@ class RequestScorer:
         queue = max(0.0, total - prepared.decode - prepared.encode - infer - respond)
         times = StageTimes(queue, prepared.decode, prepared.encode, infer, respond)
         self._observe(prepared, times)
-        return RankResult(response, prepared.request_id, serving.name, serving.version, prepared.variant,
-                          active.generation, prepared.n_candidates, times)
+        return RankResult(response.content, prepared.request_id, serving.name, serving.version, prepared.variant,
+                          active.generation, prepared.n_candidates, times, response.json_length)
 
     def _score_on_slot(self, serving: ServingModel, batch: Sequence[_Prepared]) -> list[object]:
         """Per-task scores of each request of one batch (same model and variant), or the error of each that
@@ -186,16 +222,32 @@ def _largest_dense_input(serving: ServingModel, features: dict[str, torch.Tensor
     return None if best is None else best[1]
 
 
-def _prepare(active: ActiveConfig, body: bytes, header_request_id: str | None) -> _Prepared:
-    serving = active.serving
-    t0 = time.perf_counter()
-    request = serving.codec.decode(body)
-    t1 = time.perf_counter()
-    encoded = serving.codec.encode(request)
-    t2 = time.perf_counter()
-    variant = active.router.route(request.user_id)
-    request_id = request.request_id or header_request_id or uuid.uuid4().hex
-    return _Prepared(request_id, variant, encoded.features, encoded.n_candidates, request.top_k, t1 - t0, t2 - t1)
+def _prepare(active: ActiveConfig, door: Door[Any], body: bytes, header_request_id: str | None) -> _Prepared:
+    decoded = door.decode(active.serving, body)
+    variant = active.router.route(decoded.user_id)
+    request_id = decoded.request_id or header_request_id or uuid.uuid4().hex
+    return _Prepared(request_id, variant, decoded.features, decoded.n_candidates, decoded.reply, decoded.decode,
+                     decoded.encode)
+
+
+class RankDoor:
+    """POST /rank: the service's own JSON (service/serving/codec.py); the reply is the request's top_k."""
+
+    def decode(self, serving: ServingModel, body: bytes) -> Decoded[int | None]:
+        t0 = time.perf_counter()
+        request = serving.codec.decode(body)
+        t1 = time.perf_counter()
+        encoded = serving.codec.encode(request)
+        t2 = time.perf_counter()
+        return Decoded(encoded.features, encoded.n_candidates, request.user_id, request.request_id, request.top_k,
+                       t1 - t0, t2 - t1)
+
+    def respond(self, serving: ServingModel, variant: Variant, request_id: str, scores: dict[str, torch.Tensor],
+                reply: int | None) -> ResponseBody:
+        return ResponseBody(_response_body(serving, variant, request_id, scores, reply))
+
+
+RANK_DOOR = RankDoor()
 
 
 def _timed(work: Callable[[], T]) -> tuple[T, float]:
