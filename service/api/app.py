@@ -15,7 +15,7 @@ from fastapi.openapi.utils import get_openapi
 from service.api.deps import ServiceState
 from service.api.drain import CloseConnectionsWhileDraining, drain_on_sigterm
 from service.api.errors import install_error_handlers
-from service.api.routes import admin, health, metrics, models, rank
+from service.api.routes import admin, health, metrics, models, rank, v2
 from service.api.schemas import ReloadRequest, VariantSwitch, model_components, rank_request_components
 from service.serving.admission import BatchPolicy, InferencePool
 from service.serving.config_watch import ConfigWatcher
@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = state
     install_error_handlers(app)
     app.add_middleware(CloseConnectionsWhileDraining, state=state)
-    for module in (rank, health, models, admin, metrics):
+    for module in (rank, v2, health, models, admin, metrics):
         app.include_router(module.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

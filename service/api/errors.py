@@ -1,7 +1,8 @@
 """The one mapping from the serving core's error kinds (service/serving/errors.py) to HTTP.
 
 `install_error_handlers` maps them (and FastAPI's own errors) to a status code and the uniform body
-{"error": {"code", "message", "field"}}.
+{"error": {"code", "message", "field"}}; under /v2 (the Open Inference Protocol) to that protocol's body
+{"error": "<message>"}, with 400 for every bad input.
 A client never sees a 500 or a stack trace for its input: anything unexpected is logged and answered as
 `internal_error` without details.
 """
@@ -22,6 +23,7 @@ from service.serving.errors import (
     ConfigNotWritten,
     InvalidRequest,
     MalformedRequest,
+    ModelNotFound,
     ModelRejected,
     NotReady,
     Overloaded,
@@ -52,29 +54,43 @@ HTTP_STATUS: dict[type[ServiceError], int] = {
     ModelRejected: 409,
     ReloadInProgress: 409,
     ConfigNotWritten: 503,
+    ModelNotFound: 404,
 }
+V2_PREFIX = "/v2"
+V2_STATUS: dict[type[ServiceError], int] = {**HTTP_STATUS, InvalidRequest: 400}  # V2 clients: bad input is 400
 
 
-def status_of(error: ServiceError) -> int:
+def is_v2(request: Request) -> bool:
+    """A request to the Open Inference Protocol's paths, answered in its error shape."""
+    return request.url.path == V2_PREFIX or request.url.path.startswith(V2_PREFIX + "/")
+
+
+def status_of(error: ServiceError, *, v2: bool = False) -> int:
     """HTTP status for a service error (500 for an unmapped subclass, which is a bug)."""
+    statuses = V2_STATUS if v2 else HTTP_STATUS
     for cls in type(error).__mro__:
-        if cls in HTTP_STATUS:
-            return HTTP_STATUS[cls]
+        if cls in statuses:
+            return statuses[cls]
     return 500
 
 
-def error_body(code: str, message: str, field: str | None = None) -> dict:
+def error_body(code: str, message: str, field: str | None = None, *, v2: bool = False) -> dict:
+    if v2:
+        return {"error": message}
     return {"error": {"code": code, "message": message, "field": field}}
 
 
-def error_response(error: ServiceError) -> JSONResponse:
+def error_response(error: ServiceError, *, v2: bool = False, retry_after_s: int | None = None) -> JSONResponse:
+    """`retry_after_s`: the Retry-After of a V2 not-ready 503 (an overloaded 503 carries its own)."""
     headers = None
     if isinstance(error, Overloaded):
         headers = {"Retry-After": str(error.retry_after_s)}
+    elif isinstance(error, NotReady) and v2 and retry_after_s is not None:
+        headers = {"Retry-After": str(retry_after_s)}
     elif isinstance(error, BodyReadTimeout | ClientDisconnected):
         headers = {"Connection": "close"}  # the rest of the body may never come: do not wait for it
-    body = error_body(error.code, error.message, error.field)
-    return JSONResponse(body, status_code=status_of(error), headers=headers)
+    body = error_body(error.code, error.message, error.field, v2=v2)
+    return JSONResponse(body, status_code=status_of(error, v2=v2), headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -84,6 +100,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
         if isinstance(exc, BodyReadTimeout | ClientDisconnected):  # the client's fault: one line, no traceback
             logger.warning("%s %s: %s", request.method, request.url.path, exc.message)
+        if is_v2(request):
+            return error_response(exc, v2=True, retry_after_s=request.app.state.service.settings.retry_after_s)
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
@@ -91,15 +109,18 @@ def install_error_handlers(app: FastAPI) -> None:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request", "type": "invalid"}
         field = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or None
         code = "malformed_json" if first.get("type") == "json_invalid" else "invalid_request"
-        status = 400 if code == "malformed_json" else 422
-        return JSONResponse(error_body(code, str(first.get("msg")), field), status_code=status)
+        status = 400 if code == "malformed_json" or is_v2(request) else 422
+        body = error_body(code, str(first.get("msg")), field, v2=is_v2(request))
+        return JSONResponse(body, status_code=status)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+        body = error_body(code, str(exc.detail), v2=is_v2(request))
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unexpected error serving %s %s", request.method, request.url.path)
-        return JSONResponse(error_body("internal_error", "internal error; see the server log"), status_code=500)
+        body = error_body("internal_error", "internal error; see the server log", v2=is_v2(request))
+        return JSONResponse(body, status_code=500)

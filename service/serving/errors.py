@@ -101,3 +101,9 @@ class ConfigNotWritten(ServiceError):
     """serving.json could not be locked, read or written (e.g. a read-only store); nothing changed."""
 
     code = "config_not_written"
+
+
+class ModelNotFound(ServiceError):
+    """A request names a model or version this server does not serve (the Open Inference Protocol's paths)."""
+
+    code = "model_not_found"

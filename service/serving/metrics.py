@@ -54,6 +54,11 @@ class ServiceMetrics:
         self.requests = Counter(
             f"{PREFIX}_requests", "Rank requests by variant and HTTP status.", ["variant", "status"], registry=registry
         )
+        self.v2_requests = Counter(
+            f"{PREFIX}_v2_requests", "Open Inference Protocol (KServe V2) infer requests by variant and HTTP status; "
+            "their stages, latency and candidates are in the same histograms as /rank's.", ["variant", "status"],
+            registry=registry,
+        )
         self.request_seconds = Histogram(
             f"{PREFIX}_request_duration_seconds", "Server-side time of a rank request (queue to response body).",
             ["variant"], buckets=LATENCY_BUCKETS, registry=registry,
