@@ -3,18 +3,25 @@
     {"generation": 7, "version": "v2", "variant": "mari", "ab_split": {"mari": 0.9, "vani": 0.1},
      "shadow": {"variant": "vani", "sample_rate": 0.05}}
 
-`version` null means the latest version folder at the time a process applies the generation. Writers
-(`POST /admin/*`, `ranker config set`) hold an exclusive lock on a sibling lock file, read the current file,
-write the next generation to a temp file in the same folder, fsync it and `os.replace` it over the old one,
-so a reader, which never locks, sees the old file or the new one, whole. docs/ARCHITECTURE.md section 4.
+Writers (`POST /admin/*`, `ranker config set`) hold an exclusive lock on a sibling lock file, read the current
+file, write the next generation to a temp file in the same folder, fsync it and `os.replace` it over the old
+one, so a reader, which never locks, sees the old file or the new one, whole. docs/ARCHITECTURE.md section 4.
+
+Writers never write `version` null: "the latest" is resolved when the generation is written, so every process
+of every replica serves the same folder under it, even one started after a newer folder appeared. A null left
+by hand (or by an older writer) is resolved once per generation for all workers of a replica (fleet_state.py).
+Readers open only a regular file, without blocking and without following a symlink, and read a bounded size:
+a FIFO or device in its place would otherwise hang the reader in open() or read().
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -26,13 +33,16 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, f
 from service.engine import Variant
 from service.serving.routing import check_ab_split
 from service.serving.settings import Settings
-from service.store.artifact import check_component
+from service.store.artifact import check_component, resolve_version
+from service.store.manifest import ArtifactError
 
 SERVING_CONFIG_FILE = "serving.json"
 LOCK_FILE = ".serving.json.lock"  # hidden, and not a folder: never taken for a model version
 LOCK_TIMEOUT_S = 300.0  # a writer may hold the lock while it builds and verifies a new model version
 LOCK_RETRY_S = 0.05
 MAX_ECHO_CHARS = 200  # of a bad value quoted in an error message (one log line)
+MAX_FILE_BYTES = 64 * 1024  # a real config is a few hundred bytes; more is refused, never read whole
+READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC  # a FIFO's open() must not wait
 
 
 class ServingConfigError(ValueError):
@@ -50,6 +60,11 @@ class ServingConfigIOError(ServingConfigError):
 
 class ServingConfigBusy(ServingConfigError):
     """Another writer held the lock for longer than LOCK_TIMEOUT_S."""
+
+
+class ServingConfigUnusable(ServingConfigError):
+    """Something other than a bounded regular file stands at serving.json (a FIFO, a device, a symlink, a
+    huge file): refused like a broken generation, and replaced by the next write."""
 
 
 class ShadowConfig(BaseModel):
@@ -139,9 +154,31 @@ def generation_in(raw: bytes) -> int:
     """The generation a broken file still states, or 0: the next write must move past it."""
     try:
         value = json.loads(raw).get("generation")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):  # RecursionError: nested deeper than json's limit
         return 0
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _check_regular(path: Path, status: os.stat_result) -> None:
+    if stat.S_ISLNK(status.st_mode):
+        raise ServingConfigUnusable(f"{path}: a symbolic link; expected a regular file (writers replace it by rename)")
+    if not stat.S_ISREG(status.st_mode):
+        raise ServingConfigUnusable(f"{path}: not a regular file (mode {stat.filemode(status.st_mode)}); "
+                                    "expected a regular file (writers replace it by rename)")
+    if status.st_size > MAX_FILE_BYTES:
+        raise ServingConfigUnusable(f"{path}: {status.st_size} bytes; expected at most {MAX_FILE_BYTES}")
+
+
+def _read_bounded(path: Path, descriptor: int) -> bytes:
+    """At most MAX_FILE_BYTES (a file still growing past its fstat size is refused, not read on)."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := os.read(descriptor, MAX_FILE_BYTES + 1 - size):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_FILE_BYTES:
+            raise ServingConfigUnusable(f"{path}: over {MAX_FILE_BYTES} bytes; expected at most {MAX_FILE_BYTES}")
+    return b"".join(chunks)
 
 
 def _try_lock(descriptor: int) -> bool:
@@ -165,13 +202,24 @@ class ServingConfigFile:
         return cls(settings.model_store / settings.model_name)
 
     def read_bytes(self) -> bytes | None:
-        """The file's content; None when there is no file."""
+        """The file's content; None when there is no file. Never blocks: ServingConfigUnusable for anything but
+        a regular file of at most MAX_FILE_BYTES, ServingConfigIOError when it cannot be opened or read."""
         try:
-            return self.path.read_bytes()
+            _check_regular(self.path, os.lstat(self.path))  # a device is refused before open() could touch it
+            descriptor = os.open(self.path, READ_FLAGS)
         except FileNotFoundError:
             return None
         except OSError as exc:
+            if exc.errno == errno.ELOOP:  # replaced by a symlink between lstat and open
+                raise ServingConfigUnusable(f"{self.path}: a symbolic link; expected a regular file") from None
             raise ServingConfigIOError(f"{self.path}: cannot read the file ({exc})") from exc
+        try:
+            _check_regular(self.path, os.fstat(descriptor))  # what was opened, whatever was swapped in since
+            return _read_bounded(self.path, descriptor)
+        except OSError as exc:
+            raise ServingConfigIOError(f"{self.path}: cannot read the file ({exc})") from exc
+        finally:
+            os.close(descriptor)
 
     def read(self) -> ServingConfig | None:
         raw = self.read_bytes()
@@ -201,17 +249,26 @@ class ServingConfigFile:
 
         `absent` is the base when there is no file; `invalid` the base when the file is unusable (None: refuse).
         """
-        raw = self.read_bytes()
-        if raw is None:
-            base = absent
-        else:
-            try:
-                base = parse_serving_config(raw, self.path)
-            except ServingConfigError as exc:
-                if invalid is None:
-                    raise ServingConfigError(f"{exc.message}; fix or delete the file first", exc.field) from None
-                base = invalid.updated({"generation": max(invalid.generation, generation_in(raw))})
-        return base.updated({**changes, "generation": base.generation + 1})
+        raw: bytes | None = None
+        try:
+            raw = self.read_bytes()
+            base = absent if raw is None else parse_serving_config(raw, self.path)
+        except ServingConfigIOError:
+            raise
+        except ServingConfigError as exc:  # broken, or not a regular file (then raw stays None)
+            if invalid is None:
+                raise ServingConfigError(f"{exc.message}; fix or delete the file first", exc.field) from None
+            base = invalid.updated({"generation": max(invalid.generation, generation_in(raw or b""))})
+        config = base.updated({**changes, "generation": base.generation + 1})
+        return config if config.version is not None else config.updated({"version": self.latest_version()})
+
+    def latest_version(self) -> str:
+        """The latest version folder now: what a null version ("the latest") means when a generation is written."""
+        try:
+            return resolve_version(self.model_dir).name
+        except ArtifactError as exc:
+            raise ServingConfigError(f"{self.path}: field version: null means the latest, and there is none "
+                                     f"({exc})", field="version") from None
 
     def write(self, config: ServingConfig) -> bytes:
         """Replace the file atomically with `config` (temp file, fsync, rename, fsync of the folder)."""

@@ -302,7 +302,8 @@ def test_ranker_config_set_writes_the_next_generation_and_show_prints_it(
     capsys.readouterr()
     ranker_config("show", *where)
     shown = json.loads(capsys.readouterr().out)
-    assert shown == {"generation": 3, "version": None, "variant": "uoi", "ab_split": {"mari": 0.5, "vani": 0.5},
+    # "latest" is resolved when the generation is written: every process serves v2 under it, whatever comes later
+    assert shown == {"generation": 3, "version": "v2", "variant": "uoi", "ab_split": {"mari": 0.5, "vani": 0.5},
                      "shadow": {"variant": None, "sample_rate": 0.0}}
 
 
