@@ -6,6 +6,12 @@ beside the old one before the swap, then routing and shadow switch with it. A ge
 applied (broken JSON, unknown variant, missing version, corrupt artifact) is refused, logged in one line and
 counted, and this process keeps serving the last good one; it looks again only when the file changes. An
 admin call of this process writes the next generation and applies it here at once (`publish`).
+
+Whatever stands at serving.json, the poll never blocks: the file is read (outside the apply lock) only when it
+is a regular file of bounded size (serving_config.py); a FIFO, device or symlink there is refused like a
+broken generation. One generation is one version in every worker: a null version is resolved once for the
+replica (fleet_state.py), and a worker started later that cannot apply the file falls back to the generation
+its siblings last applied, or fails start-up (start_up).
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from service.serving.errors import ConfigNotWritten, InvalidRequest, ReloadInProgress
+from service.serving.errors import ConfigNotWritten, InvalidRequest, ModelRejected, ReloadInProgress
+from service.serving.fleet_state import FleetState
 from service.serving.metrics import ServiceMetrics
 from service.serving.routing import VariantRouter
 from service.serving.runtime import ActiveConfig, ModelRuntime, ServingModel, release_build_memory
@@ -27,6 +34,7 @@ from service.serving.serving_config import (
     ServingConfigError,
     ServingConfigFile,
     ServingConfigIOError,
+    ServingConfigUnusable,
     generation_in,
     parse_serving_config,
 )
@@ -49,9 +57,12 @@ class AppliedConfig:
     applied_at: str
 
 
+Snapshot = bytes | str | None  # the file's bytes, why it is unusable (a FIFO...), or None: no file
+
+
 @dataclass(frozen=True)
 class Refusal:
-    generation: int
+    generation: int | None  # None: the file could not be read as a config at all
     reason: str  # REFUSED_INVALID or REFUSED_MODEL
     message: str
     at: str
@@ -70,7 +81,8 @@ class ConfigWatcher:
         self.metrics = metrics
         self._environment = ServingConfig.from_settings(settings)
         self._lock = threading.Lock()  # one apply at a time: the poll thread or an admin call
-        self._seen: bytes | None = None  # the file content last looked at; unchanged content is not re-applied
+        self.fleet = FleetState.from_environment()  # what the sibling workers of this replica applied
+        self._seen: Snapshot = None  # the file content last looked at; unchanged content is not re-applied
         self._applied: AppliedConfig | None = None
         self.last_refusal: Refusal | None = None
         self._stop = threading.Event()
@@ -83,29 +95,45 @@ class ConfigWatcher:
         return self._applied
 
     def start_up(self) -> ServingModel:
-        """Apply serving.json, or the RANKER_* settings when there is none; raises if it cannot serve."""
+        """Apply serving.json, or the RANKER_* settings when there is none; raises if it cannot serve.
+
+        When that fails (the file is unusable, its version folder is gone or broken), a worker of a multi-worker
+        server starts instead on the generation its siblings last applied (fleet_state.py), and the refusal is
+        recorded as in a poll: it serves what they serve, under the same generation. When that cannot serve
+        either (its version folder was deleted: they serve it from memory), start-up fails with one log line
+        and the supervisor (server.py) retries it later with backoff while the siblings keep serving. A single
+        process has no siblings: it fails start-up, as it always did.
+        """
+        snapshot = self._snapshot()
         with self._lock:
-            raw = self.file.read_bytes()
-            if raw is None:
-                self._apply(self._environment, FROM_ENVIRONMENT)
-            else:
-                self._apply(parse_serving_config(raw, self.file.path), FROM_FILE)
-            self._seen = raw
+            config: ServingConfig | None = None
+            try:
+                config, source = self._config_in(snapshot)
+                self._apply(config, source)
+            except (ServingConfigError, ModelRejected) as exc:
+                self._start_from_fleet(snapshot, config, exc)
+            self._seen = snapshot
         return self.runtime.serving
 
     def poll_once(self) -> bool:
         """Apply the file if its content changed since the last look; True when a new config now serves."""
+        seen = self._seen
+        snapshot = self._snapshot()  # outside the lock: an admin call never waits on this read
         if not self._lock.acquire(blocking=False):
             return False  # an admin call of this process is applying a config; look again next time
         try:
-            raw = self.file.read_bytes()
-            if raw is None or raw == self._seen:
+            if snapshot is None or snapshot == self._seen:
                 return False  # a deleted file changes nothing: the last applied config keeps serving
-            self._seen = raw
+            if self._seen is not seen:
+                return False  # an admin call applied a newer file since this read: read again next time
+            self._seen = snapshot
             try:
-                config = parse_serving_config(raw, self.file.path)
+                config = self._resolved(self._config_in(snapshot)[0])
             except ServingConfigError as exc:
-                self._refuse(generation_in(raw), REFUSED_INVALID, exc.message)
+                self._refuse(_generation_of(snapshot), REFUSED_INVALID, exc.message)
+                return False
+            except ModelRejected as exc:  # a null version and no version folder at all
+                self._refuse(_generation_of(snapshot), REFUSED_MODEL, str(exc))
                 return False
             if config == self.applied.config:
                 return False  # written and applied by an admin call of this process
@@ -186,7 +214,50 @@ class ConfigWatcher:
                     logger.warning("serving config not read: %s", _one_line(str(exc)))
                 last_error = str(exc)
 
+    def _snapshot(self) -> Snapshot:
+        """The file's bytes, None without a file, or why it is not a usable file; never blocks."""
+        try:
+            return self.file.read_bytes()
+        except ServingConfigUnusable as exc:
+            return exc.message
+
+    def _config_in(self, snapshot: Snapshot) -> tuple[ServingConfig, str]:
+        if snapshot is None:
+            return self._environment, FROM_ENVIRONMENT
+        if isinstance(snapshot, str):
+            raise ServingConfigUnusable(snapshot)
+        return parse_serving_config(snapshot, self.file.path), FROM_FILE
+
+    def _resolved(self, config: ServingConfig) -> ServingConfig:
+        """`config` with a concrete version: a null one resolves to the folder every worker uses for its
+        generation (the latest when the first of them applied it)."""
+        if config.version is not None:
+            return config
+        return config.updated({"version": self.fleet.version_for(config.generation, self.latest_version)})
+
+    def _start_from_fleet(self, snapshot: Snapshot, failed: ServingConfig | None, exc: Exception) -> None:
+        """Start on the generation the siblings last applied, after `failed` (None: unreadable) could not."""
+        reason = REFUSED_MODEL if isinstance(exc, ModelRejected) else REFUSED_INVALID
+        generation = failed.generation if failed is not None else _generation_of(snapshot)
+        fallback = self.fleet.last_applied()
+        if fallback is None or (failed is not None and failed.generation == fallback.generation
+                                and failed.version in (None, fallback.version)):
+            logger.error("cannot start: serving config %s refused (%s): %s", _generation_name(generation), reason,
+                         _one_line(str(exc)))
+            raise exc
+        logger.warning("serving config %s refused at start-up (%s); starting on generation %d (version %s), "
+                       "the last one this server's workers applied", _generation_name(generation), reason,
+                       fallback.generation, fallback.version)
+        try:
+            self._apply(fallback, FROM_FILE if fallback.generation else FROM_ENVIRONMENT)
+        except ModelRejected as again:
+            logger.error("cannot start: generation %d cannot serve here either: %s", fallback.generation,
+                         _one_line(str(again)))
+            raise
+        self._refuse(generation, reason, str(exc))
+
     def _apply(self, config: ServingConfig, source: str) -> ActiveConfig:
+        config = self._resolved(config)
         return self._activate(config, self._model_for(config), source)
 
     def _model_for(self, config: ServingConfig) -> ServingModel:
@@ -202,6 +273,7 @@ class ConfigWatcher:
         self.shadow.configure(config.shadow.variant, config.shadow.sample_rate)
         active = self.runtime.activate(serving, VariantRouter(config.variant, config.ab_split), config.generation)
         self._applied = AppliedConfig(config, source, _now())
+        self._remember(config)
         self.metrics.set_config_generation(config.generation)  # after the swap: the gauge never runs ahead
         self.metrics.set_model(
             None if previous is None else (previous.serving.name, previous.serving.version,
@@ -219,15 +291,30 @@ class ConfigWatcher:
             release_build_memory()
         return active
 
-    def _refuse(self, generation: int, reason: str, message: str) -> None:
+    def _remember(self, config: ServingConfig) -> None:
+        try:
+            self.fleet.remember(config)
+        except OSError as exc:  # the record only helps a later worker start; serving goes on without it
+            logger.warning("fleet record not written: %s", _one_line(str(exc)))
+
+    def _refuse(self, generation: int | None, reason: str, message: str) -> None:
         message = _one_line(message)
         self.last_refusal = Refusal(generation, reason, message, _now())
         self.metrics.config_rejections.labels(reason=reason).inc()
         if reason == REFUSED_MODEL:
             self.metrics.reloads.labels(outcome="refused").inc()
             release_build_memory()  # what the refused build left
-        logger.warning("serving config generation %d refused (%s), still serving generation %d: %s",
-                       generation, reason, self.applied.config.generation, message)
+        logger.warning("serving config %s refused (%s), still serving generation %d: %s",
+                       _generation_name(generation), reason, self.applied.config.generation, message)
+
+
+def _generation_of(snapshot: Snapshot) -> int | None:
+    """The generation a broken file still states (0 when none); None when it could not be read at all."""
+    return generation_in(snapshot) if isinstance(snapshot, bytes) else None
+
+
+def _generation_name(generation: int | None) -> str:
+    return f"generation {generation}" if generation is not None else "file"
 
 
 def _one_line(text: str) -> str:
