@@ -15,9 +15,10 @@ import tempfile
 from pathlib import Path
 
 import uvicorn
-from uvicorn.supervisors.multiprocess import Multiprocess
 
 from service.api.app import create_app
+from service.api.supervisor import WorkerSupervisor
+from service.serving.fleet_state import create_fleet_dir
 from service.serving.metrics import MULTIPROC_ENV
 from service.serving.serving_config import ServingConfigError, ServingConfigFile
 from service.serving.settings import ENV_PREFIX, Settings
@@ -51,6 +52,7 @@ def serve(host: str | None = None, port: int | None = None, workers: int | None 
         uvicorn.run(create_app(settings), **common)
         return
     metrics_dir, owned = _prepare_multiprocess_dir()
+    fleet_dir = create_fleet_dir()  # what a respawned worker needs to serve what its siblings serve
     _pin_latest_version(settings)
     if settings.torch_threads is None:  # do not let W workers each take every core
         os.environ[f"{ENV_PREFIX}TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
@@ -60,20 +62,9 @@ def serve(host: str | None = None, port: int | None = None, workers: int | None 
     except KeyboardInterrupt:
         pass
     finally:
+        shutil.rmtree(fleet_dir, ignore_errors=True)
         if owned:
             shutil.rmtree(metrics_dir, ignore_errors=True)
-
-
-class WorkerSupervisor(Multiprocess):
-    """uvicorn's worker supervisor, except that it lets go of the listening socket once it has told the workers
-    to stop. The workers keep accepting while they drain (service/api/drain.py); when the last one closes it, the
-    socket closes and new connections are refused at once. Held here it would keep listening, and connections
-    queued on it after the workers stopped accepting would be reset when this process exits."""
-
-    def terminate_all(self) -> None:
-        super().terminate_all()
-        for sock in self.sockets:
-            sock.close()
 
 
 def _check_model_exists(settings: Settings) -> None:
