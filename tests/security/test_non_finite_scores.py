@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+import tritonclient.http as triton
 from fastapi.testclient import TestClient
 from torch import nn
 
@@ -25,6 +26,7 @@ from service.serving.runtime import ServingModel, build_serving_model
 from service.serving.scorer import check_finite
 from service.store import package
 from tests.api.conftest import make_settings
+from tests.api.v2_requests import feature_arrays, infer_inputs, request_body
 
 HUGE = 3e38  # finite in float32 (max 3.4028e38): a valid dense value per the request rules
 SCHEMA = FeatureSchema((FeatureSpec("user_id", "user", "sparse_id", vocab_size=50),
@@ -118,6 +120,23 @@ def test_rank_answers_422_in_strict_json_not_200_with_nan(client: TestClient) ->
     ordinary = client.post("/rank", json=example_request(SCHEMA, n=5, seed=3))
     assert ordinary.status_code == 200
     assert all(math.isfinite(value) for value in strict_json(ordinary.text)["final_scores"])
+
+
+def test_v2_infer_answers_a_v2_400_not_200_with_nan(client: TestClient) -> None:
+    request, field = huge_request(SCHEMA)
+    for binary in (True, False):
+        body, json_size = request_body(infer_inputs(SCHEMA, feature_arrays(SCHEMA, request), binary=binary))
+        headers = {} if json_size is None else {"Inference-Header-Content-Length": str(json_size)}
+        response = client.post("/v2/models/normalized/infer", content=body, headers=headers)
+        error = strict_json(response.text)
+        assert response.status_code == 400 and list(error) == ["error"], error
+        assert field in error["error"] and "non-finite" in error["error"]
+    ordinary = example_request(SCHEMA, n=5, columnar=True, seed=3)
+    body, _ = request_body(infer_inputs(SCHEMA, feature_arrays(SCHEMA, ordinary), binary=False),
+                           [triton.InferRequestedOutput("final_scores", binary_data=False)])
+    response = client.post("/v2/models/normalized/infer", content=body)
+    assert response.status_code == 200
+    assert all(math.isfinite(value) for value in strict_json(response.text)["outputs"][0]["data"])
 
 
 class _NaNScores(nn.Module):
