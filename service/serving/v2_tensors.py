@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections import Counter
 from typing import Annotated, Any, NotRequired
 
 import numpy as np
@@ -113,19 +114,19 @@ def _binary_chunks(inputs: list[V2Tensor], binary: memoryview) -> dict[str, memo
 
 
 def _candidate_count(by_name: dict[str, V2Tensor], codec: RequestCodec) -> int:
-    """N: the first dimension of every candidate input (all the same), 1 to max_candidates."""
-    candidates = codec.schema.candidate_features
-    first = candidates[0].name
-    n_candidates = by_name[first]["shape"][0] if by_name[first]["shape"] else 0
-    for spec in candidates:
-        shape = by_name[spec.name]["shape"]
-        if not shape or shape[0] != n_candidates:
-            raise invalid_input(spec.name, f"input {spec.name!r} has shape {shape}: every candidate input has N rows "
-                                           f"first, and {first!r} has N = {n_candidates}", "length_mismatch")
+    """N: the first dimension of every candidate input, 1 to max_candidates; the input that disagrees with the
+    most common N is named (as /rank names the odd column)."""
+    rows = {spec.name: (by_name[spec.name]["shape"] or [0])[0] for spec in codec.schema.candidate_features}
+    counts = Counter(rows.values())
+    n_candidates = max(counts, key=lambda n: (counts[n], n))
+    for name, n in rows.items():
+        if n != n_candidates or not by_name[name]["shape"]:
+            raise invalid_input(name, f"input {name!r} has shape {by_name[name]['shape']}: every candidate input has "
+                                      f"N rows first, and the others have N = {n_candidates}", "length_mismatch")
     if not 1 <= n_candidates <= codec.max_candidates:
         code = "empty_candidates" if n_candidates < 1 else "too_many_candidates"
-        raise invalid_input(first, f"input {first!r}: N = {n_candidates} candidates, must be 1 to "
-                                   f"{codec.max_candidates} (max_candidates)", code)
+        raise invalid_input(next(iter(rows)), f"N = {n_candidates} candidates in every candidate input, must be 1 to "
+                                              f"{codec.max_candidates} (max_candidates)", code)
     return n_candidates
 
 
@@ -160,7 +161,7 @@ def _read_values(
                                       f"{datatype} needs {count * wire.itemsize}", "invalid_binary_data")
         values = np.frombuffer(chunk, dtype=wire).astype(native)  # a writable native copy
     elif "data" in tensor:
-        values = _json_values(name, tensor["data"], datatype, count)
+        values = _json_values(name, tensor["data"], datatype, count, max_id)
     else:
         raise invalid_input(name, f"input {name!r} has no data (neither `data` nor binary_data_size)", "missing_data")
     values = values.reshape(shape)
@@ -171,7 +172,7 @@ def _read_values(
     return values
 
 
-def _json_values(name: str, data: Any, datatype: str, count: int) -> np.ndarray:
+def _json_values(name: str, data: Any, datatype: str, count: int, max_id: int) -> np.ndarray:
     """A JSON data list (flat or nested, row-major) as a flat array; integers only for INT64."""
     try:
         values = np.asarray(data)
@@ -183,7 +184,7 @@ def _json_values(name: str, data: Any, datatype: str, count: int) -> np.ndarray:
         raise invalid_input(name, f"input {name!r}: data has {values.size} values, its shape needs {count}",
                                   "wrong_shape")
     if values.size and values.dtype.kind not in kinds:
-        what = "integers (ids written without a fraction)" if datatype == "INT64" else "numbers"
+        what = f"integer ids in [0, {max_id}] written without a fraction" if datatype == "INT64" else "numbers"
         raise invalid_input(name, f"input {name!r}: {datatype} data must be {what}", "invalid_type")
     if values.dtype.kind == "u":  # numpy's choice for integers past int64: past every max_id
         raise invalid_input(name, f"input {name!r}: an id is past the INT64 range", "id_out_of_range")
