@@ -101,13 +101,14 @@ class ConfigWatcher:
         server starts instead on the generation its siblings last applied (fleet_state.py), and the refusal is
         recorded as in a poll: it serves what they serve, under the same generation. When that cannot serve
         either (its version folder was deleted: they serve it from memory), start-up fails with one log line
-        and the supervisor (server.py) retries it later with backoff while the siblings keep serving. A single
-        process has no siblings: it fails start-up, as it always did.
+        and the supervisor (service/api/supervisor.py) retries it later with backoff while the siblings keep
+        serving. A single process has no siblings: it fails start-up, as it always did.
         """
-        snapshot = self._snapshot()
         with self._lock:
+            snapshot: Snapshot = None
             config: ServingConfig | None = None
             try:
+                snapshot = self._snapshot()  # ServingConfigIOError (e.g. permissions): as unusable as broken JSON
                 config, source = self._config_in(snapshot)
                 self._apply(config, source)
             except (ServingConfigError, ModelRejected) as exc:
