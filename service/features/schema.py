@@ -22,6 +22,13 @@ PADDING_ID = 0
 # the same program: export treats sizes 0 and 1 as constants.
 CAPTURE_CANDIDATES = 8
 MIN_SEQUENCE_FILL = 0.2  # example_batch fills at least this fraction of a sequence with real ids
+# Bounds on what a schema (e.g. from an untrusted model.json) may declare, checked before any tensor is
+# allocated for it: an example request holds rows x (sum of widths) values.
+MAX_FEATURES = 1024
+MAX_FEATURE_WIDTH = 1 << 16  # a dense dim or a sequence max_len
+MAX_TOTAL_WIDTH = 1 << 18  # sum over features of dense dims and sequence lengths
+MAX_VOCAB_SIZE = 1 << 40
+MAX_FEATURE_NAME_CHARS = 128
 
 
 class Side(str, Enum):  # noqa: UP042 (StrEnum would change what str() prints in stored JSON and messages)
@@ -51,8 +58,14 @@ class FeatureSpec:
         # Accept plain strings (e.g. from JSON) but store the enums.
         object.__setattr__(self, "side", Side(self.side))
         object.__setattr__(self, "kind", Kind(self.kind))
-        if not self.name:
-            raise ValueError("feature name must be a non-empty string")
+        if not isinstance(self.name, str) or not 0 < len(self.name) <= MAX_FEATURE_NAME_CHARS:
+            raise ValueError(f"feature name must be a string of 1 to {MAX_FEATURE_NAME_CHARS} characters, "
+                             f"got {str(self.name)[:200]!r}")
+        bounds = (("dim", MAX_FEATURE_WIDTH), ("vocab_size", MAX_VOCAB_SIZE), ("max_len", MAX_FEATURE_WIDTH))
+        for field, bound in bounds:
+            value = getattr(self, field)
+            if type(value) is not int or not 0 <= value <= bound:
+                raise ValueError(f"feature {self.name!r}: {field} must be an integer in [0, {bound}], got {value!r}")
         if self.kind is Kind.DENSE:
             if self.dim < 1:
                 raise ValueError(f"feature {self.name!r}: dense dim must be >= 1, got {self.dim}")
@@ -83,21 +96,24 @@ class FeatureSpec:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
+    def from_dict(cls, data: Any) -> FeatureSpec:
+        """A spec from JSON: exact types (no str -> int coercion), the bounds of __post_init__."""
+        if not isinstance(data, dict):
+            raise ValueError(f"feature spec must be an object, got {type(data).__name__}")
         expected = {"name", "side", "kind", "dim", "vocab_size", "max_len"}
         unknown = set(data) - expected
         if unknown:
-            raise ValueError(f"feature spec has unknown fields {sorted(unknown)}; expected {sorted(expected)}")
+            raise ValueError(f"feature spec has unknown fields {sorted(unknown)[:10]}; expected {sorted(expected)}")
         if "name" not in data or "side" not in data or "kind" not in data:
             raise ValueError(f"feature spec needs 'name', 'side' and 'kind', got {sorted(data)}")
-        return cls(
-            name=str(data["name"]),
-            side=Side(data["side"]),
-            kind=Kind(data["kind"]),
-            dim=int(data.get("dim", 1)),
-            vocab_size=int(data.get("vocab_size", 0)),
-            max_len=int(data.get("max_len", 0)),
-        )
+        if not isinstance(data["name"], str):
+            raise ValueError(f"feature name must be a string, got {type(data['name']).__name__}")
+        for field, choices in (("side", Side), ("kind", Kind)):
+            if data[field] not in [choice.value for choice in choices]:
+                raise ValueError(f"feature {data['name'][:200]!r}: {field} is {str(data[field])[:80]!r}, expected "
+                                 f"one of {[choice.value for choice in choices]}")
+        return cls(name=data["name"], side=Side(data["side"]), kind=Kind(data["kind"]), dim=data.get("dim", 1),
+                   vocab_size=data.get("vocab_size", 0), max_len=data.get("max_len", 0))
 
     def example(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Realistic random values for this feature at batch n."""
@@ -120,10 +136,16 @@ class FeatureSchema:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", tuple(self.features))
+        if len(self.features) > MAX_FEATURES:
+            raise ValueError(f"feature schema has {len(self.features)} features, more than {MAX_FEATURES}")
         names = [spec.name for spec in self.features]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"feature schema has duplicate feature names {duplicates}")
+        width = sum(spec.dim + spec.max_len for spec in self.features)
+        if width > MAX_TOTAL_WIDTH:
+            raise ValueError(f"feature schema's dense dims and sequence lengths add up to {width}, more than "
+                             f"{MAX_TOTAL_WIDTH}")
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -151,9 +173,11 @@ class FeatureSchema:
         return {"features": [spec.to_dict() for spec in self.features]}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FeatureSchema:
+    def from_dict(cls, data: Any) -> FeatureSchema:
         if not isinstance(data, dict) or not isinstance(data.get("features"), list):
             raise ValueError("feature schema must be an object with a 'features' list")
+        if len(data["features"]) > MAX_FEATURES:
+            raise ValueError(f"feature schema has {len(data['features'])} features, more than {MAX_FEATURES}")
         return cls(tuple(FeatureSpec.from_dict(item) for item in data["features"]))
 
     def example_batch(self, n: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:

@@ -1,9 +1,11 @@
 """Model artifacts: model_store/<name>/<version>/{model.json, program.json, weights.safetensors}; never pickle.
 
 One format for every model, built-in or packaged: the captured program (torch.export's JSON graph) and its
-tensors. Loading verifies the manifest, the sha256 of every file, the feature schema and the program
-before anything runs, and never imports model code: the service can serve a model whose Python source it
-has never seen. Any failure is an ArtifactError naming the file or field and what was expected.
+tensors. Loading verifies the manifest, the sha256 of every file, the feature schema, every weight (finite,
+shaped as the program declares) and the program before anything runs, and never imports model code: the
+service can serve a model whose Python source it has never seen. An attacker may write the store, so every
+size is bounded before it is read or allocated. Any failure is one ArtifactError line naming the file or
+field and what was expected, never another exception.
 """
 
 from __future__ import annotations
@@ -23,8 +25,17 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from service.features.schema import FeatureSchema
+from service.store.allocation_guard import AllocationGuard, output_bound
+from service.store.bounded_json import (
+    MAX_JSON_DEPTH,
+    MAX_MANIFEST_BYTES,
+    MAX_PROGRAM_BYTES,
+    JsonBoundError,
+    loads_bounded,
+)
 from service.store.manifest import (
     ARTIFACT_FILES,
+    COMPONENT,
     MANIFEST_FILE,
     PROGRAM_FILE,
     WEIGHTS_FILE,
@@ -33,9 +44,15 @@ from service.store.manifest import (
 )
 from service.store.program import ProgramError, program_from_json, program_module
 
-_SAFE_COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SAFE_COMPONENT = COMPONENT
 _HASH_CHUNK = 1 << 20
 EXAMPLE_BATCH = 4  # rows of the example call that tells torch the program's input structure
+MAX_WEIGHTS_BYTES = 4 << 30  # weights.safetensors; the default model's is ~2 MB
+MAX_FILE_BYTES = {PROGRAM_FILE: MAX_PROGRAM_BYTES, WEIGHTS_FILE: MAX_WEIGHTS_BYTES}
+MAX_MESSAGE_CHARS = 1000
+# What a malformed artifact can make torch, sympy or the checks raise; each becomes one ArtifactError line.
+_MALFORMED = (KeyError, TypeError, AttributeError, IndexError, ValueError, RecursionError, MemoryError,
+              OverflowError, RuntimeError)
 
 
 @dataclass(frozen=True)
@@ -115,8 +132,9 @@ def staging_folder(target: Path) -> Path:
 def read_manifest(version_dir: Path) -> ModelManifest:
     manifest_path = version_dir / MANIFEST_FILE
     try:
-        data = json.loads(manifest_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        data = loads_bounded(_read_bounded(manifest_path, MAX_MANIFEST_BYTES), max_bytes=MAX_MANIFEST_BYTES,
+                             max_depth=MAX_JSON_DEPTH, what="the manifest")
+    except (OSError, JsonBoundError) as error:
         raise ArtifactError(f"{manifest_path}: cannot read JSON ({error})") from error
     return ModelManifest.from_dict(data, manifest_path)
 
@@ -124,28 +142,53 @@ def read_manifest(version_dir: Path) -> ModelManifest:
 def load_artifact(path: Path | str) -> LoadedArtifact:
     """Load and verify a stored model; `path` is a version folder or a model folder (latest version)."""
     version_dir = resolve_version(path)
+    try:
+        return _load_verified(version_dir)
+    except ArtifactError as error:
+        if "\n" not in str(error):
+            raise
+        raise ArtifactError(_first_line(str(error))) from error  # torch's messages can carry a traceback
+    except _MALFORMED as error:  # a check missed a malformed part: still one line, never a traceback
+        raise ArtifactError(f"{version_dir}: cannot be loaded ({type(error).__name__}: "
+                            f"{_first_line(str(error))})") from error
+
+
+def _first_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return (lines[0] if lines else "")[:MAX_MESSAGE_CHARS]
+
+
+def _load_verified(version_dir: Path) -> LoadedArtifact:
     manifest = read_manifest(version_dir)
     manifest_path = version_dir / MANIFEST_FILE
     for name in ARTIFACT_FILES:
-        _verify_checksum(version_dir / name, manifest.files[name])
+        _verify_checksum(version_dir / name, manifest.files[name], MAX_FILE_BYTES[name])
     schema = _verified_schema(manifest, manifest_path)
     tensors = _read_tensors(version_dir / WEIGHTS_FILE)
     generator = torch.Generator().manual_seed(0)
     example = {spec.name: spec.example(EXAMPLE_BATCH, generator) for spec in schema.features}  # all rows: VanI call
     try:
-        program = program_from_json((version_dir / PROGRAM_FILE).read_bytes(), tensors, ((example,), {}))
+        program_json = _read_bounded(version_dir / PROGRAM_FILE, MAX_PROGRAM_BYTES)
+        program = program_from_json(program_json, tensors, ((example,), {}))
         model = program_module(program)
     except ProgramError as error:
         raise ArtifactError(f"{version_dir / PROGRAM_FILE}: {error}") from error
-    _check_program_runs(model, example, manifest, version_dir / PROGRAM_FILE)
+    _check_program_runs(model, example, manifest, version_dir / PROGRAM_FILE, output_bound(tensors))
     return LoadedArtifact(manifest=manifest, model=model, schema=schema, path=version_dir)
 
 
+def _read_bounded(path: Path, max_bytes: int) -> bytes:
+    """At most max_bytes + 1 bytes: enough to tell an oversized file without reading all of it."""
+    with open(path, "rb") as handle:
+        return handle.read(max_bytes + 1)
+
+
 def _check_program_runs(model: nn.Module, example: dict[str, torch.Tensor], manifest: ModelManifest,
-                        program_path: Path) -> None:
-    """The program takes the schema's features and returns one score per candidate for every task."""
+                        program_path: Path, max_elements: int) -> None:
+    """The program takes the schema's features and returns one finite score per candidate for every task,
+    no operator on the way producing more than `max_elements` elements."""
     try:
-        with torch.no_grad():
+        with torch.no_grad(), AllocationGuard(max_elements):
             scores = model(example)
     except Exception as error:  # any failure here means the program and the schema disagree
         text = str(error).strip().splitlines()
@@ -154,14 +197,22 @@ def _check_program_runs(model: nn.Module, example: dict[str, torch.Tensor], mani
     if not isinstance(scores, dict) or list(scores) != list(manifest.tasks):
         found = list(scores) if isinstance(scores, dict) else type(scores).__name__
         raise ArtifactError(f"{program_path}: the program returns {found}, expected scores for tasks {manifest.tasks}")
-    shapes = {task: tuple(value.shape) for task, value in scores.items()}
+    shapes = {task: tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+              for task, value in scores.items()}
     if any(shape != (EXAMPLE_BATCH,) for shape in shapes.values()):
         raise ArtifactError(f"{program_path}: score shapes {shapes}, expected ({EXAMPLE_BATCH},) per task")
+    not_finite = [task for task, value in scores.items() if not torch.isfinite(value).all()]
+    if not_finite:
+        raise ArtifactError(f"{program_path}: the program's scores for tasks {not_finite} are not finite (NaN or "
+                            f"infinite) on the feature schema's example inputs")
 
 
-def _verify_checksum(path: Path, expected: str) -> None:
+def _verify_checksum(path: Path, expected: str, max_bytes: int) -> None:
     if not path.is_file():
         raise ArtifactError(f"{path}: file is missing")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ArtifactError(f"{path}: file is {size} bytes, more than the {max_bytes} allowed")
     actual = sha256_file(path)
     if actual != expected:
         raise ArtifactError(f"{path}: sha256 is {actual}, expected {expected} (field 'files' of {MANIFEST_FILE})")
@@ -181,6 +232,11 @@ def _verified_schema(manifest: ModelManifest, manifest_path: Path) -> FeatureSch
 
 def _read_tensors(weights_path: Path) -> dict[str, torch.Tensor]:
     try:
-        return load_file(weights_path)
+        tensors = load_file(weights_path)
     except (SafetensorError, OSError, ValueError) as error:
         raise ArtifactError(f"{weights_path}: not a readable safetensors file ({error})") from error
+    for name, tensor in tensors.items():
+        if (tensor.is_floating_point() or tensor.is_complex()) and not torch.isfinite(tensor).all():
+            raise ArtifactError(f"{weights_path}: tensor {name!r} holds NaN or infinite values; weights must be "
+                                "finite")
+    return tensors

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,10 @@ ARTIFACT_FILES = (PROGRAM_FILE, WEIGHTS_FILE)
 BUILTIN = "builtin"
 PACKAGED = "packaged"
 CONVERT_COMMAND = "ranker convert"
+COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # a model name or version: one path component
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+MAX_TASKS = 64
+MAX_NAME_CHARS = 128  # task and feature names: response keys and metric labels
 
 
 class ArtifactError(ValueError):
@@ -70,15 +76,39 @@ class ModelManifest:
 
 
 def _check_types(data: dict[str, Any], source: Path) -> None:
+    """Every field has the type and form the service relies on; the message names the field."""
     expected = {"name": str, "version": str, "feature_schema": dict, "user_features": list, "tasks": list,
-                "task_weights": dict, "files": dict, "source": dict}
+                "task_weights": dict, "files": dict, "source": dict, "outputs": dict, "metrics": dict,
+                "created_at": str, "torch_version": str}
     for key, kind in expected.items():
-        if not isinstance(data[key], kind):
+        if key in data and not isinstance(data[key], kind):
             raise ArtifactError(f"{source}: field {key!r} must be a {kind.__name__}, got {type(data[key]).__name__}")
-    if sorted(data["files"]) != sorted(ARTIFACT_FILES):
-        raise ArtifactError(f"{source}: field 'files' lists {sorted(data['files'])}, expected {sorted(ARTIFACT_FILES)}")
-    if not data["tasks"] or not all(isinstance(task, str) for task in data["tasks"]):
-        raise ArtifactError(f"{source}: field 'tasks' must be a non-empty list of names, got {data['tasks']!r}")
+    for key in ("name", "version"):
+        if not COMPONENT.match(data[key]):
+            raise ArtifactError(f"{source}: field {key!r} is {data[key][:200]!r}, expected one path component "
+                                f"matching {COMPONENT.pattern}")
+    if sorted(data["files"]) != sorted(ARTIFACT_FILES) or not all(
+            isinstance(digest, str) and SHA256.match(digest) for digest in data["files"].values()):
+        raise ArtifactError(f"{source}: field 'files' must map {sorted(ARTIFACT_FILES)} to sha256 hex digests, "
+                            f"got {str(data['files'])[:300]}")
+    _check_names(data, "tasks", source, max_count=MAX_TASKS, non_empty=True)
+    _check_names(data, "user_features", source, max_count=None, non_empty=False)
     if sorted(data["task_weights"]) != sorted(data["tasks"]):
         raise ArtifactError(f"{source}: field 'task_weights' has keys {sorted(data['task_weights'])}, "
                             f"expected one per task {sorted(data['tasks'])}")
+    for task, weight in data["task_weights"].items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            raise ArtifactError(f"{source}: field 'task_weights' gives task {task!r} the weight {weight!r}, "
+                                "expected a finite number")
+    if not isinstance(data["source"].get("kind"), str):
+        raise ArtifactError(f"{source}: field 'source' needs a string 'kind' ({BUILTIN!r} or {PACKAGED!r})")
+
+
+def _check_names(data: dict[str, Any], key: str, source: Path, *, max_count: int | None, non_empty: bool) -> None:
+    names = data[key]
+    valid = all(isinstance(name, str) and 0 < len(name) <= MAX_NAME_CHARS for name in names)
+    if not valid or len(set(names)) != len(names) or (non_empty and not names) or (
+            max_count is not None and len(names) > max_count):
+        limits = (", at least one" if non_empty else "") + (f", at most {max_count}" if max_count else "")
+        raise ArtifactError(f"{source}: field {key!r} must be a list of distinct names of 1 to {MAX_NAME_CHARS} "
+                            f"characters{limits}, got {str(names)[:300]}")

@@ -58,6 +58,9 @@ def check_program_document(document: Any) -> None:
         _check_every_field(document)
         for graph_module in _graph_modules(document["graph_module"]):
             _check_graph_module(graph_module)
+        for name in _value_names(document["graph_module"]):  # fx writes them into generated Python source
+            if not _IDENTIFIER.match(name):
+                raise DocumentError(f"graph value name {name[:80]!r} is not an identifier")
     except (ExpressionError, OperatorError, JsonBoundError) as error:
         raise DocumentError(str(error)) from error
 
@@ -136,9 +139,6 @@ def _check_graph_module(graph_module: dict[str, Any]) -> None:
         _check_tensor_meta(name, meta)
     for node in graph.get("nodes", []):
         _check_node(node)
-    for name in _value_names(graph):
-        if not _IDENTIFIER.match(name):
-            raise DocumentError(f"graph value name {name[:80]!r} is not an identifier")
 
 
 def _check_node(node: Any) -> None:
@@ -237,12 +237,16 @@ def _check_tree_spec(text: Any, field: str) -> None:
                               max_depth=MAX_TREE_SPEC_DEPTH, what=f"{field} context")
 
 
-def _value_names(graph: dict[str, Any]) -> Iterator[str]:
-    for value in walk(graph):
+def _value_names(graph_module: dict[str, Any]) -> Iterator[str]:
+    """Names of values and inputs everywhere: graphs, the signature, the module call graph."""
+    for value in walk(graph_module):
         if isinstance(value, dict):
             for key in ("name", "as_name"):
-                if isinstance(value.get(key), str):
-                    yield value[key]
+                if key in value:
+                    yield value[key] if isinstance(value[key], str) else repr(value[key])
+            names = value.get("forward_arg_names")
+            if isinstance(names, list):
+                yield from (name if isinstance(name, str) else repr(name) for name in names)
 
 
 def _weight_inputs(document: dict[str, Any]) -> Iterator[tuple[str, str, str]]:

@@ -39,11 +39,20 @@ def edit_program(version_dir: Path, edit: Callable[[Document], Any]) -> None:
     rehash(version_dir)
 
 
-def edit_manifest(version_dir: Path, edit: Callable[[Document], Any]) -> None:
+def edit_manifest(version_dir: Path, edit: Callable[[Document], Any], *, vouch: bool = True) -> None:
+    """`vouch`: rewrite the sha256s afterwards (not when the edit is to the sha256s themselves)."""
     manifest = json.loads((version_dir / MANIFEST_FILE).read_text())
     edit(manifest)
     (version_dir / MANIFEST_FILE).write_text(json.dumps(manifest))
-    rehash(version_dir)
+    if vouch:
+        rehash(version_dir)
+
+
+def set_manifest_text(version_dir: Path, field: str, key: str, json_text: str) -> None:
+    """manifest[field][key] = the raw JSON `json_text` (e.g. 1e999 or NaN, which json.dumps never writes)."""
+    edit_manifest(version_dir, lambda manifest: manifest[field].update({key: "__planted__"}))
+    path = version_dir / MANIFEST_FILE
+    path.write_text(path.read_text().replace('"__planted__"', json_text, 1))
 
 
 def write_file(version_dir: Path, name: str, data: bytes) -> None:
@@ -93,3 +102,36 @@ def nested_graph_argument(node: Document) -> Document:
     graph = {"inputs": [], "outputs": node["outputs"], "nodes": [node], "tensor_values": {}, "sym_int_values": {},
              "sym_bool_values": {}, "is_single_tensor_return": True, "custom_obj_values": {}, "sym_float_values": {}}
     return {"name": "body", "arg": {"as_graph": {"name": "body_graph", "graph": graph}}, "kind": 1}
+
+
+def plant_computed_allocation(program: Document, multiplier: int, columns: int) -> None:
+    """Make the graph allocate `full([batch * multiplier, columns])`, a shape computed at run time from the batch
+    size (no literal in it is large), and feed its sum into the first ReLU so the call cannot skip it."""
+    graph = program["graph_module"]["graph"]
+    computed = f"Mul(Integer({multiplier}), {SIZE_SYMBOL})"
+    batch_size = operator_node("torch.ops.aten.sym_size.int", "batch_size", [
+        {"name": "self", "arg": {"as_tensor": {"name": "features_item_dense"}}, "kind": 1},
+        {"name": "dim", "arg": {"as_int": 0}, "kind": 1}])
+    batch_size["outputs"] = [{"as_sym_int": {"as_name": "batch_size"}}]
+    rows = operator_node("_operator.mul", "rows", [
+        {"name": "a", "arg": {"as_sym_int": {"as_name": "batch_size"}}, "kind": 1},
+        {"name": "b", "arg": {"as_int": multiplier}, "kind": 1}])
+    rows["outputs"] = [{"as_sym_int": {"as_name": "rows"}}]
+    huge = operator_node("torch.ops.aten.full.default", "huge", [
+        {"name": "size", "arg": {"as_sym_ints": [{"as_name": "rows"}, {"as_int": columns}]}, "kind": 1},
+        {"name": "fill_value", "arg": {"as_float": 1.0}, "kind": 1}])
+    total = operator_node("torch.ops.aten.sum.default", "total", [
+        {"name": "self", "arg": {"as_tensor": {"name": "huge"}}, "kind": 1}])
+    relu = node_named(program, "relu")
+    plus = operator_node("torch.ops.aten.add.Tensor", "plus", [
+        relu["inputs"][0], {"name": "other", "arg": {"as_tensor": {"name": "total"}}, "kind": 1}])
+    relu["inputs"][0] = {"name": "self", "arg": {"as_tensor": {"name": "plus"}}, "kind": 1}
+    graph["nodes"][0:0] = [batch_size, rows, huge, total]
+    graph["nodes"].insert(graph["nodes"].index(relu), plus)
+    graph["sym_int_values"]["batch_size"] = {"as_expr": {"expr_str": SIZE_SYMBOL, "hint": {"as_int": 8}}}
+    graph["sym_int_values"]["rows"] = {"as_expr": {"expr_str": computed, "hint": {"as_int": 8 * multiplier}}}
+    values = graph["tensor_values"]
+    values["huge"] = {**values["relu"], "sizes": [{"as_expr": {"expr_str": computed}}, {"as_int": columns}],
+                      "strides": [{"as_int": columns}, {"as_int": 1}]}
+    values["total"] = {**values["relu"], "sizes": [], "strides": []}
+    values["plus"] = values["relu"]

@@ -237,3 +237,23 @@ def test_custom_objects_are_refused(version_dir: Path) -> None:
     edit_program(version_dir, add_object)
     with pytest.raises(ArtifactError, match="custom"):
         load_artifact(version_dir)
+
+
+@pytest.mark.parametrize("where", ["graph", "signature", "call_graph"])
+def test_names_anywhere_in_the_program_must_be_identifiers(version_dir: Path, marker: Path, where: str) -> None:
+    """fx writes value and input names into the Python source it generates for the module."""
+    injected = f"x=__import__('os').system('touch {marker}')"
+
+    def rename(program: dict) -> None:
+        graph_module = program["graph_module"]
+        if where == "graph":
+            node_named(program, "relu")["outputs"][0]["as_tensor"]["name"] = injected
+        elif where == "signature":
+            graph_module["signature"]["input_specs"][0]["parameter"]["arg"]["name"] = injected
+        else:
+            graph_module["module_call_graph"][0]["signature"]["forward_arg_names"] = [injected]
+
+    edit_program(version_dir, rename)
+    with pytest.raises(ArtifactError, match="is not an identifier"):
+        load_artifact(version_dir)
+    assert not marker.exists()
