@@ -22,7 +22,7 @@ from service.serving.fleet_state import create_fleet_dir
 from service.serving.metrics import MULTIPROC_ENV
 from service.serving.serving_config import ServingConfigError, ServingConfigFile
 from service.serving.settings import ENV_PREFIX, Settings
-from service.store.artifact import ArtifactError, check_component, read_manifest, resolve_version
+from service.store.artifact import ArtifactError, check_component, load_artifact, resolve_version
 
 logger = logging.getLogger(__name__)
 
@@ -69,12 +69,13 @@ def serve(host: str | None = None, port: int | None = None, workers: int | None 
 
 def _check_model_exists(settings: Settings) -> None:
     """Fail fast with one clear line when the configured model (serving.json's version when there is one, else
-    RANKER_MODEL_VERSION) or serving.json itself is unusable; workers verify the model fully."""
+    RANKER_MODEL_VERSION) or serving.json itself is unusable: the artifact is loaded and verified here as the
+    workers will, so a broken or hostile one stops start-up with its one-line reason, not a worker traceback."""
     model_dir = settings.model_store / settings.model_name
     try:
         config = ServingConfigFile(model_dir).read()
         version = config.version if config is not None else settings.model_version
-        read_manifest(resolve_version(model_dir / check_component("version", version) if version else model_dir))
+        load_artifact(resolve_version(model_dir / check_component("version", version) if version else model_dir))
     except (ArtifactError, ServingConfigError) as exc:
         raise SystemExit(f"cannot serve: {exc}") from None
 
