@@ -7,7 +7,6 @@ schema, tasks and metrics, now with the captured program beside them.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from service.models import get_architecture
+from service.store.bounded_json import MAX_JSON_DEPTH, MAX_MANIFEST_BYTES, JsonBoundError, loads_bounded
 from service.store.manifest import MANIFEST_FILE, ArtifactError
 from service.store.package import builtin_source, package
 
@@ -26,11 +26,13 @@ def convert_legacy(version_dir: Path | str) -> Path:
     """Rewrite one format-1 version folder in place (atomically: the old folder is kept until the new is in)."""
     version_dir = Path(version_dir)
     try:
-        manifest = json.loads((version_dir / MANIFEST_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as error:
+        manifest = loads_bounded((version_dir / MANIFEST_FILE).read_bytes(), max_bytes=MAX_MANIFEST_BYTES,
+                                 max_depth=MAX_JSON_DEPTH, what="the manifest")
+    except (OSError, JsonBoundError) as error:
         raise ArtifactError(f"{version_dir / MANIFEST_FILE}: cannot read JSON ({error})") from error
-    if manifest.get("format_version") != LEGACY_FORMAT:
-        raise ArtifactError(f"{version_dir}: format_version is {manifest.get('format_version')!r}, "
+    if not isinstance(manifest, dict) or manifest.get("format_version") != LEGACY_FORMAT:
+        found = manifest.get("format_version") if isinstance(manifest, dict) else None
+        raise ArtifactError(f"{version_dir}: format_version is {found!r}, "
                             f"only format {LEGACY_FORMAT} needs converting")
     arch = get_architecture(manifest["architecture"])
     config = arch.config_cls.from_dict(manifest["hyper_parameters"])
