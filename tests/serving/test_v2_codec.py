@@ -63,8 +63,9 @@ def rank_request(n: int = 6, seed: int = 0) -> dict[str, Any]:
 
 def decode_v2(body: bytes, json_size: int | None, **options: Any) -> dict[str, torch.Tensor]:
     header, binary = split_body(body, None if json_size is None else str(json_size))
-    arrays, _ = read_inputs(parse_header(header)["inputs"], binary, codec(**options))
-    return encode_inputs(arrays, codec(**options))
+    model_codec = codec(**options)
+    arrays, _ = read_inputs(parse_header(header)["inputs"], binary, model_codec)
+    return encode_inputs(arrays, model_codec)
 
 
 def v2_body(arrays: dict[str, np.ndarray], binary: bool = True, **parameters: Any) -> tuple[bytes, int | None]:
