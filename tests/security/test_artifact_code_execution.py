@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import sympy
+import torch
 
 from service.store import ArtifactError, load_artifact
 from service.store.operators import ALLOWED_OPERATORS, REFUSED_OPERATORS, OperatorError, check_target
@@ -257,3 +258,21 @@ def test_names_anywhere_in_the_program_must_be_identifiers(version_dir: Path, ma
     with pytest.raises(ArtifactError, match="is not an identifier"):
         load_artifact(version_dir)
     assert not marker.exists()
+
+
+def test_packaging_a_model_whose_export_calls_an_operator_outside_the_allow_list_names_it(tmp_path: Path) -> None:
+    """The allow-list is enforced when writing too: the packager hears which operator to add (with a reason)."""
+    from torch import nn
+
+    from service.features.schema import FeatureSchema, FeatureSpec
+    from service.store import PackageError, package
+
+    class ErfinvRanker(nn.Module):
+        def forward(self, features: dict) -> torch.Tensor:
+            return torch.sigmoid(torch.special.erfinv(features["item_dense"].clamp(-0.5, 0.5)).sum(1))
+
+    schema = FeatureSchema((FeatureSpec("user_id", "user", "sparse_id", vocab_size=5),
+                            FeatureSpec("item_dense", "item", "dense", dim=3)))
+    with pytest.raises(PackageError, match=r"'torch.ops.aten.special_erfinv.default' is not in the allow-list"):
+        package(ErfinvRanker(), schema.example_batch(8), schema, tasks=["score"], store=tmp_path, name="erfinv")
+    assert not (tmp_path / "erfinv").exists()
