@@ -47,7 +47,7 @@ from service.store.program import ProgramError, program_from_json, program_modul
 _SAFE_COMPONENT = COMPONENT
 _HASH_CHUNK = 1 << 20
 EXAMPLE_BATCH = 4  # rows of the example call that tells torch the program's input structure
-MAX_WEIGHTS_BYTES = 4 << 30  # weights.safetensors; the default model's is ~2 MB
+MAX_WEIGHTS_BYTES = 4 << 30  # weights.safetensors; the default model's is 26 MB
 MAX_FILE_BYTES = {PROGRAM_FILE: MAX_PROGRAM_BYTES, WEIGHTS_FILE: MAX_WEIGHTS_BYTES}
 MAX_MESSAGE_CHARS = 1000
 # What a malformed artifact can make torch, sympy or the checks raise; each becomes one ArtifactError line.

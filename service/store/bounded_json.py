@@ -13,7 +13,7 @@ from itertools import accumulate
 from typing import Any
 
 MAX_MANIFEST_BYTES = 1 << 20  # model.json: names, schema, metrics; real ones are a few KB
-MAX_PROGRAM_BYTES = 64 << 20  # program.json: the exported graph; the default model's is ~1 MB
+MAX_PROGRAM_BYTES = 16 << 20  # program.json: the exported graph; the default model's is 130 KB
 MAX_JSON_DEPTH = 64  # real programs nest ~12 deep (graph_module.graph.nodes[].inputs[].arg.as_tensors[])
 
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)  # a JSON string, escapes included
