@@ -13,13 +13,17 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from fastapi.testclient import TestClient
 from tritonclient.utils import InferenceServerException
 
+from service.api.app import create_app
+from service.api.errors import error_response
 from service.engine import Variant
 from service.features.schema import FeatureSchema, Kind
+from service.serving.errors import InvalidRequest, ModelNotFound, Overloaded
 from service.serving.example_request import example_request
 from service.serving.routing import VariantRouter
-from tests.api.conftest import private_store
+from tests.api.conftest import make_settings, private_store
 from tests.api.live_server import LiveServer
 from tests.api.metrics_text import parse_metrics, value
 from tests.api.v2_requests import feature_arrays, infer_inputs, request_body
@@ -253,3 +257,23 @@ def test_v2_requests_are_counted_apart_and_shadowed_like_rank(live: LiveServer, 
     assert sum(v for (name, _), v in after.items() if name == "ranker_requests_total") == sum(
         v for (name, _), v in before.items() if name == "ranker_requests_total")  # /rank's counter untouched
     assert value(after, "ranker_shadow_mismatches_total", primary="mari", shadow="uoi") == 0
+
+
+def test_not_ready_is_a_503_with_retry_after_in_v2_shape(store: Path, schema: FeatureSchema) -> None:
+    not_started = TestClient(create_app(make_settings(store, model_version="v1", retry_after_s=4)))  # nothing loaded
+    body, json_size = request_body(infer_inputs(schema, feature_arrays(schema, example_request(schema, n=2))))
+    for response in (not_started.get("/v2/health/ready"), not_started.get(f"/v2/models/{MODEL}"),
+                     not_started.post(f"/v2/models/{MODEL}/infer", content=body,
+                                      headers={"Inference-Header-Content-Length": str(json_size)})):
+        assert_v2_error(response, 503, "no model")
+        assert response.headers["retry-after"] == "4"
+    assert not_started.get("/v2/health/live").status_code == 200
+
+
+def test_service_errors_map_to_v2_statuses_in_one_place() -> None:
+    overloaded = error_response(Overloaded("every slot is busy", retry_after_s=2), v2=True)
+    assert (overloaded.status_code, overloaded.headers["retry-after"]) == (503, "2")
+    assert json.loads(overloaded.body) == {"error": "every slot is busy"}
+    assert error_response(InvalidRequest("input 'x': bad", field="x"), v2=True).status_code == 400
+    assert error_response(InvalidRequest("bad", field="x")).status_code == 422  # /rank keeps its 422
+    assert error_response(ModelNotFound("unknown model 'y'"), v2=True).status_code == 404
