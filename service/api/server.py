@@ -17,6 +17,7 @@ from pathlib import Path
 import uvicorn
 
 from service.api.app import create_app
+from service.api.http_limits import uvicorn_options
 from service.api.supervisor import WorkerSupervisor
 from service.serving.fleet_state import create_fleet_dir
 from service.serving.metrics import MULTIPROC_ENV
@@ -47,7 +48,7 @@ def serve(host: str | None = None, port: int | None = None, workers: int | None 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _check_model_exists(settings)
     common = dict(host=host, port=port, log_level=settings.log_level, access_log=settings.access_log,
-                  timeout_graceful_shutdown=settings.graceful_shutdown_s)
+                  timeout_graceful_shutdown=settings.graceful_shutdown_s, **uvicorn_options(settings))
     if workers == 1:
         uvicorn.run(create_app(settings), **common)
         return

@@ -27,6 +27,7 @@ ENV_PREFIX = "RANKER_"
 CONFIG_FILE_ENV = "RANKER_CONFIG_FILE"
 MAX_INT64 = 2**63 - 1
 MIN_ADMIN_TOKEN_CHARS = 16
+BODY_BUDGET_BODIES = 4  # default max_buffered_body_bytes, in largest bodies
 
 
 class Settings(BaseSettings):
@@ -69,6 +70,34 @@ class Settings(BaseSettings):
     )
     sequence_overflow: Literal["reject", "truncate"] = Field(
         default="reject", description="Sequences longer than max_len: 422 (reject) or keep the first max_len ids."
+    )
+
+    # --- HTTP connections, per process (service/api/http_limits.py; nginx / Envoy edge defaults) ---
+    max_header_bytes: int = Field(
+        default=64 * 1024, ge=1024, le=16 * 2**20,
+        description="Request line and header fields of one request (bytes); more is a 431, refused as it arrives.",
+    )
+    max_headers: int = Field(
+        default=100, ge=8, le=10_000, description="Header fields of one request (trailers included); more is a 431."
+    )
+    header_read_timeout_s: float = Field(
+        default=10.0, gt=0.0, le=3600.0, allow_inf_nan=False,
+        description="A connection sends a complete request head within this long of opening or of its last "
+        "response (s), or it is closed (with a 408 when part of a head came).",
+    )
+    keep_alive_timeout_s: float = Field(
+        default=5.0, gt=0.0, le=3600.0, allow_inf_nan=False,
+        description="An idle keep-alive connection is closed this long after its last response (s).",
+    )
+    max_connections: int = Field(
+        default=1000, ge=1,
+        description="Open connections; a new one beyond it gets a 503 and is closed at once. Capped below "
+        "RLIMIT_NOFILE at start-up, so that file descriptors never run out.",
+    )
+    max_buffered_body_bytes: int | None = Field(
+        default=None, ge=1024,
+        description="Request body bytes held at once, all requests together; a body that would pass it is a 503 "
+        "with Retry-After before it is read. Unset: 4 x max_body_bytes.",
     )
 
     # --- inference execution ---
@@ -149,10 +178,22 @@ class Settings(BaseSettings):
         return token
 
     @model_validator(mode="after")
+    def _check_body_budget(self) -> Settings:
+        if self.max_buffered_body_bytes is not None and self.max_buffered_body_bytes < self.max_body_bytes:
+            raise ValueError(f"max_buffered_body_bytes ({self.max_buffered_body_bytes}) must be at least "
+                             f"max_body_bytes ({self.max_body_bytes}), or the largest body could never be read")
+        return self
+
+    @model_validator(mode="after")
     def _check_shadow(self) -> Settings:
         if self.shadow_sample_rate > 0 and self.shadow_variant is None:
             raise ValueError("shadow_sample_rate > 0 needs shadow_variant")
         return self
+
+    @property
+    def body_budget_bytes(self) -> int:
+        """Bytes of request bodies held at once: max_buffered_body_bytes, else room for 4 of the largest."""
+        return self.max_buffered_body_bytes or BODY_BUDGET_BODIES * self.max_body_bytes
 
     @property
     def model_path(self) -> Path:
