@@ -12,6 +12,7 @@ import torch
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from service.api.body_budget import BodyBudget, BodyBudgetGuard
 from service.api.deps import ServiceState
 from service.api.drain import CloseConnectionsWhileDraining, drain_on_sigterm
 from service.api.errors import install_error_handlers
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = state
     install_error_handlers(app)
     app.add_middleware(CloseConnectionsWhileDraining, state=state)
+    app.add_middleware(BodyBudgetGuard, budget=BodyBudget(settings.body_budget_bytes, settings.retry_after_s))
     for module in (rank, v2, health, models, admin, metrics):
         app.include_router(module.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
