@@ -52,6 +52,11 @@ def test_json_config_files_and_json_environment_values_are_read(tmp_path: Path, 
     {"max_candidates": 0},
     {"max_id": 2**64},
     {"unknown_setting": 1},
+    {"max_body_bytes": 2**20, "max_buffered_body_bytes": 2**19},  # the largest body could never be read
+    {"header_read_timeout_s": 0},
+    {"keep_alive_timeout_s": float("inf")},
+    {"max_header_bytes": 100},
+    {"max_connections": 0},
 ])
 def test_unsafe_or_unknown_settings_are_refused(values: dict) -> None:
     with pytest.raises(ValidationError):
@@ -62,3 +67,8 @@ def test_a_missing_config_file_is_refused_with_its_name(tmp_path: Path, monkeypa
     monkeypatch.setenv("RANKER_CONFIG_FILE", str(tmp_path / "absent.toml"))
     with pytest.raises(ValueError, match="absent.toml"):
         Settings()
+
+
+def test_the_body_budget_holds_four_of_the_largest_bodies_unless_set() -> None:
+    assert Settings(max_body_bytes=2**20).body_budget_bytes == 4 * 2**20
+    assert Settings(max_body_bytes=2**20, max_buffered_body_bytes=2**21).body_budget_bytes == 2**21
