@@ -10,13 +10,17 @@ memory, a file half-written by a writer that does not rename) while the siblings
   siblings keep serving; the backoff resets once a worker of that slot is ready;
 - only when no worker has been ready since the server started, and none is still starting, does the parent stop
   as uvicorn's does: the initial start is broken, fail fast (`ranker serve` has checked the config before);
-- any other death (kill -9, OOM) is respawned at once, as uvicorn does.
+- any other death (kill -9, OOM) is respawned at once, as uvicorn does;
+- a health ping returns as soon as the worker exits: uvicorn's waits out its whole timeout (5 s) when a worker
+  exits mid-ping (as one failing at start-up does), and the parent handles no signal meanwhile.
 """
 
 from __future__ import annotations
 
 import logging
+import pickle
 import time
+from multiprocessing.connection import wait
 from socket import socket
 
 from uvicorn.config import STARTUP_FAILURE, Config
@@ -59,8 +63,11 @@ class WorkerSupervisor(Multiprocess):
                 if time.monotonic() >= self._retry_at[slot]:
                     self._start(slot)
                 continue
-            if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
-                self._note_ready(slot, process)
+            started = self._healthcheck(process)
+            if started is not None:  # alive and answering
+                if started:
+                    self._failures.pop(slot, None)  # a worker of this slot is ready: the next failure waits 1 s
+                    self._ever_ready = True
                 continue
             process.kill()  # hung: kill it (a dead one: only closes its pipes)
             process.join()
@@ -77,12 +84,19 @@ class WorkerSupervisor(Multiprocess):
             logger.info("Child process [%s] died (exit code %s); starting a new one", process.pid, process.exitcode)
             self._start(slot)
 
-    def _note_ready(self, slot: int, process: Process) -> None:
-        """Reset the slot's backoff once its worker has finished start-up (pinged only until then)."""
-        if (slot in self._failures or not self._ever_ready) and process.is_ready(
-                timeout=self.config.timeout_worker_healthcheck):
-            self._failures.pop(slot, None)
-            self._ever_ready = True
+    def _healthcheck(self, process: Process) -> bool | None:
+        """Whether the worker has finished start-up; None when it has exited, exits while asked, or does not
+        answer within timeout_worker_healthcheck (hung)."""
+        if not process.process.is_alive():
+            return None
+        try:
+            process.parent_conn.send(b"ping")
+            answered = wait([process.parent_conn, process.process.sentinel], self.config.timeout_worker_healthcheck)
+            if process.parent_conn not in answered:
+                return None
+            return bool(process.parent_conn.recv())
+        except (OSError, EOFError, pickle.UnpicklingError):
+            return None
 
     def _back_off(self, slot: int, process: Process) -> None:
         failures = self._failures.get(slot, 0) + 1
