@@ -25,6 +25,7 @@ HEADER_READ_TIMEOUT_S = 1.0
 MAX_CONNECTIONS = 16
 MAX_BODY_BYTES = 4 * 2**20
 BUFFERED_BODIES = 2  # the byte budget holds two of the largest bodies
+BUDGET_SLACK = 64 * 1024  # and small ones another test may not have released yet
 SCORING_DELAY_S = 0.5  # every scoring holds its slot (and its body) this long: a burst overlaps
 DEADLINE_S = 15.0  # upper bound for anything the server should do "at once" or "within the timeout"
 BURST = 16
@@ -39,7 +40,8 @@ def server(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Li
         store_with(store, tmp_path_factory.mktemp("limits_store"), ("v1",)), RANKER_MODEL_VERSION="v1",
         RANKER_HEADER_READ_TIMEOUT_S=str(HEADER_READ_TIMEOUT_S), RANKER_KEEP_ALIVE_TIMEOUT_S="1",
         RANKER_MAX_CONNECTIONS=str(MAX_CONNECTIONS), RANKER_MAX_BODY_BYTES=str(MAX_BODY_BYTES),
-        RANKER_MAX_BUFFERED_BODY_BYTES=str(BUFFERED_BODIES * MAX_BODY_BYTES), RANKER_BODY_READ_TIMEOUT_S="60",
+        RANKER_MAX_BUFFERED_BODY_BYTES=str(BUFFERED_BODIES * MAX_BODY_BYTES + BUDGET_SLACK),
+        RANKER_BODY_READ_TIMEOUT_S="60",
         RANKER_MAX_QUEUED_REQUESTS=str(4 * BURST), RANKER_RETRY_AFTER_S="2", RANKER_MAX_CANDIDATES="100000",
         RANKER_MAX_QUEUED_CANDIDATES="10000000",
     )
@@ -87,12 +89,35 @@ def send_all(sock: socket.socket, data: bytes) -> None:
         pass
 
 
+def read_response(sock: socket.socket) -> bytes:
+    """One response (the connection may stay open: keep-alive)."""
+    received = b""
+    while b"\r\n\r\n" not in received or len(body_of(received)) < content_length(received):
+        data = sock.recv(65536)
+        if not data:
+            break
+        received += data
+    return received
+
+
+def body_of(response: bytes) -> bytes:
+    return response.partition(b"\r\n\r\n")[2]
+
+
+def content_length(response: bytes) -> int:
+    for line in response.partition(b"\r\n\r\n")[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
 def status_of(response: bytes) -> int:
     return int(response.split(b" ", 2)[1]) if response.startswith(b"HTTP/1.1 ") else 0
 
 
 def json_of(response: bytes) -> Any:
-    return json.loads(response.partition(b"\r\n\r\n")[2])
+    return json.loads(body_of(response))
 
 
 def assert_healthy(server: LiveServer) -> None:
@@ -182,33 +207,6 @@ def test_a_head_trickled_after_a_response_is_closed_within_the_header_timeout(se
     assert closed or status_of(response) == 408, response[:200]
 
 
-def test_connections_beyond_max_connections_get_503_at_once_and_service_resumes(server: LiveServer) -> None:
-    # Held open past the header timeout: a complete head, then a body that stalls (body_read_timeout_s is 60 s)
-    stalled = b"POST /rank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
-    socks = []
-    try:
-        for _ in range(MAX_CONNECTIONS + 4):
-            sock = connect(server)
-            send_all(sock, stalled)
-            socks.append(sock)
-        refused: list[bytes] = []
-        waiting = list(socks)
-        deadline = time.monotonic() + DEADLINE_S
-        while len(refused) < 4 and time.monotonic() < deadline:
-            for sock in select.select(waiting, [], [], 0.5)[0]:
-                waiting.remove(sock)
-                refused.append(read_until_closed(sock))
-        assert len(refused) >= 4, f"{len(refused)} of {len(socks)} connections refused; at most {MAX_CONNECTIONS} fit"
-        for response in refused:
-            assert status_of(response) == 503, response[:200]
-            assert b"retry-after: 2" in response.lower()
-            assert json_of(response)["error"]["code"] == "too_many_connections"
-    finally:
-        for sock in socks:
-            sock.close()
-    assert_healthy(server)
-
-
 # --- request bodies held at once ---
 
 
@@ -239,29 +237,6 @@ def test_a_body_that_would_pass_the_budget_gets_503_before_it_is_sent_and_discon
         assert time.monotonic() < deadline, "the budget was not released after the holders disconnected"
         time.sleep(0.2)
     assert answer.status_code == 200, answer.text
-
-
-def read_response(sock: socket.socket) -> bytes:
-    """One response (the connection may stay open: keep-alive)."""
-    received = b""
-    while b"\r\n\r\n" not in received or len(json_bytes(received)) < content_length(received):
-        data = sock.recv(65536)
-        if not data:
-            break
-        received += data
-    return received
-
-
-def json_bytes(response: bytes) -> bytes:
-    return response.partition(b"\r\n\r\n")[2]
-
-
-def content_length(response: bytes) -> int:
-    for line in response.partition(b"\r\n\r\n")[0].split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            return int(value)
-    return 0
 
 
 def test_a_burst_of_large_uploads_is_answered_200_or_503_and_memory_returns(
@@ -317,3 +292,33 @@ def test_huge_finite_dense_values_never_give_a_200_with_non_finite_scores(
         assert all(isinstance(s, float) and math.isfinite(s) for s in scores), scores
     else:
         assert 400 <= response.status_code < 500 and "error" in answer
+
+
+# --- connections (last: it leaves stalled requests to be cleaned up) ---
+
+
+def test_connections_beyond_max_connections_get_503_at_once_and_service_resumes(server: LiveServer) -> None:
+    # Held open past the header timeout: a complete head, then a body that stalls (body_read_timeout_s is 60 s)
+    stalled = b"POST /rank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+    socks = []
+    try:
+        for _ in range(MAX_CONNECTIONS + 4):
+            sock = connect(server)
+            send_all(sock, stalled)
+            socks.append(sock)
+        refused: list[bytes] = []
+        waiting = list(socks)
+        deadline = time.monotonic() + DEADLINE_S
+        while len(refused) < 4 and time.monotonic() < deadline:
+            for sock in select.select(waiting, [], [], 0.5)[0]:
+                waiting.remove(sock)
+                refused.append(read_until_closed(sock))
+        assert len(refused) >= 4, f"{len(refused)} of {len(socks)} connections refused; at most {MAX_CONNECTIONS} fit"
+        for response in refused:
+            assert status_of(response) == 503, response[:200]
+            assert b"retry-after: 2" in response.lower()
+            assert json_of(response)["error"]["code"] == "too_many_connections"
+    finally:
+        for sock in socks:
+            sock.close()
+    assert_healthy(server)
