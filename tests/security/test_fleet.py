@@ -23,6 +23,8 @@ import httpx
 import pytest
 
 from service.api.supervisor import START_RETRY_MAX_S, start_retry_delay
+from service.engine import Variant
+from service.serving.fleet_state import FLEET_DIR_ENV
 from service.serving.serving_config import (
     MAX_FILE_BYTES,
     ServingConfig,
@@ -35,6 +37,7 @@ from tests.api.metrics_text import total
 from tests.conftest import SMALL_MODEL_NAME
 from tests.faults.conftest import fault_env, store_with
 from tests.faults.traffic import scrape, worker_pids
+from tests.serving.test_serving_config import make_watcher
 
 WORKERS = 2
 REQUEST_TIMEOUT_S = 15.0  # one small request; an admin call that hangs fails here, not at the suite's timeout
@@ -243,3 +246,20 @@ def test_a_writer_stores_the_latest_version_never_null(store: Path, tmp_path: Pa
     with config_file.locked():
         written = config_file.next_config({"version": None, "variant": "uoi"}, absent=current, invalid=current)
     assert written.version == "v2" and written.generation == 2  # what "latest" is now, stored as such
+
+
+def test_a_worker_starting_on_a_truncated_serving_json_serves_the_generation_its_siblings_applied(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model_dir = store_with(store, tmp_path / "store", ("v1", "v2")) / SMALL_MODEL_NAME
+    (tmp_path / "fleet").mkdir()
+    monkeypatch.setenv(FLEET_DIR_ENV, str(tmp_path / "fleet"))  # as `ranker serve --workers 2` sets it
+    good = ServingConfig.model_validate({**GENERATION_1, "generation": 4, "version": "v2", "variant": "uoi"})
+    ServingConfigFile(model_dir).write(good)
+    sibling, _ = make_watcher(model_dir)
+    assert sibling.start_up().version == "v2"
+    (model_dir / "serving.json").write_bytes(good.to_json()[:20])  # a writer that does not rename, mid-write
+    respawned, _ = make_watcher(model_dir)
+    assert respawned.start_up().version == "v2"
+    assert respawned.runtime.active.generation == 4 and respawned.runtime.router.default is Variant.UOI
+    assert respawned.status()["last_refusal"]["reason"] == "invalid"
