@@ -1,9 +1,12 @@
-"""A bound on what one operator may allocate while the loader runs a stored program on its example call.
+"""Bounds on what a stored program allocates, measured while the loader runs it on its example call.
 
 Literal shapes are bounded in the document (service.store.program_document), but a shape can also be
 computed at run time (`full([sym_size * 2**31])`, sizes read from data with `item()`), which no static check
 sees. So the load-time call runs under a dispatch mode that works out each operator's output shape on the
 meta device (no memory) first and refuses the operator before it runs if an output would exceed the bound.
+The mode also records every output's size, so `check_affine_growth` can tell, from the example tiled 1, 2
+and 3 times, that no operator grows faster than linearly with the candidates (`full([n * n])` passes any
+bound at the example's few rows and exhausts memory at a thousand).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class AllocationGuard(TorchDispatchMode):  # type: ignore[no-untyped-call]
     def __init__(self, max_elements: int) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.max_elements = max_elements
+        self.outputs: list[tuple[str, int]] = []  # (operator, elements of its outputs), in call order
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
@@ -49,6 +53,7 @@ class AllocationGuard(TorchDispatchMode):  # type: ignore[no-untyped-call]
             self._check(func, predicted)
         result = func(*args, **kwargs)
         self._check(func, result)
+        self.outputs.append((str(func), sum(t.numel() for t in tree_flatten(result)[0] if isinstance(t, torch.Tensor))))
         return result
 
     def _check(self, func: Any, output: Any) -> None:
@@ -57,6 +62,19 @@ class AllocationGuard(TorchDispatchMode):  # type: ignore[no-untyped-call]
                 raise AllocationRefused(f"operator {func} would produce a tensor of shape {list(tensor.shape)} "
                                         f"({tensor.numel():.3g} elements), more than the {self.max_elements} "
                                         "allowed on the example call")
+
+
+def check_affine_growth(runs: list[list[tuple[str, int]]]) -> None:
+    """`runs`: the guard's records for the example tiled 1, 2 and 3 times. Each operator's output size must be
+    a + b * copies (its second difference zero): sizes linear in the candidates, as row-wise ranking is."""
+    once, twice, thrice = runs
+    if not len(once) == len(twice) == len(thrice):
+        raise AllocationRefused(f"the program calls {len(once)}, {len(twice)} and {len(thrice)} operators for 1, 2 "
+                                "and 3 copies of the example; a stored graph calls the same ones at any batch")
+    for (op, size1), (_, size2), (_, size3) in zip(once, twice, thrice):
+        if size3 - 2 * size2 + size1 != 0:
+            raise AllocationRefused(f"operator {op} produces {size1}, {size2}, {size3} elements for 1, 2, 3 copies "
+                                    "of the example: its size grows faster than linearly with the candidates")
 
 
 def output_bound(tensors: dict[str, torch.Tensor]) -> int:

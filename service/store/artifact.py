@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from service.features.schema import FeatureSchema
-from service.store.allocation_guard import AllocationGuard, output_bound
+from service.store.allocation_guard import AllocationGuard, check_affine_growth, output_bound
 from service.store.bounded_json import (
     MAX_JSON_DEPTH,
     MAX_MANIFEST_BYTES,
@@ -48,6 +48,7 @@ _SAFE_COMPONENT = COMPONENT
 _HASH_CHUNK = 1 << 20
 _FINITE_CHUNK = 1 << 22  # elements per finiteness check of a weight
 EXAMPLE_BATCH = 4  # rows of the example call that tells torch the program's input structure
+GROWTH_COPIES = (1, 2, 3)  # the example call is also run tiled, to see that sizes grow linearly with rows
 MAX_WEIGHTS_BYTES = 4 << 30  # weights.safetensors; the default model's is 26 MB
 MAX_FILE_BYTES = {PROGRAM_FILE: MAX_PROGRAM_BYTES, WEIGHTS_FILE: MAX_WEIGHTS_BYTES}
 MAX_MESSAGE_CHARS = 1000
@@ -186,15 +187,22 @@ def _read_bounded(path: Path, max_bytes: int) -> bytes:
 
 def _check_program_runs(model: nn.Module, example: dict[str, torch.Tensor], manifest: ModelManifest,
                         program_path: Path, max_elements: int) -> None:
-    """The program takes the schema's features and returns one finite score per candidate for every task,
-    no operator on the way producing more than `max_elements` elements."""
+    """The program takes the schema's features and returns one finite score per candidate for every task, no
+    operator on the way producing more than `max_elements` elements or growing faster than the candidates."""
+    outputs, runs = [], []
     try:
-        with torch.no_grad(), AllocationGuard(max_elements):
-            scores = model(example)
+        for copies in GROWTH_COPIES:  # the example, then tiled: sizes read from data scale exactly with it
+            guard = AllocationGuard(max_elements)
+            with torch.no_grad(), guard:
+                outputs.append(model({name: value.repeat(copies, *[1] * (value.dim() - 1))
+                                      for name, value in example.items()}))
+            runs.append(guard.outputs)
+        check_affine_growth(runs)
     except Exception as error:  # any failure here means the program and the schema disagree
         text = str(error).strip().splitlines()
         raise ArtifactError(f"{program_path}: the program does not run on the feature schema's inputs "
                             f"({type(error).__name__}: {text[0] if text else ''})"[:600]) from error
+    scores = outputs[0]
     if not isinstance(scores, dict) or list(scores) != list(manifest.tasks):
         found = list(scores) if isinstance(scores, dict) else type(scores).__name__
         raise ArtifactError(f"{program_path}: the program returns {found}, expected scores for tasks {manifest.tasks}")

@@ -104,18 +104,24 @@ def nested_graph_argument(node: Document) -> Document:
     return {"name": "body", "arg": {"as_graph": {"name": "body_graph", "graph": graph}}, "kind": 1}
 
 
-def plant_computed_allocation(program: Document, multiplier: int, columns: int) -> None:
-    """Make the graph allocate `full([batch * multiplier, columns])`, a shape computed at run time from the batch
-    size (no literal in it is large), and feed its sum into the first ReLU so the call cannot skip it."""
+def plant_computed_allocation(program: Document, multiplier: int, columns: int, *, squared: bool = False) -> None:
+    """Make the graph allocate `full([batch * multiplier, columns])` (`squared`: batch * batch * multiplier), a
+    shape computed at run time from the batch size (no literal in it is large), and feed its sum into the
+    first ReLU so the call cannot skip it."""
     graph = program["graph_module"]["graph"]
     computed = f"Mul(Integer({multiplier}), {SIZE_SYMBOL})"
     batch_size = operator_node("torch.ops.aten.sym_size.int", "batch_size", [
         {"name": "self", "arg": {"as_tensor": {"name": "features_item_dense"}}, "kind": 1},
         {"name": "dim", "arg": {"as_int": 0}, "kind": 1}])
     batch_size["outputs"] = [{"as_sym_int": {"as_name": "batch_size"}}]
-    rows = operator_node("_operator.mul", "rows", [
+    factor = {"as_sym_int": {"as_name": "scaled"}} if squared else {"as_int": multiplier}
+    scaled = operator_node("_operator.mul", "scaled", [
         {"name": "a", "arg": {"as_sym_int": {"as_name": "batch_size"}}, "kind": 1},
         {"name": "b", "arg": {"as_int": multiplier}, "kind": 1}])
+    scaled["outputs"] = [{"as_sym_int": {"as_name": "scaled"}}]
+    rows = operator_node("_operator.mul", "rows", [
+        {"name": "a", "arg": {"as_sym_int": {"as_name": "batch_size"}}, "kind": 1},
+        {"name": "b", "arg": factor, "kind": 1}])
     rows["outputs"] = [{"as_sym_int": {"as_name": "rows"}}]
     huge = operator_node("torch.ops.aten.full.default", "huge", [
         {"name": "size", "arg": {"as_sym_ints": [{"as_name": "rows"}, {"as_int": columns}]}, "kind": 1},
@@ -126,10 +132,13 @@ def plant_computed_allocation(program: Document, multiplier: int, columns: int) 
     plus = operator_node("torch.ops.aten.add.Tensor", "plus", [
         relu["inputs"][0], {"name": "other", "arg": {"as_tensor": {"name": "total"}}, "kind": 1}])
     relu["inputs"][0] = {"name": "self", "arg": {"as_tensor": {"name": "plus"}}, "kind": 1}
-    graph["nodes"][0:0] = [batch_size, rows, huge, total]
+    graph["nodes"][0:0] = [batch_size, scaled, rows, huge, total]
     graph["nodes"].insert(graph["nodes"].index(relu), plus)
     graph["sym_int_values"]["batch_size"] = {"as_expr": {"expr_str": SIZE_SYMBOL, "hint": {"as_int": 8}}}
-    graph["sym_int_values"]["rows"] = {"as_expr": {"expr_str": computed, "hint": {"as_int": 8 * multiplier}}}
+    graph["sym_int_values"]["scaled"] = {"as_expr": {"expr_str": computed, "hint": {"as_int": 8 * multiplier}}}
+    if squared:
+        computed = f"Mul(Integer({multiplier}), {SIZE_SYMBOL}, {SIZE_SYMBOL})"
+    graph["sym_int_values"]["rows"] = {"as_expr": {"expr_str": computed}}
     values = graph["tensor_values"]
     values["huge"] = {**values["relu"], "sizes": [{"as_expr": {"expr_str": computed}}, {"as_int": columns}],
                       "strides": [{"as_int": columns}, {"as_int": 1}]}

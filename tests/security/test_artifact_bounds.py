@@ -186,3 +186,12 @@ def test_the_allocation_guard_lets_a_legitimate_computed_allocation_run(version_
     """The same graph at a harmless size loads: the guard refuses sizes, not the construction."""
     edit_program(version_dir, lambda program: plant_computed_allocation(program, 2, 3))
     assert load_artifact(version_dir).manifest.version == "v1"
+
+
+def test_an_allocation_growing_faster_than_the_candidates_is_refused(version_dir: Path) -> None:
+    """full([batch * batch * 16, 8]) is 2,048 elements at the example's 4 rows, far under any bound, and 128 G at
+    100,000 candidates: the example tiled 1, 2 and 3 times shows its size is not linear in the rows."""
+    edit_program(version_dir, lambda program: plant_computed_allocation(program, 16, 8, squared=True))
+    with pytest.raises(ArtifactError, match=r"operator aten.full.default produces 2048, 8192, 18432 elements for 1, "
+                                            r"2, 3 copies of the example: its size grows faster than linearly"):
+        load_artifact(version_dir)
