@@ -17,34 +17,62 @@ import re
 import torch
 
 _POINTWISE = {
-    "abs", "add", "sub", "rsub", "mul", "div", "neg", "reciprocal", "sqrt", "rsqrt", "exp", "expm1", "log",
-    "log1p", "log2", "log10", "pow", "square", "sign", "floor", "ceil", "round", "trunc", "frac", "remainder",
-    "fmod", "floor_divide", "maximum", "minimum", "clamp", "clamp_min", "clamp_max", "clip", "where",
-    "masked_fill", "lerp", "addcmul", "addcdiv", "erf", "sin", "cos", "tan", "atan", "atan2",
-    "eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "logical_not", "logical_xor",
-    "bitwise_and", "bitwise_or", "bitwise_not", "bitwise_xor", "__and__", "__or__", "__xor__", "__invert__",
-    "isnan", "isinf", "isfinite", "nan_to_num",
+    "__and__", "__invert__", "__or__", "__xor__", "abs", "acos", "acosh", "add", "addcdiv", "addcmul", "asin",
+    "asinh", "atan", "atan2", "atanh", "bitwise_and", "bitwise_not", "bitwise_or", "bitwise_xor", "ceil", "clamp",
+    "clamp_max", "clamp_min", "clip", "copy", "cos", "cosh", "div", "eq", "erf", "erfc", "exp", "exp2", "expm1",
+    "fill", "floor", "floor_divide", "fmod", "frac", "ge", "gt", "hardshrink", "heaviside", "hypot", "isfinite",
+    "isinf", "isnan", "le", "lerp", "lift_fresh_copy", "log", "log10", "log1p", "log2", "logaddexp",
+    "logical_and", "logical_not", "logical_or", "logical_xor", "logit", "lt", "masked_fill", "maximum", "minimum",
+    "mul", "nan_to_num", "ne", "neg", "pow", "reciprocal", "remainder", "round", "rsqrt", "rsub", "sign",
+    "signbit", "sin", "sinh", "softshrink", "sqrt", "square", "sub", "tan", "trunc", "where", "xlogy",
 }
 _ACTIVATIONS = {
-    "relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "mish", "sigmoid", "tanh", "hardtanh",
-    "hardsigmoid", "hardswish", "softplus", "logsigmoid", "prelu", "glu", "threshold",
-    "softmax", "log_softmax", "_softmax", "_log_softmax",
+    "_log_softmax", "_softmax", "celu", "elu", "gelu", "glu", "hardsigmoid", "hardswish", "hardtanh",
+    "leaky_relu", "log_softmax", "logsigmoid", "mish", "prelu", "relu", "relu6", "selu", "sigmoid", "silu",
+    "softmax", "softplus", "tanh", "threshold",
 }
-_LINEAR_ALGEBRA = {"mm", "bmm", "addmm", "baddbmm", "matmul", "linear", "dot", "einsum", "t", "addmv", "mv"}
-_NORMALIZATION = {"layer_norm", "native_layer_norm", "batch_norm", "_native_batch_norm_legit_no_training",
-                  "group_norm", "native_group_norm"}
-_LOOKUPS = {"embedding", "embedding_bag", "_embedding_bag", "index", "index_select", "gather", "take_along_dim"}
-_REDUCTIONS = {"sum", "mean", "prod", "amax", "amin", "max", "min", "argmax", "argmin", "cumsum", "cumprod",
-               "norm", "linalg_vector_norm", "var", "std", "any", "all", "logsumexp", "topk", "sort"}
+# convolutions, recurrent layers and attention stay whole in export (DIEN-style GRUs, CNN feature
+# generators, transformer behaviour encoders)
+_LINEAR_ALGEBRA = {
+    "_cdist_forward", "_convolution", "_native_multi_head_attention", "_scaled_dot_product_attention_math",
+    "_scaled_dot_product_flash_attention_for_cpu", "_trilinear", "addmm", "addmv", "baddbmm", "bilinear", "bmm",
+    "cdist", "conv1d", "conv2d", "convolution", "cross", "dot", "einsum", "gru", "gru_cell", "kron",
+    "linalg_cross", "linear", "lstm", "lstm_cell", "matmul", "mm", "mv", "outer", "rnn_relu", "rnn_relu_cell",
+    "rnn_tanh", "rnn_tanh_cell", "scaled_dot_product_attention", "t", "tensordot",
+}
+_NORMALIZATION = {
+    "_batch_norm_impl_index", "_fused_rms_norm", "_native_batch_norm_legit",
+    "_native_batch_norm_legit_no_training", "batch_norm", "cosine_similarity", "group_norm", "instance_norm",
+    "layer_norm", "native_batch_norm", "native_group_norm", "native_layer_norm", "pairwise_distance", "rms_norm",
+}
+_LOOKUPS = {
+    "_embedding_bag", "bucketize", "embedding", "embedding_bag", "embedding_renorm", "gather", "index",
+    "index_add", "index_copy", "index_fill", "index_put", "index_select", "masked_scatter", "masked_select",
+    "nonzero", "one_hot", "repeat_interleave", "scatter", "scatter_add", "scatter_reduce", "searchsorted", "take",
+    "take_along_dim",
+}
+_REDUCTIONS = {
+    "_adaptive_avg_pool2d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_max_pool1d",
+    "adaptive_max_pool2d", "all", "amax", "amin", "aminmax", "any", "argmax", "argmin", "avg_pool1d",
+    "avg_pool2d", "count_nonzero", "cummax", "cummin", "cumprod", "cumsum", "kthvalue", "linalg_vector_norm",
+    "logcumsumexp", "logsumexp", "max", "max_pool1d", "max_pool2d", "max_pool2d_with_indices", "mean", "median",
+    "min", "nanmean", "nansum", "norm", "prod", "sort", "std", "std_mean", "sum", "topk", "var", "var_mean",
+}
 _SHAPES = {
-    "view", "_unsafe_view", "reshape", "expand", "expand_as", "permute", "transpose", "slice", "select",
-    "narrow", "cat", "stack", "split", "split_with_sizes", "chunk", "unbind", "squeeze", "unsqueeze", "flatten",
-    "unflatten", "contiguous", "clone", "alias", "detach", "repeat", "tile", "flip", "roll", "tril", "triu",
-    "diagonal", "sym_size", "sym_numel", "sym_stride", "item", "_local_scalar_dense",
+    "_local_scalar_dense", "_unsafe_view", "alias", "broadcast_to", "cat", "chunk", "clone", "concat",
+    "concatenate", "constant_pad_nd", "contiguous", "detach", "diag", "diag_embed", "diagonal", "expand",
+    "expand_as", "expand_copy", "flatten", "flip", "hstack", "item", "moveaxis", "movedim", "narrow", "pad",
+    "permute", "permute_copy", "reflection_pad1d", "repeat", "replication_pad1d", "reshape", "reshape_as", "roll",
+    "select", "select_copy", "slice", "slice_copy", "split", "split_copy", "split_with_sizes", "squeeze",
+    "squeeze_copy", "stack", "swapaxes", "swapdims", "sym_numel", "sym_size", "sym_stride", "t_copy",
+    "tensor_split", "tile", "transpose", "transpose_copy", "tril", "triu", "unbind", "unbind_copy", "unflatten",
+    "unfold", "unsqueeze", "unsqueeze_copy", "view", "view_as", "view_copy", "vstack",
 }
-_CREATION = {"full", "full_like", "zeros", "zeros_like", "ones", "ones_like", "empty", "empty_like", "new_zeros",
-             "new_ones", "new_full", "new_empty", "arange", "scalar_tensor", "_to_copy", "to", "type_as",
-             "triu_indices", "tril_indices", "_assert_tensor_metadata", "_assert_scalar"}
+_CREATION = {
+    "_assert_scalar", "_assert_tensor_metadata", "_to_copy", "arange", "empty", "empty_like", "full", "full_like",
+    "new_empty", "new_full", "new_ones", "new_zeros", "ones", "ones_like", "scalar_tensor", "to", "tril_indices",
+    "triu_indices", "type_as", "zeros", "zeros_like",
+}
 ALLOWED_OPERATORS = frozenset(
     {f"aten.{op}" for op in _POINTWISE | _ACTIVATIONS | _LINEAR_ALGEBRA | _NORMALIZATION | _LOOKUPS | _REDUCTIONS
      | _SHAPES | _CREATION}
