@@ -57,7 +57,7 @@ from service.engine.graph_tools import (
     attribute_value,
     bound_arguments,
     callable_target,
-    meta_value,
+    fake_run,
     normalize_dim,
     replace_input,
     shape_exprs,
@@ -415,8 +415,7 @@ class JaggedFolder:
         for node in self.graph.nodes:
             if node.op != "call_function" or not (node in touched or any(i in dirty for i in node.all_input_nodes)):
                 continue
-            with self.factory.fake_mode:
-                node.meta["val"] = callable_target(node)(*meta_value(node.args), **meta_value(node.kwargs))
+            node.meta["val"] = fake_run(self.factory.fake_mode, callable_target(node), node.args, node.kwargs)
             dirty.add(node)
 
     # -- splits and slices of the values concat -------------------------------------------------

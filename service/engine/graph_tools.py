@@ -16,6 +16,7 @@ from typing import Any
 import sympy
 import torch
 import torch.fx as fx
+from torch._dispatch.python import enable_python_dispatcher
 from torch._guards import detect_fake_mode
 from torch._ops import OpOverload
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -156,6 +157,14 @@ def meta_value(arg: Argument) -> Any:
     return fx.node.map_aggregate(arg, lambda a: a.meta["val"] if isinstance(a, fx.Node) else a)
 
 
+def fake_run(fake_mode: FakeTensorMode, target: Callable[..., Any], args: Argument, kwargs: Argument) -> Any:
+    """Run an op on recorded fake values, as export traced it: with the Python dispatcher, so composite ops
+    (GRU, LSTM, ...) use torch's symbolic decompositions. Their C++ kernels read sizes as plain ints, which
+    would specialize the shared ShapeEnv's batch symbol to its trace-time hint for every later node."""
+    with fake_mode, enable_python_dispatcher():
+        return target(*meta_value(args), **meta_value(kwargs))
+
+
 def fake_mode_of(graph: fx.Graph) -> FakeTensorMode:
     """The FakeTensorMode the captured graph's metadata lives in."""
     values = [n.meta["val"] for n in graph.nodes if isinstance(n.meta.get("val"), torch.Tensor)]
@@ -177,8 +186,7 @@ class NodeFactory:
     ) -> fx.Node:
         """Fake-run first, so an op that rejects its arguments leaves no node behind."""
         kwargs = kwargs or {}
-        with self.fake_mode:
-            value = target(*meta_value(args), **meta_value(kwargs))
+        value = fake_run(self.fake_mode, target, args, kwargs)
         node = self.graph.call_function(target, args, kwargs)
         node.meta["val"] = value
         return node

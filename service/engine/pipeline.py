@@ -20,6 +20,7 @@ from service.engine.equivalence import BUILD_CHECK, max_difference
 from service.engine.flops import FlopCount, count_flops
 from service.engine.fold_concat_slices import fold_concat_slices
 from service.engine.fold_jagged import fold_jagged
+from service.engine.graph_tools import fake_mode_of
 from service.engine.report import EngineReport
 from service.engine.sink_tiles import sink_tiles
 from service.engine.split_matmuls import SplitOptions, split_concat_matmuls
@@ -91,7 +92,17 @@ def build_variant(
     result = sink_tiles(root, colours, users, captured.batch, compact=variant != Variant.VANI)
     if variant != Variant.VANI:
         report.merges = result.merges
+    _check_batch_kept(captured, variant)
     return result.graph_module, report
+
+
+def _check_batch_kept(captured: CapturedModel, variant: Variant) -> None:
+    """A pass that fake-runs an op whose kernel reads a size as a plain int fixes the batch symbol to its
+    trace-time value in the shared ShapeEnv: every size derived from it then reads as a constant."""
+    shape_env = fake_mode_of(captured.graph_module.graph).shape_env
+    batch = shape_env.replace(captured.batch) if shape_env is not None else captured.batch
+    if captured.batch not in batch.free_symbols:
+        raise CaptureError(f"building {variant.value} fixed the candidate batch {captured.batch} to {batch}")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -100,10 +111,16 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _verify(
-    candidate: nn.Module, reference: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], layout: InputLayout
+    candidate: nn.Module,
+    reference: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    layout: InputLayout,
+    reference_name: str = "VanI",
 ) -> None:
-    """Compare to VanI at the example batch and at one candidate (equivalence.BUILD_CHECK); raise if the
-    rewrite changed scores."""
+    """Compare to the reference at the example batch and at one candidate (equivalence.BUILD_CHECK); raise if
+    the rewrite changed scores. One candidate is never the trace batch (capture.TRACE_BATCH), so a graph whose
+    sizes were fixed to that batch fails here."""
     leaves, spec = pytree.tree_flatten((args, kwargs))
     single = [
         leaf[:1] if i in layout.tensor_positions and i not in layout.user_positions else leaf
@@ -114,7 +131,7 @@ def _verify(
             got, want = candidate(*call_args, **call_kwargs), reference(*call_args, **call_kwargs)
             difference = max_difference(got, want)
             if not difference <= BUILD_CHECK.bound(want):
-                raise EngineError(f"verification against VanI failed: max |difference| {difference:.3g}")
+                raise EngineError(f"verification against {reference_name} failed: max |difference| {difference:.3g}")
 
 
 def reparameterize(
@@ -162,6 +179,11 @@ def reparameterize_all(
     except Exception as exc:  # capture limits are model properties: serve eagerly as VanI
         return {v: _eager(model, layout, v, f"capture failed ({_first_line(exc)})") for v in wanted}
     vani_module = GraphRunner(vani_graph, layout, captured.out_spec)
+    if verify:
+        try:  # VanI is the reference of the other variants: it must be the model, at more than the trace N
+            _verify(vani_module, _eager_runner(model, layout), args, kwargs, layout, "the model")
+        except Exception as exc:
+            return {v: _eager(model, layout, v, f"VanI graph not usable ({_first_line(exc)})") for v in wanted}
     built: dict[Variant, Reparameterized] = {}
     for variant in wanted:
         if variant == Variant.VANI:
@@ -180,7 +202,11 @@ def reparameterize_all(
     return built
 
 
+def _eager_runner(model: nn.Module, layout: InputLayout) -> GraphRunner:
+    """The model itself behind the variants' call signature: user leaves tiled, no graph."""
+    return GraphRunner(TiledCall(model, layout), layout, None)
+
+
 def _eager(model: nn.Module, layout: InputLayout, variant: Variant, reason: str) -> Reparameterized:
-    tiled = TiledCall(model, layout)
-    runner = GraphRunner(tiled, layout, None)
+    runner = _eager_runner(model, layout)
     return Reparameterized(runner, EngineReport(variant, Variant.VANI, layout.user_leaf_names, reason))
