@@ -159,8 +159,8 @@ def meta_value(arg: Argument) -> Any:
 
 def fake_run(fake_mode: FakeTensorMode, target: Callable[..., Any], args: Argument, kwargs: Argument) -> Any:
     """Run an op on recorded fake values, as export traced it: with the Python dispatcher, so composite ops
-    (GRU, LSTM, ...) use torch's symbolic decompositions. Their C++ kernels read sizes as plain ints, which
-    would specialize the shared ShapeEnv's batch symbol to its trace-time hint for every later node."""
+    (GRU, LSTM, ...) use torch's symbolic decompositions. Their C++ kernels read sizes as plain ints: GRU's
+    fixes the shared ShapeEnv's batch symbol to its trace-time value for every later node, LSTM's raises."""
     with fake_mode, enable_python_dispatcher():
         return target(*meta_value(args), **meta_value(kwargs))
 
