@@ -27,7 +27,7 @@ from service.serving.errors import (
 )
 from service.serving.metrics import ServiceMetrics
 from service.serving.runtime import ModelRuntime
-from service.serving.scorer import RequestScorer
+from service.serving.scorer import RankResult, RequestScorer
 from service.serving.settings import Settings
 from service.serving.shadow import ShadowComparator
 
@@ -146,3 +146,15 @@ def require_admin(request: Request) -> None:
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode()):
         raise Unauthorized("admin endpoints need the header 'Authorization: Bearer <admin_token>'")
+
+
+def result_headers(result: RankResult) -> dict[str, str]:
+    """What every scoring door tells the client beside the body: who served it, and where the time went."""
+    return {
+        "X-Request-Id": result.request_id,
+        "X-Model-Name": result.model_name,
+        "X-Model-Version": result.model_version,
+        "X-Variant": result.variant.value,
+        "X-Config-Generation": str(result.config_generation),
+        "Server-Timing": result.times.server_timing(),
+    }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from service.api.deps import ServiceState, client_request_id, get_state, read_body
+from service.api.deps import ServiceState, client_request_id, get_state, read_body, result_headers
 from service.api.errors import status_of
 from service.api.schemas import RANK_ERRORS, RANK_REQUEST_BODY, RankResponse
 from service.serving.errors import ServiceError
@@ -26,14 +26,7 @@ async def rank_candidates(request: Request, state: ServiceState = Depends(get_st
         body = await read_body(request, state.settings.max_body_bytes, state.settings.body_read_timeout_s)
         result = await state.scorer.score(body, client_request_id(request))
         variant, status = result.variant.value, 200
-        headers = {
-            "X-Request-Id": result.request_id,
-            "X-Model-Name": result.model_name,
-            "X-Model-Version": result.model_version,
-            "X-Variant": result.variant.value,
-            "X-Config-Generation": str(result.config_generation),
-            "Server-Timing": result.times.server_timing(),
-        }
+        headers = result_headers(result)
         return Response(result.body, media_type="application/json", headers=headers)
     except ServiceError as exc:
         status = status_of(exc)

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from service.api.deps import JSON_MEDIA_TYPE, ServiceState, client_request_id, get_state, read_body
+from service.api.deps import JSON_MEDIA_TYPE, ServiceState, client_request_id, get_state, read_body, result_headers
 from service.api.errors import status_of
 from service.serving.errors import NotReady, ServiceError, UnsupportedMediaType
 from service.serving.v2_codec import V2Door
@@ -111,14 +111,7 @@ async def _infer(request: Request, state: ServiceState, name: str, version: str 
         door = V2Door(name, version, request.headers.get(HEADER_LENGTH))
         result = await state.scorer.score(body, client_request_id(request), door)
         variant, status = result.variant.value, 200
-        headers = {
-            "X-Request-Id": result.request_id,
-            "X-Model-Name": result.model_name,
-            "X-Model-Version": result.model_version,
-            "X-Variant": result.variant.value,
-            "X-Config-Generation": str(result.config_generation),
-            "Server-Timing": result.times.server_timing(),
-        }
+        headers = result_headers(result)
         media_type = JSON_MEDIA_TYPE
         if result.json_length is not None:
             headers[HEADER_LENGTH] = str(result.json_length)
