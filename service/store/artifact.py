@@ -44,7 +44,6 @@ from service.store.manifest import (
 )
 from service.store.program import ProgramError, program_from_json, program_module
 
-_SAFE_COMPONENT = COMPONENT
 _HASH_CHUNK = 1 << 20
 _FINITE_CHUNK = 1 << 22  # elements per finiteness check of a weight
 EXAMPLE_BATCH = 4  # rows of the example call that tells torch the program's input structure
@@ -76,8 +75,8 @@ def _natural_key(name: str) -> list[tuple[int, Any]]:
 
 def check_component(kind: str, value: str) -> str:
     """A model name or version is one short path component (no traversal out of the store)."""
-    if not isinstance(value, str) or not _SAFE_COMPONENT.match(value):
-        raise ArtifactError(f"{kind} {value!r} must match {_SAFE_COMPONENT.pattern} (a single path component)")
+    if not isinstance(value, str) or not COMPONENT.match(value):
+        raise ArtifactError(f"{kind} {value!r} must match {COMPONENT.pattern} (a single path component)")
     return value
 
 
@@ -199,9 +198,8 @@ def _check_program_runs(model: nn.Module, example: dict[str, torch.Tensor], mani
             runs.append(guard.outputs)
         check_affine_growth(runs)
     except Exception as error:  # any failure here means the program and the schema disagree
-        text = str(error).strip().splitlines()
         raise ArtifactError(f"{program_path}: the program does not run on the feature schema's inputs "
-                            f"({type(error).__name__}: {text[0] if text else ''})"[:600]) from error
+                            f"({type(error).__name__}: {_first_line(str(error))})"[:600]) from error
     scores = outputs[0]
     if not isinstance(scores, dict) or list(scores) != list(manifest.tasks):
         found = list(scores) if isinstance(scores, dict) else type(scores).__name__

@@ -1,6 +1,5 @@
 """Loading an artifact never runs code from it: no unpickling, no guard source, no unknown operators."""
 
-import json
 import os
 import pickle
 import shutil
@@ -10,8 +9,8 @@ import pytest
 import torch
 
 from service.store import ArtifactError, load_artifact
-from service.store.artifact import sha256_file
-from service.store.manifest import MANIFEST_FILE, PROGRAM_FILE, WEIGHTS_FILE
+from service.store.manifest import PROGRAM_FILE, WEIGHTS_FILE
+from tests.security.hostile_artifacts import edit_program, rehash
 from tests.small_artifacts import save_small_mmoe
 
 
@@ -37,24 +36,10 @@ def version_dir(saved: Path, tmp_path: Path) -> Path:
     return copy
 
 
-def _rehash(version_dir: Path) -> None:
-    """Make the manifest vouch for the tampered files: the attacker controls the whole folder."""
-    manifest = json.loads((version_dir / MANIFEST_FILE).read_text())
-    manifest["files"] = {name: sha256_file(version_dir / name) for name in manifest["files"]}
-    (version_dir / MANIFEST_FILE).write_text(json.dumps(manifest))
-
-
-def _edit_program(version_dir: Path, edit) -> None:
-    program = json.loads((version_dir / PROGRAM_FILE).read_bytes())
-    edit(program)
-    (version_dir / PROGRAM_FILE).write_text(json.dumps(program))
-    _rehash(version_dir)
-
-
 def test_a_pickle_planted_as_the_weights_is_refused_without_running(version_dir: Path, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     (version_dir / WEIGHTS_FILE).write_bytes(pickle.dumps(_Payload(marker)))
-    _rehash(version_dir)
+    rehash(version_dir)
     with pytest.raises(ArtifactError, match="not a readable safetensors file"):
         load_artifact(version_dir)
     assert not marker.exists()
@@ -67,7 +52,7 @@ def test_a_torch_export_archive_planted_as_the_program_is_refused_without_runnin
 ) -> None:
     marker = tmp_path / "pwned"
     (version_dir / PROGRAM_FILE).write_bytes(pickle.dumps(_Payload(marker)))
-    _rehash(version_dir)
+    rehash(version_dir)
     with pytest.raises(ArtifactError, match="not valid JSON"):
         load_artifact(version_dir)
     assert not marker.exists()
@@ -75,7 +60,7 @@ def test_a_torch_export_archive_planted_as_the_program_is_refused_without_runnin
 
 def test_guard_code_in_the_program_is_refused_without_running(version_dir: Path, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
-    _edit_program(version_dir, lambda p: p.update(guards_code=[f"__import__('os').system('touch {marker}')"]))
+    edit_program(version_dir, lambda p: p.update(guards_code=[f"__import__('os').system('touch {marker}')"]))
     with pytest.raises(ArtifactError, match="guards_code"):
         load_artifact(version_dir)
     assert not marker.exists()
@@ -85,7 +70,7 @@ def test_operators_outside_the_allowed_namespaces_are_refused(version_dir: Path)
     def call_exec(program: dict) -> None:
         program["graph_module"]["graph"]["nodes"][0]["target"] = "builtins.exec"
 
-    _edit_program(version_dir, call_exec)
+    edit_program(version_dir, call_exec)
     with pytest.raises(ArtifactError, match="builtins.exec"):
         load_artifact(version_dir)
 
@@ -95,7 +80,7 @@ def test_value_names_that_are_not_identifiers_are_refused(version_dir: Path) -> 
         node = program["graph_module"]["graph"]["nodes"][0]
         node["outputs"][0]["as_tensor"]["name"] = "x = __import__('os')"
 
-    _edit_program(version_dir, inject)
+    edit_program(version_dir, inject)
     with pytest.raises(ArtifactError, match="not an identifier"):
         load_artifact(version_dir)
 
