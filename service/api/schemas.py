@@ -16,7 +16,7 @@ from service.engine import Variant
 from service.features.schema import FeatureSchema, FeatureSpec, Kind
 from service.serving.codec import REQUEST_ID_PATTERN, USER_ID_MAX_CHARS, RequestCodec
 from service.serving.routing import MAX_AB_WEIGHT, check_ab_split
-from service.store.artifact import _SAFE_COMPONENT  # the store's own rule for a version folder name
+from service.store.manifest import COMPONENT  # the store's own rule for a version folder name
 
 COMPONENTS = "#/components/schemas/{model}"
 RANK_REQUEST = "RankRequest"
@@ -91,7 +91,7 @@ class ReloadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: str | None = Field(
-        None, pattern=_SAFE_COMPONENT.pattern, description="Version folder to load; the latest when absent."
+        None, pattern=COMPONENT.pattern, description="Version folder to load; the latest when absent."
     )
 
 
