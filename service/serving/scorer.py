@@ -234,13 +234,9 @@ class RankDoor:
     """POST /rank: the service's own JSON (service/serving/codec.py); the reply is the request's top_k."""
 
     def decode(self, serving: ServingModel, body: bytes) -> Decoded[int | None]:
-        t0 = time.perf_counter()
-        request = serving.codec.decode(body)
-        t1 = time.perf_counter()
-        encoded = serving.codec.encode(request)
-        t2 = time.perf_counter()
-        return Decoded(encoded.features, encoded.n_candidates, request.user_id, request.request_id, request.top_k,
-                       t1 - t0, t2 - t1)
+        read = serving.codec.read(body)
+        return Decoded(read.encoded.features, read.encoded.n_candidates, read.user_id, read.request_id, read.top_k,
+                       read.decode_s, read.encode_s)
 
     def respond(self, serving: ServingModel, variant: Variant, request_id: str, scores: dict[str, torch.Tensor],
                 reply: int | None) -> ResponseBody:
