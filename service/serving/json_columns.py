@@ -97,7 +97,7 @@ class ColumnReader:
             raise NotFast
         if not isinstance(candidates, simdjson.Object) or _unique_keys(candidates) != self.candidate_names:
             raise NotFast
-        columns = {name: candidates[name] for name in self.candidate_names}
+        columns: dict[str, Any] = {name: candidates[name] for name in self.candidate_names}
         n = len(next(iter(columns.values())))
         if not 1 <= n <= self.rules.max_candidates:
             raise NotFast
@@ -131,7 +131,8 @@ class ColumnReader:
         count.arrays += 1
         if spec.kind is Kind.SPARSE_ID:
             return self._ids(_buffer(column, "i", n).copy())  # writable: out-of-vocabulary ids are mapped in place
-        lengths = [len(row) for row in column]  # TypeError (not fast) when a row is a number
+        rows: Any = column
+        lengths = [len(row) for row in rows]  # TypeError (not fast) when a row is a number
         count.arrays += n
         if spec.kind is Kind.DENSE:
             if lengths.count(spec.dim) != n:
@@ -193,4 +194,5 @@ def _buffer(values: Any, of_type: str, expected: int) -> np.ndarray:
 def _ranges(sizes: np.ndarray) -> np.ndarray:
     """0..size-1 for each size, concatenated."""
     ends = np.cumsum(sizes)
-    return np.arange(int(ends[-1]) if ends.size else 0) - np.repeat(ends - sizes, sizes)
+    ranges: np.ndarray = np.arange(int(ends[-1]) if ends.size else 0) - np.repeat(ends - sizes, sizes)
+    return ranges
