@@ -6,10 +6,12 @@ FLOPs ratio to VanI, how close the speedup gets to that arithmetic bound, and ac
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
@@ -28,7 +30,7 @@ class BenchRow:
     speedup_over_flops_ratio: float | None  # 1.0 = the whole arithmetic saving became wall-clock time
     gflops_per_s: float | None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -50,7 +52,7 @@ def interleaved_medians(
 
 def bench_variants(
     built: dict[Variant, Reparameterized],
-    make_inputs: Callable[[int], dict],
+    make_inputs: Callable[[int], dict[str, Any]],
     ns: Sequence[int],
     repeats: int = 20,
     warmup: int = 3,
@@ -59,9 +61,9 @@ def bench_variants(
     order = list(built)
     for n in ns:
         inputs = make_inputs(n)
-        by_name = interleaved_medians(
-            {v.value: (lambda v=v, inputs=inputs: built[v].module(inputs)) for v in order}, repeats, warmup
-        )
+        calls: dict[str, Callable[[], object]] = {
+            v.value: functools.partial(built[v].module, inputs) for v in order}
+        by_name = interleaved_medians(calls, repeats, warmup)
         medians = {v: by_name[v.value] for v in order}
         vani_time = medians.get(Variant.VANI)
         vani_flops = built[Variant.VANI].flops(n) if Variant.VANI in built else None

@@ -1,5 +1,6 @@
 """Shared by every test folder."""
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +10,18 @@ import torch
 from service.features.schema import FeatureSchema
 
 SMALL_MODEL_NAME = "default"
+# Settings built in a test compile nothing unless the test says so (RANKER_COMPILE's default, auto, runs inductor
+# for seconds to minutes per build: nothing most tests assert); tests/serving/test_compile.py sets it itself.
+os.environ.setdefault("RANKER_COMPILE", "off")
+MAX_AUTO_WORKERS = 8  # each worker holds torch, its own trained session store and the servers its tests start
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto` (pyproject.toml's addopts): one xdist worker per CPU this process may run on (the affinity mask,
+    not the machine's count, as a container or `taskset` sees it), at most MAX_AUTO_WORKERS."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cpus, MAX_AUTO_WORKERS))
 
 
 @pytest.fixture(autouse=True)

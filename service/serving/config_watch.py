@@ -267,7 +267,7 @@ class ConfigWatcher:
         current = self.runtime.active.serving if self.runtime.ready else None
         if current is not None and current.path.resolve() == path.resolve():
             return current
-        return self.runtime.build(path)  # ModelRejected when it cannot serve
+        return self.runtime.build(path, config.routed_variants())  # ModelRejected when it cannot serve
 
     def _activate(self, config: ServingConfig, serving: ServingModel, source: str) -> ActiveConfig:
         previous = self.runtime.active if self.runtime.ready else None

@@ -33,7 +33,7 @@ from service.features.schema import FeatureSchema
 from service.serving.batching import build_batched
 from service.serving.build import CAPTURE_SEED, build_variants
 from service.serving.codec import RequestCodec
-from service.serving.compile import compile_variants
+from service.serving.compile import compile_variants, use_compile_cache
 from service.serving.errors import ModelRejected, NotReady
 from service.serving.example_request import example_request
 from service.serving.routing import VariantRouter
@@ -90,8 +90,9 @@ def final_scores(scores: dict[str, Tensor], tasks: tuple[str, ...], task_weights
     return task_weights @ stacked
 
 
-def build_serving_model(settings: Settings, path: Path) -> ServingModel:
-    """Load, verify, build every variant, check each against VanI and warm it; ModelRejected if unusable."""
+def build_serving_model(settings: Settings, path: Path, routed: frozenset[Variant] | None = None) -> ServingModel:
+    """Load, verify, build every variant, check each against VanI and warm it; ModelRejected if unusable.
+    `routed`: the variants the serving config sends requests to (compile=auto compiles those; None: all)."""
     started = time.perf_counter()
     try:
         artifact = load_artifact(path)
@@ -110,8 +111,9 @@ def build_serving_model(settings: Settings, path: Path) -> ServingModel:
                                candidates=settings.trace_candidates)
         variants = {variant: result.module for variant, result in built.items()}
         reports = {variant: result.report.to_dict() for variant, result in built.items()}
+        use_compile_cache(settings.compile_cache_dir)
         variants, compilation = compile_variants(variants, schema.example_batch, settings.warmup_candidates,
-                                                 settings.tolerance, settings.compile)
+                                                 settings.tolerance, settings.compile, routed)
         _warm_and_check(variants, reports, schema, lambda scores: final_scores(scores, tasks, task_weights),
                         settings)
         batched = build_batched(built, reports, schema.example_batch) if settings.batching else {}
@@ -225,9 +227,10 @@ class ModelRuntime:
         except ArtifactError as exc:
             raise ModelRejected(f"version {version or '(latest)'} refused: {exc}") from exc
 
-    def build(self, path: Path) -> ServingModel:
-        """Build, verify and warm the version at `path` beside the one serving; requests see nothing yet."""
-        return build_serving_model(self.settings, path)
+    def build(self, path: Path, routed: frozenset[Variant] | None = None) -> ServingModel:
+        """Build, verify and warm the version at `path` beside the one serving; requests see nothing yet.
+        `routed`: the variants the serving config sends requests to (what compile=auto compiles)."""
+        return build_serving_model(self.settings, path, routed)
 
     def activate(self, serving: ServingModel, router: VariantRouter, generation: int) -> ActiveConfig:
         """Swap what serves: one reference assignment, so a request sees the old or the new config, whole."""

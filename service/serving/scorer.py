@@ -4,9 +4,10 @@ A door is one protocol's way in and out: POST /rank's JSON (`RankDoor`, the defa
 Protocol (service/serving/v2_codec.py). Admission, routing, batching, the finite-scores check, shadow and
 metrics are the same whichever door a request came through.
 
-Every stage is timed. Decoding, encoding and the response body run on the codec thread; scoring on an
-inference slot (service/serving/admission.py), where waiting requests of the same model and variant are
-scored as one call when batching is on. The event loop only accepts connections and moves bytes. Nothing
+Every stage is timed. Decoding, encoding and the response body run on the codec thread (small ones on the event
+loop, where a thread hop would cost more than the work); scoring on an inference slot
+(service/serving/admission.py), where waiting requests of the same model and variant are scored as one call
+when batching is on. The event loop only accepts connections and moves bytes. Nothing
 here knows HTTP: bytes in, bytes and timings out. Queue time is whatever of the request's time no stage
 accounts for: waiting for the codec thread, for admission and for a slot (the batching wait included).
 """
@@ -33,6 +34,10 @@ from service.serving.runtime import ActiveConfig, ModelRuntime, ServingModel
 from service.serving.shadow import ShadowComparator, ShadowJob
 
 logger = logging.getLogger(__name__)
+# Below these, decoding (about 0.3 ms for a 64 KiB columnar body) and writing the response are cheaper than the two
+# thread switches of handing them to the codec thread (docs/peers.md: the overhead at N = 100).
+INLINE_BODY_BYTES = 64 * 1024
+INLINE_CANDIDATES = 256
 T = TypeVar("T")
 Reply = TypeVar("Reply")  # what a door keeps from the request to write its response (top_k, requested outputs)
 
@@ -136,11 +141,13 @@ class RequestScorer:
         active = self.runtime.active  # one model and routing for the whole request, even if a new config swaps it
         serving = active.serving
         by: Door[Any] = door or RANK_DOOR
-        prepared = await self.pool.run_codec(lambda: _prepare(active, by, body, header_request_id))
+        prepared = await self._codec_work(len(body) <= INLINE_BODY_BYTES,
+                                          lambda: _prepare(active, by, body, header_request_id))
         ticket = await self.pool.submit((id(serving), prepared.variant), prepared.n_candidates, prepared,
                                         lambda batch: self._score_on_slot(serving, batch))
         scores: dict[str, torch.Tensor] = ticket.result
-        response, respond = await self.pool.run_codec(
+        response, respond = await self._codec_work(
+            prepared.n_candidates <= INLINE_CANDIDATES,
             lambda: _timed(lambda: by.respond(serving, prepared.variant, prepared.request_id, scores,
                                               prepared.reply)))
         shadow = self.shadow.sample(prepared.variant)
@@ -154,6 +161,11 @@ class RequestScorer:
         self._observe(prepared, times)
         return RankResult(response.content, prepared.request_id, serving.name, serving.version, prepared.variant,
                           active.generation, prepared.n_candidates, times, response.json_length)
+
+    async def _codec_work(self, small: bool, work: Callable[[], T]) -> T:
+        """Small work right here on the event loop (a thread hop would cost more than the work), larger work on
+        the codec thread so the loop keeps accepting and reading other requests meanwhile."""
+        return work() if small else await self.pool.run_codec(work)
 
     def _score_on_slot(self, serving: ServingModel, batch: Sequence[_Prepared]) -> list[object]:
         """Per-task scores of each request of one batch (same model and variant), or the error of each that

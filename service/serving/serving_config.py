@@ -112,6 +112,13 @@ class ServingConfig(BaseModel):
             "shadow": {"variant": settings.shadow_variant, "sample_rate": settings.shadow_sample_rate},
         }, "settings")
 
+    def routed_variants(self) -> frozenset[Variant]:
+        """The variants that score requests under this config: the default, the A/B arms, the shadow."""
+        routed = {self.variant, *(variant for variant, weight in self.ab_split.items() if weight > 0)}
+        if self.shadow.variant is not None and self.shadow.sample_rate > 0:
+            routed.add(self.shadow.variant)
+        return frozenset(routed)
+
     def updated(self, changes: Mapping[str, Any]) -> ServingConfig:
         """A copy with `changes` (top-level fields; `shadow` may name only some of its own), validated whole."""
         current = self.model_dump()

@@ -135,8 +135,15 @@ class Settings(BaseSettings):
     batch_max_candidates: int = Field(
         default=4096, ge=1, description="Candidates scored in one batched call at most (a larger request runs alone)."
     )
-    compile: Literal["off", "inductor"] = Field(
-        default="off", description="torch.compile every built variant at start-up (inductor) or not (off)."
+    compile: Literal["off", "auto", "inductor"] = Field(
+        default="auto",
+        description="torch.compile at start-up: auto = the routed variants, each kept only when equivalent and faster "
+                    "at the warm-up sizes; inductor = every variant, kept when equivalent; off = none.",
+    )
+    compile_cache_dir: Path | None = Field(
+        default=None,
+        description="inductor's on-disk compile cache (TORCHINDUCTOR_CACHE_DIR), so a restart skips most of the "
+                    "compile; unset: torch's default (/tmp/torchinductor_<user>). Mount a volume here in a container.",
     )
 
     # --- operations ---

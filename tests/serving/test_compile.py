@@ -18,9 +18,11 @@ from service.api.app import create_app
 from service.engine import Variant
 from service.engine.equivalence import SCORES, max_difference
 from service.features.schema import FeatureSchema
-from service.serving.compile import CompiledVariant
+from service.serving import compile as compile_module
+from service.serving.compile import NOT_ROUTED, CompiledVariant, compile_variant, is_faster
 from service.serving.example_request import example_request
 from service.serving.runtime import ServingModel, build_serving_model
+from service.serving.serving_config import ServingConfig
 from service.serving.settings import Settings
 from tests.conftest import SMALL_MODEL_NAME
 
@@ -118,10 +120,76 @@ def test_a_compile_that_changes_scores_is_served_uncompiled(store: Path, monkeyp
 
 
 def test_compile_off_leaves_the_variants_as_built(store: Path) -> None:
-    settings = small_settings(store)
+    settings = small_settings(store, compile="off")
     serving = build_serving_model(settings, settings.model_path)
     assert serving.compilation == {"mode": "off", "variants": {}}
     assert not any(isinstance(module, CompiledVariant) for module in serving.variants.values())
+
+
+def test_auto_is_the_default_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RANKER_COMPILE", raising=False)  # tests/conftest.py turns it off for the other tests
+    assert Settings().compile == "auto"
+
+
+def test_auto_compiles_only_the_routed_variants_and_keeps_one_only_when_it_measured_faster(store: Path) -> None:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        settings = small_settings(store, compile="auto")
+        serving = build_serving_model(settings, settings.model_path, routed=frozenset({Variant.MARI}))
+    finally:
+        torch.set_num_threads(previous)
+    outcomes = serving.compilation["variants"]
+    assert serving.compilation["mode"] == "auto"
+    for variant in (Variant.VANI, Variant.UOI):
+        assert outcomes[variant.value] == {"compiled": False, "seconds": 0.0, "reason": NOT_ROUTED, "speed_ms": None}
+        assert not isinstance(serving.variants[variant], CompiledVariant)
+    mari = outcomes["mari"]
+    speed = {int(n): times for n, times in mari["speed_ms"].items()}
+    assert set(speed) == set(WARMUP) and all(t["compiled"] > 0 and t["uncompiled"] > 0 for t in speed.values())
+    # whichever way this machine's timings went, the decision follows them and says so
+    assert mari["compiled"] is is_faster(speed)
+    assert isinstance(serving.variants[Variant.MARI], CompiledVariant) is mari["compiled"]
+    if not mari["compiled"]:
+        assert mari["reason"].startswith("not faster than uncompiled at the warm-up sizes: N=1 ")
+
+
+class _Doubler(torch.nn.Module):
+    def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"ctr": torch.sigmoid(2 * features["x"].sum(-1))}
+
+
+@pytest.mark.parametrize(("compiled_s", "uncompiled_s", "kept"), [(0.001, 0.002, True), (0.002, 0.001, False)])
+def test_auto_keeps_the_compiled_module_only_when_its_interleaved_medians_are_lower(
+    monkeypatch: pytest.MonkeyPatch, compiled_s: float, uncompiled_s: float, kept: bool
+) -> None:
+    def measured(calls: dict[str, Any], repeats: int, warmup: int) -> dict[str, float]:
+        for call in calls.values():  # both still run: the numbers are what is made up
+            call()
+        return {"compiled": compiled_s, "uncompiled": uncompiled_s}
+
+    monkeypatch.setattr(compile_module, "interleaved_medians", measured)
+    module = _Doubler()
+    module_out, outcome = compile_variant(Variant.MARI, module, lambda n, g: {"x": torch.rand(n, 3, generator=g)},
+                                          (1, 4), 1e-5, check_speed=True)
+    assert outcome.speed == {4: {"compiled": compiled_s * 1e3, "uncompiled": uncompiled_s * 1e3},
+                             1: {"compiled": compiled_s * 1e3, "uncompiled": uncompiled_s * 1e3}}
+    assert outcome.compiled is kept and isinstance(module_out, CompiledVariant) is kept
+    assert (outcome.reason is None) is kept
+
+
+def test_faster_means_a_geometric_mean_ratio_below_one_over_the_warm_up_sizes() -> None:
+    assert is_faster({1: {"compiled": 2.0, "uncompiled": 3.0}, 1000: {"compiled": 52.0, "uncompiled": 50.0}})
+    assert not is_faster({1: {"compiled": 1.0, "uncompiled": 1.05}, 1000: {"compiled": 65.0, "uncompiled": 50.0}})
+    assert not is_faster({100: {"compiled": 5.0, "uncompiled": 5.0}})  # a tie keeps the module as built
+
+
+def test_the_routed_variants_are_the_default_the_weighted_arms_and_a_sampled_shadow() -> None:
+    config = ServingConfig(generation=1, version=None, variant=Variant.MARI, ab_split={Variant.UOI: 1.0,
+                           Variant.VANI: 0.0}, shadow={"variant": Variant.VANI, "sample_rate": 0.0})
+    assert config.routed_variants() == {Variant.MARI, Variant.UOI}
+    shadowed = config.updated({"shadow": {"sample_rate": 0.1}})
+    assert shadowed.routed_variants() == {Variant.MARI, Variant.UOI, Variant.VANI}
 
 
 def _body(schema: FeatureSchema) -> bytes:
