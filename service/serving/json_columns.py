@@ -1,17 +1,18 @@
-"""The fast way in for POST /rank: a valid columnar JSON body straight to model input arrays.
+"""The fast way in for POST /rank: a valid JSON body straight to model input arrays.
 
 The codec's validator (service/serving/codec.py) builds one Python object per value, and the encoder then
 turns those lists back into arrays; at N = 1000 that was most of the time outside the model. Here simdjson
-parses the body (C++) and each column is copied into an array by simdjson itself (`as_buffer`), so no Python
-object is made per value; the schema's rules are checked on whole arrays.
+parses the body (C++). A columnar body's columns are copied into arrays by simdjson itself (`as_buffer`), so no
+Python object is made per value; row-wise candidates are transposed in Python and each column is made an array
+by numpy in one call. The schema's rules are checked on whole arrays.
 
 This path only ever *accepts*. It takes a body it can prove valid by the rules the validator applies: exactly
 the schema's feature names, strict integer ids in [0, max_id] (simdjson refuses floats, booleans, null and
-strings in an integer buffer), finite numbers within float32 of exactly `dim` per row, sequence lengths, the
-candidate count, the top-level fields. Anything else, or anything it is not sure of (duplicate keys, a `[` in a
-string, a number simdjson cannot parse, row-wise candidates), returns None and the validator decides, so every
-error keeps its one message naming the field. tests/serving/test_json_columns.py holds the two paths to the
-same answers on valid and broken bodies.
+strings in an integer buffer; numpy's dtype shows them in a row-wise column), finite numbers within float32 of
+exactly `dim` per row, sequence lengths, the candidate count, the top-level fields. Anything else, or anything
+it is not sure of (duplicate keys, a `[` in a string, a number simdjson cannot parse, a `true` or `false` in a
+row-wise body), returns None and the validator decides, so every error keeps its one message naming the field.
+tests/serving/test_json_columns.py holds the two paths to the same answers on valid and broken bodies.
 
 `as_buffer` flattens nested arrays of any depth, so depth is proven by counting: every row is an array of the
 right length, and the body holds exactly as many `[` as the arrays accepted here, so no row hides another
@@ -31,6 +32,7 @@ from service.features.schema import FeatureSchema, FeatureSpec, Kind
 
 TOP_LEVEL = frozenset({"user_id", "user", "candidates", "top_k", "request_id"})
 REQUIRED = frozenset({"user_id", "user", "candidates"})
+BOOLEAN_TOKENS = (b"true", b"false")
 
 class NotFast(Exception):
     """The body is not provably valid on this path: the validator decides."""
@@ -95,16 +97,19 @@ class ColumnReader:
         user, candidates = request["user"], request["candidates"]
         if not isinstance(user, simdjson.Object) or _unique_keys(user) != self.user_names:
             raise NotFast
-        if not isinstance(candidates, simdjson.Object) or _unique_keys(candidates) != self.candidate_names:
-            raise NotFast
-        columns: dict[str, Any] = {name: candidates[name] for name in self.candidate_names}
-        n = len(next(iter(columns.values())))
-        if not 1 <= n <= self.rules.max_candidates:
-            raise NotFast
         count = _Brackets()
         arrays = {spec.name: self._user_value(spec, user[spec.name], count) for spec in self.user_specs}
-        for spec in self.candidate_specs:
-            arrays[spec.name] = self._column(spec, columns[spec.name], n, count)
+        if isinstance(candidates, simdjson.Array):
+            n = self._rows(candidates, body, arrays, count)
+        elif isinstance(candidates, simdjson.Object) and _unique_keys(candidates) == self.candidate_names:
+            columns: dict[str, Any] = {name: candidates[name] for name in self.candidate_names}
+            n = len(next(iter(columns.values())))
+            if not 1 <= n <= self.rules.max_candidates:
+                raise NotFast
+            for spec in self.candidate_specs:
+                arrays[spec.name] = self._column(spec, columns[spec.name], n, count)
+        else:
+            raise NotFast
         if body.count(b"[") != count.arrays:
             raise NotFast  # an array hidden in a row (as_buffer flattens it), or a "[" in a string
         return FastRequest(user_id, request_id, top_k, arrays, n)
@@ -140,21 +145,57 @@ class ColumnReader:
             return self._dense(column, (n, spec.dim))
         return self._sequences(spec, lengths, column)
 
+    def _rows(self, candidates: Any, body: bytes, arrays: dict[str, np.ndarray], count: _Brackets) -> int:
+        """Row-wise candidates: one object per candidate, transposed in Python (simdjson cannot read a field across
+        objects) and each column made an array by numpy, whose dtype and shape prove the values' types."""
+        if any(token in body for token in BOOLEAN_TOKENS):
+            raise NotFast  # Python's True and False become 1 and 0 in numpy; the validator refuses them
+        rows = candidates.as_list()
+        n = len(rows)
+        if not 1 <= n <= self.rules.max_candidates or set(map(type, rows)) != {dict}:
+            raise NotFast
+        if set(map(len, rows)) != {len(self.candidate_names)}:
+            raise NotFast  # with every name found below (or KeyError), equal sizes mean equal key sets
+        count.arrays += 1
+        for spec in self.candidate_specs:
+            values = [row[spec.name] for row in rows]
+            if spec.kind is Kind.SPARSE_ID:
+                arrays[spec.name] = self._ids(_typed(np.array(values), np.int64, (n,)))
+                continue
+            count.arrays += n
+            if spec.kind is Kind.DENSE:
+                dense = np.array(values)
+                if dense.dtype == np.int64:
+                    dense = dense.astype(np.float64)
+                arrays[spec.name] = self._in_float32(_typed(dense, np.float64, (n, spec.dim)))
+                continue
+            if set(map(type, values)) != {list}:
+                raise NotFast
+            flat = [i for sequence in values for i in sequence]
+            ids = _typed(np.array(flat), np.int64, (len(flat),)) if flat else np.zeros(0, dtype=np.int64)
+            arrays[spec.name] = self._padded(spec, [len(sequence) for sequence in values], self._ids(ids))
+        return n
+
     def _ids(self, ids: np.ndarray) -> np.ndarray:
         if ids.size and (int(ids.min()) < 0 or int(ids.max()) > self.rules.max_id):
             raise NotFast
         return ids
 
     def _dense(self, values: Any, shape: tuple[int, int]) -> np.ndarray:
-        """Numbers finite within float32 (simdjson's doubles, as the validator's), as float32 `shape`."""
-        flat = _buffer(values, "d", shape[0] * shape[1])
-        if flat.size and not float(np.abs(flat).max()) <= self.rules.float_max:  # NaN fails too
+        """simdjson's numbers (doubles, as the validator's) as float32 `shape`."""
+        return self._in_float32(_buffer(values, "d", shape[0] * shape[1]).reshape(shape))
+
+    def _in_float32(self, values: np.ndarray) -> np.ndarray:
+        """Doubles finite within float32, as float32."""
+        if values.size and not float(np.abs(values).max()) <= self.rules.float_max:  # NaN fails too
             raise NotFast
-        return flat.astype(np.float32).reshape(shape)
+        return values.astype(np.float32)
 
     def _sequences(self, spec: FeatureSpec, lengths: list[int], sequences: Any) -> np.ndarray:
+        return self._padded(spec, lengths, self._ids(_buffer(sequences, "i", sum(lengths))))
+
+    def _padded(self, spec: FeatureSpec, lengths: list[int], flat: np.ndarray) -> np.ndarray:
         """Id lists padded with 0 to [B, max_len] (cut to max_len when truncating, else longer is not fast)."""
-        flat = self._ids(_buffer(sequences, "i", sum(lengths)))
         sizes = np.array(lengths, dtype=np.int64)
         if self.rules.truncate_sequences:
             starts = np.cumsum(sizes) - sizes
@@ -181,6 +222,14 @@ def _unique_keys(value: Any) -> frozenset[str]:
     if len(unique) != len(keys):
         raise NotFast
     return unique
+
+
+def _typed(values: np.ndarray, dtype: type[np.generic], shape: tuple[int, ...]) -> np.ndarray:
+    """`values` when numpy made them `dtype` of `shape` (a string, None, a float among ids, a ragged or deeper list
+    gives another dtype or shape)."""
+    if values.dtype != dtype or values.shape != shape:
+        raise NotFast
+    return values
 
 
 def _buffer(values: Any, of_type: str, expected: int) -> np.ndarray:

@@ -78,8 +78,8 @@ def _delete(value: Any, path: tuple[Any, ...]) -> None:
 
 @st.composite
 def bodies(draw: st.DrawFn) -> tuple[bytes, bool, bool]:
-    """A body; whether it is an untouched columnar example (which the fast path must take); whether a sequence
-    is longer than its max_len (valid when sequences are truncated)."""
+    """A body; whether it is an untouched example, columnar or row-wise (which the fast path must take); whether a
+    sequence is longer than its max_len (valid when sequences are truncated)."""
     n = draw(st.integers(1, 6))
     request = example_request(SCHEMA, n=n, columnar=True, seed=draw(st.integers(0, 10**6)))
     request["top_k"] = draw(st.sampled_from([None, 1, n, 50]))
@@ -93,7 +93,11 @@ def bodies(draw: st.DrawFn) -> tuple[bytes, bool, bool]:
             request["user"]["u_seq"] = ids
         else:
             request["candidates"]["i_seq"][0] = ids
-    kinds = ["none"] * 2 + ["replace"] * 6 + ["delete", "add", "rows", "duplicate", "text", "ragged"]
+    if draw(st.booleans()):  # row-wise: one object per candidate
+        columns = request["candidates"]
+        request["candidates"] = [{k: v[i] for k, v in columns.items()} for i in range(n)]
+    rowwise = isinstance(request["candidates"], list)
+    kinds = ["none"] * 2 + ["replace"] * 6 + ["delete", "add", "duplicate", "text", "ragged"]
     mutation = draw(st.sampled_from(kinds))
     text: str | None = None
     if mutation == "replace":
@@ -103,28 +107,28 @@ def bodies(draw: st.DrawFn) -> tuple[bytes, bool, bool]:
         path = draw(st.sampled_from(_paths(request)))
         _delete(request, path)
     elif mutation == "add":
-        where = draw(st.sampled_from([(), ("user",), ("candidates",)]))
+        where = draw(st.sampled_from([(), ("user",), ("candidates", 0) if rowwise else ("candidates",)]))
         target = request
         for part in where:
             target = target[part]
         target[draw(st.sampled_from(["extra", "u_id", "i_id"]))] = draw(st.sampled_from(ODD_VALUES))
     elif mutation == "ragged" and n > 1:  # as many numbers in all, not `dim` in each row
-        rows = request["candidates"][draw(st.sampled_from(["i_dense", "i_seq"]))]
-        if rows[0]:
-            rows[1].append(rows[0].pop())
-    elif mutation == "rows":
-        columns = request["candidates"]
-        request["candidates"] = [{k: v[i] for k, v in columns.items()} for i in range(n)]
+        name = draw(st.sampled_from(["i_dense", "i_seq"]))
+        first, second = ((request["candidates"][0][name], request["candidates"][1][name]) if rowwise
+                         else request["candidates"][name][:2])
+        if first:
+            second.append(first.pop())
     elif mutation == "duplicate":
         text = json.dumps(request)
         field = draw(st.sampled_from(['"user_id": "dup", ', '"u_id": 3, ', '"i_id": [1], ']))
-        anchor = {'"user_id": "dup", ': "{", '"u_id": 3, ': '"user": {', '"i_id": [1], ': '"candidates": {'}[field]
-        text = text.replace(anchor, anchor + field, 1)
+        anchors = {'"user_id": "dup", ': "{", '"u_id": 3, ': '"user": {',
+                   '"i_id": [1], ': '"candidates": [{' if rowwise else '"candidates": {'}
+        text = text.replace(anchors[field], anchors[field] + field, 1)
     elif mutation == "text":
         text = json.dumps(request).replace(draw(st.sampled_from(["0.", "1", "]"])),
                                            draw(st.sampled_from(["NaN", "1e400", "-", "]]", " 7"])), 1)
     body = (text if text is not None else json.dumps(request)).encode()
-    return body, mutation == "none" and "request_id" not in request and text is None, long
+    return body, mutation == "none" and "request_id" not in request, long
 
 
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -154,7 +158,7 @@ def test_the_fast_path_takes_only_what_the_validator_takes_and_encodes_it_the_sa
 
 
 @pytest.mark.parametrize("n", [1, 100, 1000])
-def test_valid_columnar_bodies_take_the_fast_path_with_the_encoders_tensors(n: int) -> None:
+def test_valid_columnar_and_row_wise_bodies_take_the_fast_path_with_the_encoders_tensors(n: int) -> None:
     codec = RequestCodec(SCHEMA, max_candidates=1000, max_id=MAX_ID, sequence_overflow="reject")
     body = json.dumps(example_request(SCHEMA, n=n, columnar=True, seed=n)).encode()
     fast = codec._columns.read(body)
@@ -163,4 +167,5 @@ def test_valid_columnar_bodies_take_the_fast_path_with_the_encoders_tensors(n: i
     read = codec.read(body).encoded.features
     assert all(torch.equal(read[name], expected[name]) for name in expected)
     rows = json.dumps(example_request(SCHEMA, n=n, columnar=False, seed=n)).encode()
-    assert codec._columns.read(rows) is None  # row-wise bodies go through the validator
+    assert codec._columns.read(rows) is not None
+    assert all(torch.equal(codec.read(rows).encoded.features[name], expected[name]) for name in expected)
