@@ -117,9 +117,9 @@ class ColumnReader:
     def _user_value(self, spec: FeatureSpec, value: Any, count: _Brackets) -> np.ndarray:
         """One user's value at batch 1."""
         if spec.kind is Kind.SPARSE_ID:
-            if type(value) is not int:
+            if type(value) is not int or not 0 <= value <= self.rules.max_id:
                 raise NotFast
-            return self._ids(np.array([value], dtype=np.int64))
+            return np.array([value], dtype=np.int64)
         if not isinstance(value, simdjson.Array):
             raise NotFast
         count.arrays += 1
