@@ -131,11 +131,14 @@ def test_auto_is_the_default_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings().compile == "auto"
 
 
-def test_auto_compiles_only_the_routed_variants_and_keeps_one_only_when_it_measured_faster(store: Path) -> None:
+def test_auto_compiles_only_the_routed_variants_and_keeps_one_only_when_it_measured_faster(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(compile_module.INDUCTOR_CACHE_ENV, str(tmp_path / "unused"))  # restored after the test
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        settings = small_settings(store, compile="auto")
+        settings = small_settings(store, compile="auto", compile_cache_dir=tmp_path / "inductor")
         serving = build_serving_model(settings, settings.model_path, routed=frozenset({Variant.MARI}))
     finally:
         torch.set_num_threads(previous)
@@ -152,6 +155,7 @@ def test_auto_compiles_only_the_routed_variants_and_keeps_one_only_when_it_measu
     assert isinstance(serving.variants[Variant.MARI], CompiledVariant) is mari["compiled"]
     if not mari["compiled"]:
         assert mari["reason"].startswith("not faster than uncompiled at the warm-up sizes: N=1 ")
+    assert any((tmp_path / "inductor").rglob("*")), "inductor's cache is kept in RANKER_COMPILE_CACHE_DIR"
 
 
 class _Doubler(torch.nn.Module):
