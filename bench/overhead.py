@@ -99,7 +99,8 @@ def markdown(result: dict[str, Any]) -> str:
     header = ["case", "decode ms", "encode ms", "infer ms", "respond ms", "queue ms", "server total ms",
               "decode+encode share", "outside the model ms", "client round trip ms"]
     lines = [MARK_BEGIN, "", f"    {result['command']}", "",
-             f"{result['machine']}; {result['date']}; compile: {result['compile']}.", "",
+             f"{result['machine']}; {result['date']}; ready {result['ready_s']} s after start; compile: "
+             f"`{result['compile']}`.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in result["rows"]:
         lines.append(f"| {row['case']} | {row['decode_ms']} | {row['encode_ms']} | {row['infer_ms']} | "
@@ -125,20 +126,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=60)
     parser.add_argument("--out", type=Path, default=None, help="markdown file to write the table into")
     parser.add_argument("--ready-timeout-s", type=float, default=600.0)
+    parser.add_argument("--compile-cache-dir", type=Path, default=None,
+                        help="RANKER_COMPILE_CACHE_DIR of the server (a fresh folder: a cold compile)")
     args = parser.parse_args(argv)
     manifest = read_manifest(resolve_version(args.model))
     schema = FeatureSchema.from_dict(manifest.feature_schema)
+    server_env = [f"RANKER_COMPILE_CACHE_DIR={args.compile_cache_dir}"] if args.compile_cache_dir else []
     server_args = argparse.Namespace(model=args.model, torch_threads=1, workers=1,
-                                     ready_timeout_s=args.ready_timeout_s, server_env=[])
+                                     ready_timeout_s=args.ready_timeout_s, server_env=server_env)
     log = Path("/tmp") / f"bench-overhead-{time.time_ns()}.log"
+    started = time.perf_counter()
     with Server("mari", server_args, log) as server:
+        ready_s = time.perf_counter() - started
         compile_report = httpx.get(f"{server.url}/v1/models", timeout=10.0).json().get("compile")
+        print(f"ready in {ready_s:.1f} s; compile: {json.dumps(compile_report)}", flush=True)
         rows = measure(server.url, cases(schema, manifest.name), args.requests)
     result = {"command": "python -m bench.overhead " + " ".join(argv if argv is not None else sys.argv[1:]),
               "machine": f"{platform.node()}, {torch.get_num_threads()} cores visible to torch, torch "
                          f"{torch.__version__}, 1 worker x 1 torch thread",
               "date": datetime.now(UTC).isoformat(timespec="minutes"),
-              "compile": json.dumps(compile_report), "rows": rows}
+              "compile": json.dumps(compile_report), "ready_s": round(ready_s, 1), "rows": rows}
     if args.out:
         write_markdown(args.out, markdown(result))
     print(markdown(result))
