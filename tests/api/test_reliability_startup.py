@@ -72,7 +72,8 @@ def test_make_run_stops_the_server_on_sigterm(store: Path) -> None:
     """SIGTERM to `make run` (what a process manager or `kill` sends) must stop the server it started."""
     port = free_port()
     env = {**os.environ, "RANKER_WARMUP_CANDIDATES": "[1, 16]", "RANKER_ANALYSIS_CANDIDATES": "100",
-           "RANKER_TORCH_THREADS": "1", "RANKER_CONFIG_POLL_S": "0", "RANKER_DRAIN_DELAY_S": "0"}
+           "RANKER_TORCH_THREADS": "1", "RANKER_CONFIG_POLL_S": "0", "RANKER_DRAIN_DELAY_S": "0",
+           "RANKER_COMPILE": "off"}
     env.pop("MAKEFLAGS", None)
     assert (store / MODEL_NAME).is_dir()
     # -o: never rebuild the venv here (its stamp may be older than pyproject.toml on a developer's machine)

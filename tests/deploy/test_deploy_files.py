@@ -13,7 +13,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.ports import free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 COMPOSE = REPO_ROOT / "docker-compose.yml"
@@ -40,7 +41,9 @@ REQUIRED_COMPOSE_VARIABLES = ("RANKER_ADMIN_TOKEN", "GRAFANA_ADMIN_PASSWORD")
 IMAGE_STORE = "/app/model_store"
 # Image paths -> this machine: the image's /app (WORKDIR, model store) and its venv's bin directory.
 IMAGE_VENV_BIN = "/opt/venv/bin"
-READY_TIMEOUT_S = 60.0
+# A bound on waiting, not on start-up time: with pytest-xdist the server may start while other tests' servers and
+# models share the cores.
+READY_TIMEOUT_S = 240.0
 # Series Prometheus makes itself for every target rather than reading them from /metrics.
 SCRAPE_SERIES = {"up", "scrape_duration_seconds", "scrape_samples_scraped", "scrape_series_added"}
 PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
@@ -336,12 +339,6 @@ def test_locust_targets_the_ranker_service_with_the_repo_locustfile() -> None:
 # ---------------------------------------------------------------- the image's start command, run here
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class Served:
     """The image's CMD running on this machine, and what was observed while it started."""
@@ -401,6 +398,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         # (labelled metrics appear in /metrics only once observed).
         "RANKER_WARMUP_CANDIDATES": "[1, 16]", "RANKER_ANALYSIS_CANDIDATES": "100", "RANKER_TORCH_THREADS": "1",
         "RANKER_SHADOW_VARIANT": "vani", "RANKER_SHADOW_SAMPLE_RATE": "1.0",
+        "RANKER_COMPILE": "off",  # no torch.compile at start-up: minutes of inductor for nothing asserted here
     }
     command = [*exec_form(runtime.last("ENTRYPOINT") or "[]"), *exec_form(runtime.last("CMD") or "[]")]
     workdir = _map_paths(runtime.last("WORKDIR") or "/app", image_to_host)
@@ -439,7 +437,7 @@ def scraped(served: Served) -> dict[str, str]:
         body = example_request(schema, n=n, columnar=columnar, seed=seed)
         response = httpx.post(f"{served.url}/rank", json=body, timeout=30.0)
         assert response.status_code == 200, response.text
-    deadline = time.monotonic() + 20.0
+    deadline = time.monotonic() + 60.0  # bounds the wait only
     while True:  # shadow comparisons run in the background, after the responses
         samples = _sample_types(httpx.get(f"{served.url}/metrics", timeout=5.0).text)
         if "ranker_shadow_comparisons_total" in samples or time.monotonic() > deadline:
