@@ -43,7 +43,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from loadtest.run import REPO_ROOT, RunError, Server
+from loadtest.run import REPO_ROOT, RunError, Server, compile_modes
 from loadtest.traffic import Body, TrafficMix, build_pool, describe_pool
 
 LOW_LOAD = 0.2  # of the single-slot estimate: the low-load step
@@ -312,6 +312,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     for variant in args.variants:
         for batching in args.batching:
             server_args = argparse.Namespace(model=args.model, torch_threads=args.torch_threads, workers=1,
+                                             compile=args.compile,
                                              ready_timeout_s=args.ready_timeout_s,
                                              server_env=[f"RANKER_BATCHING={str(batching).lower()}", *args.server_env])
             log = args.results_dir / f"server_{variant}_batching_{'on' if batching else 'off'}.log"
@@ -507,6 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--server-env", action="append", default=[], metavar="RANKER_X=VALUE")
     parser.add_argument("--ready-timeout-s", type=float, default=600.0)
+    modes, default_mode = compile_modes()
+    parser.add_argument("--compile", choices=modes, default=default_mode,
+                        help=f"RANKER_COMPILE of the servers (default: the service's, {default_mode})")
     parser.add_argument("--quick", action="store_true", help="2 steps of 2 s per curve, 1 s calibration (tests)")
     parser.add_argument("--out", type=Path, default=Path("docs"), help="capacity.json, capacity.md, capacity_*.png")
     parser.add_argument("--prefix", default="capacity", help="file name prefix in --out")

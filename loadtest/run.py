@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import time
+import typing
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,12 +71,23 @@ def model_settings(model: Path) -> dict[str, str]:
 
 
 def server_settings(args: argparse.Namespace, variant: str) -> dict[str, str]:
-    """Every RANKER_* setting of the server for `variant` (the report lists them)."""
-    settings = {**model_settings(args.model), "RANKER_VARIANT": variant, "RANKER_LOG_LEVEL": "warning"}
+    """Every RANKER_* setting of the server for `variant` (the report lists them). RANKER_COMPILE is always
+    written: --compile, or the service's default where a caller's own namespace has no compile attribute."""
+    compile_mode = getattr(args, "compile", None) or compile_modes()[1]
+    settings = {**model_settings(args.model), "RANKER_VARIANT": variant, "RANKER_LOG_LEVEL": "warning",
+                "RANKER_COMPILE": compile_mode}
     if args.torch_threads:
         settings["RANKER_TORCH_THREADS"] = str(args.torch_threads)
     settings.update(item.split("=", 1) for item in args.server_env)
     return settings
+
+
+def compile_modes() -> tuple[list[str], str]:
+    """RANKER_COMPILE's values and the service's default: what production serves is what a load test measures."""
+    from service.serving.settings import Settings
+
+    field = Settings.model_fields["compile"]
+    return list(typing.get_args(field.annotation)), field.default
 
 
 def free_port() -> int:
@@ -246,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--server-env", action="append", default=[], metavar="RANKER_X=VALUE",
                         help="extra server setting, repeatable")
     server.add_argument("--ready-timeout-s", type=float, default=300.0)
+    modes, default_mode = compile_modes()
+    server.add_argument("--compile", choices=modes, default=default_mode,
+                        help=f"RANKER_COMPILE of the servers (default: the service's, {default_mode})")
     return parser
 
 

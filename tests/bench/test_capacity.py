@@ -50,7 +50,9 @@ def test_a_failure_that_passes_on_its_second_try_does_not_stop_the_ladder() -> N
 def test_quick_sweep_against_a_real_server_reports_every_step(store: Path, tmp_path: Path) -> None:
     code = main(["--model", str(store / SMALL_MODEL_NAME / "v1"), "--quick", "--variants", "mari",
                  "--batching", "off", "--mixes", "small", "--slo-ms", f"small={SLO_MS}", "--outside-n", "40",
-                 "--server-env", "RANKER_WARMUP_CANDIDATES=[1,16]", "--out", str(tmp_path),
+                 "--server-env", "RANKER_WARMUP_CANDIDATES=[1,16]", "--compile", "off",
+                 "--server-env", "RANKER_DRAIN_DELAY_S=0",  # a quick stop: the sweep is over by then
+                 "--out", str(tmp_path),
                  "--results-dir", str(tmp_path / "results")])
     assert code == 0
     data = json.loads((tmp_path / "capacity.json").read_text())

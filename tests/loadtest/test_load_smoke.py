@@ -28,8 +28,10 @@ def run_load_test(model: Path, tmp_path: Path, duration: str, p99_bound_ms: str)
         sys.executable, "-m", "loadtest.run", "--model", str(model), "--variants", "mari",
         "--users", "2", "--spawn-rate", "2", "--duration", duration, "--p99-bound-ms", p99_bound_ms,
         "--bodies", "6", "--out", str(tmp_path / "docs"), "--results-dir", str(tmp_path / "results"),
-        # a short start-up: warm two small batch sizes, FLOPs report at N = 100
+        # a short start-up: warm two small batch sizes, FLOPs report at N = 100, nothing compiled; and a quick
+        # stop: no SIGTERM drain delay (the runner stops the server after locust has finished)
         "--server-env", "RANKER_WARMUP_CANDIDATES=[1, 16]", "--server-env", "RANKER_ANALYSIS_CANDIDATES=100",
+        "--compile", "off", "--server-env", "RANKER_DRAIN_DELAY_S=0",
     ]
     return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
 
