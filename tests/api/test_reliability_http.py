@@ -60,7 +60,7 @@ def read_until_closed(sock: socket.socket, limit_s: float) -> bytes:
     return data
 
 
-def wait_for(condition, timeout_s: float = 15.0) -> bool:
+def wait_for(condition, timeout_s: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if condition():

@@ -20,7 +20,7 @@ from service.serving.runtime import ServingModel
 from tests.api.conftest import make_settings, rank_body
 from tests.api.metrics_text import Samples, parse_metrics, total, value
 
-COMPARED_TIMEOUT_S = 20.0
+COMPARED_TIMEOUT_S = 60.0  # bounds the wait only: the comparisons run in the background, slower on a busy machine
 
 
 def wait_for_comparisons(client: TestClient, count: int) -> Samples:

@@ -109,7 +109,7 @@ def test_stalled_upload_is_answered_408_after_the_body_read_timeout(server: Live
 def test_aborted_upload_is_counted_as_499_not_a_server_error(server: LiveServer) -> None:
     before = rank_counts(scrape(server.url))
     _raw_upload(server.url, 1000, b'{"user_id": "u", ').close()  # gone mid-body
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30  # a bound on waiting for the count, not a claim about its delay
     while rank_counts(scrape(server.url)) == before and time.monotonic() < deadline:
         time.sleep(0.1)
     samples = wait_until_idle(server.url)

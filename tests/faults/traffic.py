@@ -98,7 +98,7 @@ def scrape(url: str) -> dict:
         return parse_metrics(http.get(f"{url}/metrics").text)
 
 
-def wait_until_idle(url: str, timeout_s: float = 15.0) -> dict:
+def wait_until_idle(url: str, timeout_s: float = 60.0) -> dict:
     """Metrics once no request is in flight (the gauge summed over live workers); AssertionError otherwise."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -117,9 +117,10 @@ def rank_counts(samples: dict) -> Counter[str]:
 
 
 def worker_pids(url: str, expected: int, excluded: frozenset[str] | set[str] = frozenset(),
-                timeout_s: float = 60.0) -> set[str]:
+                timeout_s: float = 180.0) -> set[str]:
     """The pids of the live workers once there are `expected` of them, none in `excluded`
-    (ranker_config_generation has one series per live worker)."""
+    (ranker_config_generation has one series per live worker). The timeout bounds the wait for a respawned
+    worker, which imports torch and builds the model first: far longer than alone while other tests run."""
     deadline = time.monotonic() + timeout_s
     pids: set[str] = set()
     while time.monotonic() < deadline:
