@@ -15,7 +15,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -23,7 +24,7 @@ from typing import Any, Literal, cast
 import torch
 from torch import Tensor, nn
 
-from service.features.schema import CAPTURE_CANDIDATES, FeatureSchema, Kind
+from service.features.schema import CAPTURE_CANDIDATES, FeatureSchema, FeatureSpec, Kind
 from service.store.artifact import (
     LoadedArtifact,
     check_component,
@@ -56,9 +57,15 @@ class TaskScores(nn.Module):
         self.apply_sigmoid = scores == "logit"
 
     def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
+        return self.finish(self.raw_scores(features))
+
+    def raw_scores(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The model's own numbers per task, before any sigmoid: what the package checks judge."""
         output = self.model(features)
-        scores = {task: _select(output, where, task) for task, where in self.outputs.items()}
-        return {task: torch.sigmoid(score) if self.apply_sigmoid else score for task, score in scores.items()}
+        return {task: _select(output, where, task) for task, where in self.outputs.items()}
+
+    def finish(self, raw: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {task: torch.sigmoid(score) if self.apply_sigmoid else score for task, score in raw.items()}
 
 
 def _select(output: Any, where: str | int | None, task: str) -> Tensor:
@@ -224,7 +231,10 @@ def package(
     unknown_weights = sorted(set(task_weights or {}) - set(mapping))
     if unknown_weights:
         raise PackageError(f"task_weights names tasks {unknown_weights} that are not in tasks {list(mapping)}")
-    program = export_program(head, features)
+    program = export_program(head, features)  # first: a model export cannot capture hears export's reason
+    calls = check_calls(schema, example_features)
+    wants = eager_scores(head, calls, schema, example_features)
+    check_program(program.module(), "the captured program", calls, wants, head, schema, example_features)
     try:
         program_json, tensors = program_to_json(program)
     except ProgramError as error:
@@ -238,7 +248,8 @@ def package(
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"), "torch_version": torch.__version__,
     }
     return publish(Path(store) / name / version, manifest_fields, program_json, tensors,
-                   lambda loaded: _check_against_eager(loaded, head, schema, example_features))
+                   lambda loaded: check_program(loaded.model, "the stored program", calls, wants, head, schema,
+                                                example_features))
 
 
 def publish(target: Path, manifest_fields: dict[str, Any], program_json: bytes, tensors: dict[str, Tensor],
@@ -259,21 +270,182 @@ def publish(target: Path, manifest_fields: dict[str, Any], program_json: bytes, 
     return dataclasses.replace(loaded, path=target)  # already loaded and checked: only the folder moved
 
 
-def _check_against_eager(loaded: LoadedArtifact, head: TaskScores, schema: FeatureSchema,
-                         example: Mapping[str, Tensor]) -> None:
-    for n in (CAPTURE_CANDIDATES, *CHECK_BATCHES):
-        features = _rows(schema, example, n)
-        with torch.no_grad():
-            want = head(features)
-            try:
-                got = loaded.model(features)
-            except Exception as error:  # the stored program refuses a batch size the eager model takes
-                raise PackageError(f"the stored program fails at N={n} ({type(error).__name__}: "
-                                   f"{str(error).strip()[:300]})") from error
+@dataclass(frozen=True)
+class CheckCall:
+    """One input package() runs through the eager model and through the captured and the stored program."""
+
+    label: str  # how messages name it: "the example at N=8", "the id extremes (call 2 of 4)"
+    features: dict[str, Tensor]
+    extremes: bool = False  # a failure here is traced back to one feature's extreme value
+
+
+@dataclass(frozen=True)
+class Extreme:
+    """A value of an id feature the service can hand the model, as one row ([] or [max_len])."""
+
+    what: str
+    value: Tensor
+    out_of_vocabulary: bool = False  # reads row vocab_size, the out-of-vocabulary row
+
+
+def id_extremes(spec: FeatureSpec) -> list[Extreme]:
+    """The edges of what the codec sends for an id feature: ids 0 and vocab_size - 1, the out-of-vocabulary
+    row `vocab_size` (every id >= vocab_size, up to the service's max_id, arrives as it), and for a sequence
+    an empty one, one id, and a full one of in-vocabulary and of out-of-vocabulary ids."""
+    v = spec.vocab_size
+    if spec.kind is Kind.SPARSE_ID:
+        return [Extreme("id 0", torch.tensor(0)), Extreme(f"id vocab_size - 1 ({v - 1})", torch.tensor(v - 1)),
+                Extreme(f"an id >= vocab_size (row {v})", torch.tensor(v), out_of_vocabulary=True)]
+    length, real = spec.max_len, max(v - 1, 1)
+    one = torch.zeros(length, dtype=torch.int64)
+    one[0] = real
+    return [Extreme("an empty sequence (all padding)", torch.zeros(length, dtype=torch.int64)),
+            Extreme(f"a sequence of one id ({real})", one),
+            Extreme(f"a full sequence ({length} ids {real})", torch.full((length,), real)),
+            Extreme(f"a full sequence of ids >= vocab_size (row {v})", torch.full((length,), v),
+                    out_of_vocabulary=True)]
+
+
+def check_calls(schema: FeatureSchema, example: Mapping[str, Tensor]) -> list[CheckCall]:
+    """The example at every checked N, then the id extremes."""
+    calls = [CheckCall(f"the example at N={n}", _rows(schema, example, n))
+             for n in (CAPTURE_CANDIDATES, *CHECK_BATCHES)]
+    return calls + extreme_calls(schema, example)
+
+
+def extreme_calls(schema: FeatureSchema, example: Mapping[str, Tensor]) -> list[CheckCall]:
+    """Calls in which every id feature takes each of its extremes: in call j user features take extreme j (one
+    user per request, tiled as the service does) and candidate row i extreme i + j; dense features are the
+    example's rows."""
+    extremes = {spec.name: id_extremes(spec) for spec in schema.features if spec.kind is not Kind.DENSE}
+    if not extremes:
+        return []
+    rows = max(len(options) for options in extremes.values())
+    calls = []
+    for j in range(rows):
+        features = _rows(schema, example, rows)
+        for spec in schema.features:
+            options = extremes.get(spec.name)
+            if options is not None:
+                picks = [j] * rows if spec.is_user else [i + j for i in range(rows)]
+                features[spec.name] = torch.stack([options[k % len(options)].value for k in picks])
+        calls.append(CheckCall(f"the id extremes (call {j + 1} of {rows})", features, extremes=True))
+    return calls
+
+
+def eager_scores(head: TaskScores, calls: Sequence[CheckCall], schema: FeatureSchema,
+                 example: Mapping[str, Tensor]) -> list[dict[str, Tensor]]:
+    """The eager model's scores on every check call, each checked servable (runs, finite, a probability in
+    [0, 1] unless scores='logit') before anything is written: a request the service accepts must never reach
+    the model only to fail with a 500 or return a score that means nothing."""
+    wants = []
+    for call in calls:
+        raw = _run_or_explain(head.raw_scores, "the model", call, head, schema, example)
+        _check_range(raw, head.apply_sigmoid, call.label)
+        wants.append(head.finish(raw))
+    return wants
+
+
+def check_program(program: Callable[[dict[str, Tensor]], dict[str, Tensor]], who: str,
+                  calls: Sequence[CheckCall], wants: Sequence[dict[str, Tensor]], head: TaskScores,
+                  schema: FeatureSchema, example: Mapping[str, Tensor]) -> None:
+    """`program` runs every check call and scores as the eager model did (`wants`, from eager_scores)."""
+    for call, want in zip(calls, wants, strict=True):
+        got = _run_or_explain(program, who, call, head, schema, example)
         difference = max((want[t].double() - got[t].double()).abs().max().item() for t in want)
         if not difference <= CHECK_TOLERANCE:
-            raise PackageError(f"the stored program differs from the eager model by {difference:.3g} at N={n}")
+            raise PackageError(f"{who} differs from the eager model by {difference:.3g} on {call.label}")
 
+
+def _run_or_explain(call_fn: Callable[[dict[str, Tensor]], dict[str, Tensor]], who: str, call: CheckCall,
+                    head: TaskScores, schema: FeatureSchema, example: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """call_fn's scores on the call; a failure or a NaN/inf score is refused with one message, naming the
+    feature and extreme at fault when the call was an extremes call."""
+    fault, scores = _fault(call_fn, call.features)
+    if fault is None:
+        return scores
+    culprit = _culprit(call_fn, schema, example) if call.extremes else None
+    if culprit is not None:
+        raise PackageError(_extreme_message(*culprit, who, head))
+    raise PackageError(f"on {call.label}, {who} {fault}; {_fix(fault)}")
+
+
+def _fault(call_fn: Callable[[dict[str, Tensor]], dict[str, Tensor]],
+           features: dict[str, Tensor]) -> tuple[str | None, dict[str, Tensor]]:
+    """(None, scores) when call_fn serves these features, else (what went wrong, {})."""
+    try:
+        with torch.no_grad():
+            scores = call_fn(features)
+    except PackageError:
+        raise
+    except Exception as error:  # any failure means a valid request would be answered 500
+        return f"fails with {type(error).__name__}: {_first_line(error)}", {}
+    not_finite = [task for task, score in scores.items() if not torch.isfinite(score).all()]
+    if not_finite:
+        return f"scores NaN or infinite for tasks {not_finite}", {}
+    return None, scores
+
+
+def _culprit(call_fn: Callable[[dict[str, Tensor]], dict[str, Tensor]], schema: FeatureSchema,
+             example: Mapping[str, Tensor]) -> tuple[FeatureSpec, Extreme, str] | None:
+    """The first (feature, extreme) that alone makes call_fn fail, every other feature as in the example."""
+    base = _rows(schema, example, 2)
+    for spec in schema.features:
+        if spec.kind is Kind.DENSE:
+            continue
+        for extreme in id_extremes(spec):
+            fault, _ = _fault(call_fn, {**base, spec.name: torch.stack([extreme.value] * 2)})
+            if fault is not None:
+                return spec, extreme, fault
+    return None
+
+
+def _extreme_message(spec: FeatureSpec, extreme: Extreme, fault: str, who: str, head: TaskScores) -> str:
+    v = spec.vocab_size
+    if extreme.out_of_vocabulary and fault.startswith("fails"):  # row v - 1 worked: the table ends there
+        tables = _tables_with_rows(head.model, v)
+        where = f" ({', '.join(tables)})" if tables else ""
+        return (f"feature {spec.name!r}: an id >= vocab_size ({v}) scores with row {v}, the out-of-vocabulary row, "
+                f"but the model's table{where} has only {v} rows: build it as nn.Embedding(vocab_size + 1, dim) "
+                f"({who} {fault})")
+    return f"feature {spec.name!r}: on {extreme.what}, {who} {fault}; {_fix(fault)}"
+
+
+def _fix(fault: str) -> str:
+    if fault.startswith("fails"):
+        return ID_RULE
+    return ("a served score must be finite for every request the service accepts (e.g. a mean over a sequence's "
+            "ids must allow none)")
+
+
+ID_RULE = ("the service hands the model ids 0 .. vocab_size - 1 as they are and every id >= vocab_size as "
+           "vocab_size, the out-of-vocabulary row, sequences right-padded with 0: each table needs vocab_size + 1 "
+           "rows (nn.Embedding(vocab_size + 1, dim))")
+
+
+def _tables_with_rows(model: nn.Module, rows: int) -> list[str]:
+    """The model's embedding tables of exactly `rows` rows, by module name (at most three)."""
+    names = [name for name, module in model.named_modules()
+             if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and module.num_embeddings == rows]
+    return names[:3]
+
+
+def _check_range(raw: dict[str, Tensor], logits: bool, label: str) -> None:
+    """Probabilities stay in [0, 1]: a model returning logits packaged without scores='logit' would serve
+    'probabilities' like -0.05 with no error anywhere."""
+    if logits:
+        return
+    for task, score in raw.items():
+        low, high = score.min().item(), score.max().item()
+        if low < 0.0 or high > 1.0:
+            raise PackageError(f"task {task!r}: scores='probability' but the model returns values from {low:.4g} "
+                               f"to {high:.4g} on {label}, outside [0, 1]: did you mean scores='logit' "
+                               f"(--logits on the command line)?")
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else "")[:300]
 
 def _class_path(model: nn.Module) -> str:
     return f"{type(model).__module__}.{type(model).__qualname__}"

@@ -70,9 +70,10 @@ def test_every_output_structure_serves_sigmoid_scores_per_task(tmp_path: Path, s
 
 def test_task_weights_default_to_one_and_versions_count_up(tmp_path: Path) -> None:
     model = TwoHeads("tensor").eval()
-    first = package(model, SCHEMA.example_batch(4), SCHEMA, tasks=["a", "b"], store=tmp_path, name="m")
+    first = package(model, SCHEMA.example_batch(4), SCHEMA, tasks=["a", "b"], scores="logit", store=tmp_path,
+                    name="m")
     second = package(model, SCHEMA.example_batch(4), SCHEMA, tasks=["a", "b"], task_weights={"b": 0.25},
-                     store=tmp_path, name="m")
+                     scores="logit", store=tmp_path, name="m")
     assert (first.manifest.version, second.manifest.version) == ("v1", "v2")
     assert first.manifest.task_weights == {"a": 1.0, "b": 1.0} and second.manifest.task_weights["b"] == 0.25
 
