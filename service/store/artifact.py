@@ -113,20 +113,42 @@ def next_version(store_root: Path | str, name: str) -> str:
 def write_artifact(
     folder: Path, manifest_fields: dict[str, Any], program_json: bytes, tensors: dict[str, torch.Tensor]
 ) -> ModelManifest:
-    """Write the three files into an empty `folder`; the manifest gets the sha256 of the other two."""
+    """Write the three files into an empty `folder`; the manifest gets the sha256 of the other two.
+
+    Every file gets the mode a plain open() gives (0644 under umask 022): safetensors writes its file 0600,
+    which a server running as another user (the non-root image, a store mounted from the host) cannot read."""
     (folder / PROGRAM_FILE).write_bytes(program_json)
     save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
     files = {name: sha256_file(folder / name) for name in ARTIFACT_FILES}
     manifest = ModelManifest(**manifest_fields, files=files)
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+    file_mode = 0o666 & ~process_umask()
+    for name in (*ARTIFACT_FILES, MANIFEST_FILE):
+        os.chmod(folder / name, file_mode)
     return manifest
 
 
+def process_umask() -> int:
+    """This process's umask, read from /proc where it can be (setting it to read it back would change the mode
+    of files other threads create meanwhile)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def staging_folder(target: Path) -> Path:
-    """A fresh hidden folder beside `target`, renamed onto it once complete (atomic publish)."""
+    """A fresh hidden folder beside `target`, renamed onto it once complete (atomic publish); it and any folder
+    made above it get the mode a plain mkdir gives (0755 under umask 022), so any user may read the store."""
     staging = target.parent / f".staging-{target.name}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging.mkdir(mode=0o777, parents=True)
     return staging
 
 
