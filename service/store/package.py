@@ -204,7 +204,13 @@ def package(
     metrics: Mapping[str, Any] | None = None,
     source: Mapping[str, Any] | None = None,
 ) -> LoadedArtifact:
-    """Capture `model`, check the capture against the eager model, and write store/name/version.
+    """Capture `model`, check it servable and the capture equal to it, and write store/name/version.
+
+    Before anything is written, the eager model and the captured program run the example at several N and
+    every id feature's extremes (id 0, vocab_size - 1, the out-of-vocabulary row vocab_size; empty, one-id and
+    full sequences): a model that fails on any, or scores NaN/inf, or (scores="probability") leaves [0, 1], is
+    refused with one PackageError naming the feature or task and the fix. The stored program is checked
+    again, loaded back as the service loads it, before its version appears in the store.
 
     `user_features` (default: the schema's user-side features) must be exactly the schema's user side.
     `tasks` lists task names per output column / tuple position / dict key, or maps task -> key or index.
