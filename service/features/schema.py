@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -185,3 +185,19 @@ class FeatureSchema:
         if n < 1:
             raise ValueError(f"example_batch needs n >= 1, got {n}")
         return {spec.name: spec.example(1 if spec.is_user else n, generator) for spec in self.features}
+
+    def example_batches(self, n: int, generator: torch.Generator | None = None) -> ExampleBatches:
+        """One random request both ways, for checking a model by hand: `served` as the service holds it (user
+        features at batch 1) and `tiled` with every feature at batch n, the call your own model and a packaged
+        program take (README, "Serve your own model")."""
+        served = self.example_batch(n, generator)
+        tiled = {spec.name: served[spec.name].expand(n, *served[spec.name].shape[1:]).contiguous() if spec.is_user
+                 else served[spec.name] for spec in self.features}
+        return ExampleBatches(served, tiled)
+
+
+class ExampleBatches(NamedTuple):
+    """FeatureSchema.example_batches: the same request with user features at batch 1 and tiled to batch n."""
+
+    served: dict[str, Tensor]
+    tiled: dict[str, Tensor]
