@@ -163,10 +163,14 @@ def read_manifest(version_dir: Path) -> ModelManifest:
 
 
 def load_artifact(path: Path | str) -> LoadedArtifact:
-    """Load and verify a stored model; `path` is a version folder or a model folder (latest version)."""
-    version_dir = resolve_version(path)
+    """Load and verify a stored model; `path` is a version folder or a model folder (latest version).
+    A file or folder this process may not read (a store packaged by another user with private modes) is an
+    ArtifactError naming it, like any other unusable artifact: one line, never a traceback."""
     try:
+        version_dir = resolve_version(path)
         return _load_verified(version_dir)
+    except OSError as error:
+        raise ArtifactError(f"{error.filename or path}: cannot be read ({error.strerror or error})") from error
     except ArtifactError as error:
         if "\n" not in str(error):
             raise

@@ -23,7 +23,9 @@ import torch
 
 from service.features.schema import FeatureSchema, Kind
 from service.serving.example_request import example_request
-from service.store import package
+from service.store import ArtifactError, load_artifact, package
+from service.store import artifact as artifact_module
+from service.store.manifest import WEIGHTS_FILE
 from tests.ports import free_port
 from tests.store.faulty_rankers import SCHEMA, Ranker, example
 from tests.store.my_ranker import build
@@ -172,3 +174,25 @@ def test_a_store_packaged_here_is_served_by_a_server_running_as_another_user() -
             assert (served - _eager_scores(model, schema, body)).abs().max().item() <= TOLERANCE
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_file_the_server_may_not_read_is_one_artifact_error_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a server running as another user meets on a store packaged with private modes (root, which runs this
+    suite, reads every file, so the refusal of the operating system is played by the reader)."""
+    model, features, schema, options = build(seed=3)
+    package(model, features, schema, store=tmp_path, name="my_ranker", **options)
+
+    readable = artifact_module.sha256_file
+
+    def weights_refused(path: Path) -> str:
+        if path.name == WEIGHTS_FILE:
+            raise PermissionError(13, "Permission denied", str(path))
+        return readable(path)
+
+    monkeypatch.setattr(artifact_module, "sha256_file", weights_refused)
+    with pytest.raises(ArtifactError) as raised:
+        load_artifact(tmp_path / "my_ranker")
+    message = str(raised.value)
+    assert "\n" not in message and message.endswith(f"{WEIGHTS_FILE}: cannot be read (Permission denied)")
