@@ -6,7 +6,7 @@ STORE := model_store
 STAMP := $(VENV)/.installed
 PORT ?= 8000
 
-.PHONY: setup run test train analyze bench clean
+.PHONY: setup run test train analyze bench peers clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,5 +40,16 @@ test: $(STAMP)
 bench: $(STAMP) $(STORE)/default
 	$(BIN)/ranker bench $(STORE)/default --n 100,1000,5000
 
+# bench.peers' KServe peer: its own venv, so kserve's dependencies never touch .venv; torch pinned to the same CPU build.
+PEERS_VENV := .venv-peers
+peers: $(PEERS_VENV)/.installed
+
+$(PEERS_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install -q torch==2.13.0
+	echo 'torch==2.13.0' > $(PEERS_VENV)/constraints.txt
+	$(PEERS_VENV)/bin/pip install -q -e '.[peers]' -c $(PEERS_VENV)/constraints.txt
+	touch $@
+
 clean:
-	rm -rf $(VENV) $(STORE)/*/
+	rm -rf $(VENV) $(PEERS_VENV) $(STORE)/*/

@@ -35,7 +35,8 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -157,27 +158,57 @@ def build_uniform_pool(model: Path, n_min: int, n_max: int, bodies: int, seed: i
     return pool
 
 
+# --- what is sent where --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Target:
+    """A server's door: the URL path, how a pool body becomes that door's request bytes (done once per pool, by
+    `encode_pool`, never per send), and whether a 200 answered it right ("" when it did, else why not). This
+    service's /rank is one target (`rank_target`); bench.peers points the same open loop at servers that speak
+    other formats (a plain FastAPI app, KServe's V2 protocol)."""
+
+    path: str
+    check: Callable[[httpx.Response, Body], str]
+    encode: Callable[[Body], bytes] | None = None  # None: the pool's /rank JSON as it is
+
+
+def rank_target(variant: str) -> Target:
+    """POST /rank of this service: right when it scores every candidate with `variant` (X-Variant)."""
+
+    def check(response: httpx.Response, body: Body) -> str:
+        found = N_CANDIDATES.search(response.content)
+        ok = found is not None and int(found.group(1)) == body.n and response.headers.get("x-variant") == variant
+        return "" if ok else "wrong answer"
+
+    return Target("/rank", check)
+
+
+def encode_pool(pool: list[Body], target: Target) -> list[Body]:
+    """The pool in the target's request format, built once before any load."""
+    encode = target.encode
+    return pool if encode is None else [replace(body, payload=encode(body)) for body in pool]
+
+
 # --- one step of open-loop load ------------------------------------------------------------------------------
 
-async def send(client: httpx.AsyncClient, url: str, body: Body, at: float, variant: str) -> Sample:
-    """POST one body scheduled at loop time `at`; ok when a 200 scores every candidate with `variant`."""
+async def send(client: httpx.AsyncClient, url: str, body: Body, at: float, target: Target) -> Sample:
+    """POST one (already encoded) body scheduled at loop time `at`; ok when a 200 passes the target's check."""
     loop = asyncio.get_running_loop()
     lag = loop.time() - at
     try:
-        response = await client.post(f"{url}/rank", content=body.payload, headers=JSON_HEADERS)
+        response = await client.post(f"{url}{target.path}", content=body.payload, headers=JSON_HEADERS)
     except httpx.HTTPError as exc:
         return Sample(False, loop.time() - at, lag, body.n, type(exc).__name__)
     latency = loop.time() - at
     if response.status_code != 200:
         return Sample(False, latency, lag, body.n, f"http {response.status_code}")
-    found = N_CANDIDATES.search(response.content)
-    if found is None or int(found.group(1)) != body.n or response.headers.get("x-variant") != variant:
-        return Sample(False, latency, lag, body.n, "wrong answer")
+    if error := target.check(response, body):
+        return Sample(False, latency, lag, body.n, error)
     timing = {k: float(v) for k, v in TIMING.findall(response.headers.get("server-timing", ""))}
     return Sample(True, latency, lag, body.n, server_ms=timing)
 
 
-async def open_loop(url: str, pool: list[Body], rate: float, duration_s: float, variant: str,
+async def open_loop(url: str, pool: list[Body], rate: float, duration_s: float, target: Target,
                     seed: int) -> list[Sample]:
     """Send round(rate x duration) requests at start + i / rate, whatever the responses do."""
     rng = random.Random(seed)
@@ -191,7 +222,7 @@ async def open_loop(url: str, pool: list[Body], rate: float, duration_s: float, 
             at = start + i / rate
             if (delay := at - loop.time()) > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(send(client, url, rng.choice(pool), at, variant)))
+            tasks.append(asyncio.create_task(send(client, url, rng.choice(pool), at, target)))
         done, pending = await asyncio.wait(tasks, timeout=DRAIN_S + REQUEST_TIMEOUT_S)
         for task in pending:
             task.cancel()
@@ -219,17 +250,19 @@ def summarize(samples: list[Sample], rate: float, duration_s: float, slo_ms: flo
 
 # --- the sweep -----------------------------------------------------------------------------------------------
 
-def calibrate(url: str, pool: list[Body], variant: str, seconds: float) -> float:
+def calibrate(url: str, pool: list[Body], variant: str, seconds: float, target: Target | None = None) -> float:
     """Sequential requests for `seconds`: 1 / mean latency, the rate one slot sustains without batching."""
+    target = target or rank_target(variant)
     latencies: list[float] = []
     with httpx.Client(timeout=REQUEST_TIMEOUT_S) as client:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and len(latencies) < CALIBRATION_MAX_REQUESTS:
             body = pool[len(latencies) % len(pool)]
             started = time.perf_counter()
-            response = client.post(f"{url}/rank", content=body.payload, headers=JSON_HEADERS)
-            if response.status_code != 200:
-                raise RunError(f"{variant}: calibration request got {response.status_code}: {response.text[:300]}")
+            response = client.post(f"{url}{target.path}", content=body.payload, headers=JSON_HEADERS)
+            error = f"http {response.status_code}" if response.status_code != 200 else target.check(response, body)
+            if error:
+                raise RunError(f"{variant}: calibration request failed ({error}): {response.text[:300]}")
             latencies.append(time.perf_counter() - started)
     return 1.0 / float(np.mean(latencies))
 
@@ -260,14 +293,17 @@ def next_rate(curve: Curve, estimate: float) -> float | None:
     return None if high / low < BISECT_UNTIL else math.sqrt(low * high)
 
 
-def sweep(url: str, pool: list[Body], curve: Curve, args: argparse.Namespace) -> Curve:
+def sweep(url: str, pool: list[Body], curve: Curve, args: argparse.Namespace, target: Target | None = None) -> Curve:
+    """Steps of open-loop load at the rates next_rate proposes; `pool` is already in the target's format (default:
+    this service's /rank for curve.variant)."""
+    target = target or rank_target(curve.variant)
     for index in range(args.max_steps):
         proposed = next_rate(curve, curve.single_slot_rps)
         if proposed is None:
             break
         rate = round(proposed, 2)  # the rate scheduled is the rate reported: its arrivals are round(rate x s)
         duration = min(max(args.step_s, args.min_requests / rate), args.max_step_s)  # enough samples for a p99
-        samples = asyncio.run(open_loop(url, pool, rate, duration, curve.variant, args.seed + index))
+        samples = asyncio.run(open_loop(url, pool, rate, duration, target, args.seed + index))
         step = summarize(samples, rate, duration, curve.slo_ms)
         curve.steps.append(step)
         print(f"    {curve.variant:4s} batching={'on ' if curve.batching else 'off'} {curve.mix:5s} "

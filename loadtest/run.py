@@ -114,6 +114,8 @@ def kill_group(process: subprocess.Popen, grace_s: float) -> int:
 class Server:
     """`ranker serve` for one variant on a free 127.0.0.1 port; ready once /readyz says so."""
 
+    ready_path = "/readyz"  # bench.peers' peer servers (a plain FastAPI app, KServe) answer elsewhere
+
     def __init__(self, variant: str, args: argparse.Namespace, log_path: Path) -> None:
         self.variant = variant
         self.port = free_port()
@@ -147,7 +149,7 @@ class Server:
             if self.process.poll() is not None:
                 raise RunError(f"{self.variant} server exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=2.0).status_code == 200:
+                if httpx.get(f"{self.url}{self.ready_path}", timeout=2.0).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
