@@ -41,7 +41,12 @@ class InputLayout:
         return [self.leaf_names[i] for i in sorted(self.user_positions)]
 
     def tensor_leaves(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> list[torch.Tensor]:
-        leaves, _ = pytree.tree_flatten((args, kwargs))
+        """The call's tensor leaves in graph placeholder order. Dicts are matched by key, not by position: a
+        caller may build the same features dict in another key order than the capture's (user features first,
+        say), and flattening by position would then feed one feature's tensor to another's placeholder."""
+        leaves, spec = pytree.tree_flatten((args, kwargs))
+        if spec != self.in_spec:
+            leaves = self.in_spec.flatten_up_to((args, kwargs))  # same keys in another order; else ValueError
         return [leaves[i] for i in self.tensor_positions]
 
 

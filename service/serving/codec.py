@@ -89,7 +89,6 @@ class RequestCodec:
         self.max_id = max_id
         self.truncate_sequences = sequence_overflow == "truncate"
         self._validator = TypeAdapter(_request_type(schema, max_candidates, max_id, self.truncate_sequences))
-        self._user = schema.user_features
         self._candidates = schema.candidate_features
         self._columns = ColumnReader(schema, ColumnRules(max_candidates, max_id, self.truncate_sequences,
                                                          USER_ID_MAX_CHARS, REQUEST_ID_PATTERN, FLOAT32_MAX))
@@ -102,7 +101,7 @@ class RequestCodec:
         if fast is not None:
             parsed_at = time.perf_counter()
             features = {spec.name: torch.from_numpy(self._oov(spec, fast.arrays[spec.name]))
-                        for spec in (*self._user, *self._candidates)}  # encode's order: a model's pytree may care
+                        for spec in self.schema.features}  # schema order, as encode's
             return ReadRequest(fast.user_id, fast.request_id, fast.top_k, EncodedRequest(features, fast.n_candidates),
                                parsed_at - started, time.perf_counter() - parsed_at)
         request = self.decode(body)
@@ -142,10 +141,11 @@ class RequestCodec:
     def encode(self, request: DecodedRequest) -> EncodedRequest:
         """Build the model input dict; ids past the vocabulary go to the OOV row, sequences are padded."""
         features: dict[str, Tensor] = {}
-        for spec in self._user:
-            features[spec.name] = self._encode_column(spec, [request.user[spec.name]], "user")
-        for spec in self._candidates:
-            features[spec.name] = self._encode_column(spec, request.candidates[spec.name], "candidates")
+        for spec in self.schema.features:  # schema order, the capture's (and the V2 door's)
+            if spec.is_user:
+                features[spec.name] = self._encode_column(spec, [request.user[spec.name]], "user")
+            else:
+                features[spec.name] = self._encode_column(spec, request.candidates[spec.name], "candidates")
         return EncodedRequest(features=features, n_candidates=request.n_candidates)
 
     def _encode_column(self, spec: FeatureSpec, values: list[Any], container: str) -> Tensor:
