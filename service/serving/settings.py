@@ -9,6 +9,7 @@ model_store/<name>/serving.json) overrides model_version, variant, ab_split and 
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import tomllib
@@ -25,6 +26,10 @@ from service.serving.routing import check_ab_split
 
 ENV_PREFIX = "RANKER_"
 CONFIG_FILE_ENV = "RANKER_CONFIG_FILE"
+# RANKER_* variables that are not settings: the config file's name, `ranker serve`'s own (the image's start
+# command and docker-compose read them too) and the fleet directory `ranker serve` hands to its workers.
+NOT_SETTINGS = frozenset({CONFIG_FILE_ENV, "RANKER_HOST", "RANKER_PORT", "RANKER_WORKERS", "RANKER_CPUS",
+                          "RANKER_SERVE_FLEET_DIR"})
 MAX_INT64 = 2**63 - 1
 MIN_ADMIN_TOKEN_CHARS = 16
 BODY_BUDGET_BODIES = 4  # default max_buffered_body_bytes, in largest bodies
@@ -217,7 +222,27 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, ConfigFileSource(settings_cls))
+        return (init_settings, UnknownVariables(settings_cls), env_settings, ConfigFileSource(settings_cls))
+
+
+class UnknownVariables(PydanticBaseSettingsSource):
+    """Refuses a RANKER_* variable that is no setting (a typo such as RANKER_MAX_CANDIDATE would otherwise be
+    ignored, and the server would start with the default the user meant to change). Adds no values."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        known = {ENV_PREFIX + name.upper() for name in self.settings_cls.model_fields} | NOT_SETTINGS
+        unknown = sorted(name for name in os.environ
+                         if name.upper().startswith(ENV_PREFIX) and name.upper() not in known)
+        if unknown:
+            suffixes = sorted(name.removeprefix(ENV_PREFIX) for name in known)  # the prefix would match anything
+            hints = [f"{name} (did you mean {ENV_PREFIX}{close[0]}?)" if (close := difflib.get_close_matches(
+                name.upper().removeprefix(ENV_PREFIX), suffixes, n=1)) else name for name in unknown]
+            raise ValueError(f"unknown setting variable(s): {', '.join(hints)}; the RANKER_* settings are listed "
+                             "in README.md (Configuration)")
+        return {}
 
 
 class ConfigFileSource(PydanticBaseSettingsSource):

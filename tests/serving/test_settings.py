@@ -72,3 +72,32 @@ def test_a_missing_config_file_is_refused_with_its_name(tmp_path: Path, monkeypa
 def test_the_body_budget_holds_four_of_the_largest_bodies_unless_set() -> None:
     assert Settings(max_body_bytes=2**20).body_budget_bytes == 4 * 2**20
     assert Settings(max_body_bytes=2**20, max_buffered_body_bytes=2**21).body_budget_bytes == 2**21
+
+
+def test_a_misspelled_setting_variable_is_refused_with_the_name_it_was_likely_meant_as(monkeypatch) -> None:
+    monkeypatch.setenv("RANKER_MAX_CANDIDATE", "10")
+    with pytest.raises(ValueError, match=r"RANKER_MAX_CANDIDATE \(did you mean RANKER_MAX_CANDIDATES\?\)"):
+        Settings()
+    monkeypatch.delenv("RANKER_MAX_CANDIDATE")
+    monkeypatch.setenv("RANKER_ZZZ", "1")
+    with pytest.raises(ValueError, match=r"unknown setting variable\(s\): RANKER_ZZZ;"):
+        Settings()
+
+
+def test_the_variables_of_ranker_serve_and_the_image_are_not_settings_and_are_allowed(monkeypatch) -> None:
+    for name, value in {"RANKER_HOST": "0.0.0.0", "RANKER_PORT": "8000", "RANKER_WORKERS": "2",
+                        "RANKER_MAX_CANDIDATES": "10"}.items():
+        monkeypatch.setenv(name, value)
+    assert Settings().max_candidates == 10
+
+
+def test_ranker_serve_exits_in_one_line_on_a_misspelled_setting(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RANKER_MAX_CANDIDATE": "10", "RANKER_MODEL_STORE": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--port", "1"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "did you mean RANKER_MAX_CANDIDATES?" in done.stderr and "Traceback" not in done.stderr
