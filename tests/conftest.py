@@ -3,6 +3,7 @@
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -16,12 +17,50 @@ os.environ.setdefault("RANKER_COMPILE", "off")
 MAX_AUTO_WORKERS = 8  # each worker holds torch, its own trained session store and the servers its tests start
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    _share_httpx_default_ssl_context()
+
+
+def _share_httpx_default_ssl_context() -> None:
+    """Build httpx's default SSL context once per test process instead of once per httpx.get/post and Client.
+
+    httpx makes a fresh SSLContext and loads certifi's CA bundle into it for every top-level call and every
+    Client: ~30 ms of CPU each (twice that on a busy machine), though tests only speak plain HTTP to 127.0.0.1.
+    tests/api/test_fleet_config.py, tests/faults and tests/api/test_server.py alone made 2,371 of them: over
+    a minute of CPU in the test process, beside the servers it drives. The context built for the default arguments
+    (verify=True, no client certificate, the environment trusted) is the one httpx would build every time,
+    and an SSLContext may be shared by any number of connections and threads; any other arguments get their
+    own, as before (httpcore sets ALPN on the context of an https connection it opens: no test opens one).
+    httpx has no public switch for this, hence its transport module's function is wrapped."""
+    import httpx._transports.default as transport
+
+    build = transport.create_ssl_context
+    shared: list[Any] = []
+
+    def create_ssl_context(verify: Any = True, cert: Any = None, trust_env: bool = True) -> Any:
+        if verify is not True or cert is not None or not trust_env:
+            return build(verify=verify, cert=cert, trust_env=trust_env)
+        if not shared:
+            shared.append(build())
+        return shared[0]
+
+    transport.create_ssl_context = create_ssl_context
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """`-n auto` (pyproject.toml's addopts): one xdist worker per CPU this process may run on (the affinity mask,
     not the machine's count, as a container or `taskset` sees it), at most MAX_AUTO_WORKERS."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(cpus, MAX_AUTO_WORKERS))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest test files first (tests/durations.py: why, and how to refresh the seconds), so that no worker
+    starts a minute-long file while the others have nothing left; a file's tests keep their order."""
+    from tests.durations import longest_first
+
+    items[:] = longest_first(items)
 
 
 @pytest.fixture(autouse=True)
