@@ -72,8 +72,8 @@ MODELS = ("default", "flat")
 ABOUT = {"default": "the --model artifact, served as stored; the peers rebuild its architecture from the registry",
          "flat": "bench.conventions' DeepCTR-style model at production size (embedding 16, DNN 512-256), user and "
                  "candidate columns interleaved in its one float tensor, seeded weights, packaged by "
-                 "bench.peers_models.package_flat into a temporary store; its schema lists the user features "
-                 "first (bench.peers_models.flat_schema: `ranker serve` answers 500 when a schema interleaves them)"}
+                 "bench.peers_models.package_flat into a temporary store; its schema interleaves user and "
+                 "candidate features in the model's column order"}
 COMMON_SHARE = 0.5  # of the weakest peer's capacity: a rate every peer passes
 COMMON_SEED = 10_007  # the common step's arrivals (bodies, order) are the same on every server
 

@@ -71,17 +71,12 @@ def _flat_model(columns: tuple[tuple[str, bool, str, int], ...]) -> FlatColumns:
 
 
 def flat_schema(columns: tuple[tuple[str, bool, str, int], ...]) -> FeatureSchema:
-    """The service's schema for the flat model's columns; an id column of `size` embedding rows has vocabulary
-    size - 1 (the service maps ids past the vocabulary to the last row).
-
-    User features come first in the schema (the model's X still interleaves user and candidate columns; the
-    adapter orders them): `ranker serve` answers 500 to every /rank request of a schema that interleaves them,
-    since its codec builds the features dict user side first while the variants match dict leaves by the
-    position they had at capture (schema order)."""
-    ordered = sorted(columns, key=lambda column: not column[1])  # stable: user columns, then candidate columns
+    """The service's schema for the flat model's columns, in the model's own column order (user and candidate
+    columns interleaved); an id column of `size` embedding rows has vocabulary size - 1 (the service maps ids
+    past the vocabulary to the last row)."""
     return FeatureSchema(tuple(
         FeatureSpec(name, "user" if user else "item", "sparse_id", vocab_size=size - 1) if kind == "sparse"
-        else FeatureSpec(name, "user" if user else "item", "dense", dim=size) for name, user, kind, size in ordered))
+        else FeatureSpec(name, "user" if user else "item", "dense", dim=size) for name, user, kind, size in columns))
 
 
 def package_flat(store: Path) -> Path:
