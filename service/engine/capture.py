@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from service.engine.graph_tools import shape_exprs
+from service.engine.left_matmuls import rewrite_left_matmuls
 from service.engine.variants import CaptureError, EngineError
 
 TRACE_BATCH = 4  # candidate batch used while capturing; export treats sizes 0 and 1 as constants
@@ -171,6 +172,7 @@ def capture(model: nn.Module, layout: InputLayout, example_tensors: list[torch.T
     graph_module = exported.module()
     out_spec = graph_module.graph._codegen.pytree_info.out_spec
     _drop_guards(graph_module)
+    rewrite_left_matmuls(graph_module)  # eager's one mm, which the stored program's grad-free weights lose
     batch = _batch_symbol(graph_module, layout)
     return CapturedModel(graph_module, layout, out_spec, batch)
 

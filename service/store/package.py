@@ -24,6 +24,7 @@ from typing import Any, Literal, cast
 import torch
 from torch import Tensor, nn
 
+from service.engine.left_matmuls import rewrite_left_matmuls
 from service.features.schema import CAPTURE_CANDIDATES, FeatureSchema, FeatureSpec, Kind
 from service.store.artifact import (
     LoadedArtifact,
@@ -174,6 +175,8 @@ def export_program(head: TaskScores, features: dict[str, Tensor]) -> torch.expor
         raise PackageError(f"torch.export could not capture the model with a dynamic candidate batch: "
                            f"{type(error).__name__}: {text[0] if text else ''}"[:600]) from error
     _drop_scalar_asserts(program)
+    if rewrite_left_matmuls(program.graph_module):  # the store's weights lose grad, and with it eager's mm
+        program.graph_module.recompile()
     return program
 
 
