@@ -1,17 +1,21 @@
-"""MaRI against the user's own eager model, per input convention, at one N (default 1000).
+"""Every variant against the user's own eager model, per input convention, at N = 100 and 1000.
 
-    python -m bench.conventions [--n 1000] [--repeats 20] [--threads 2] [--out docs/conventions.md]
+    python -m bench.conventions [--ns 100,1000] [--repeats 20] [--threads 1] [--only NAME] [--out docs/conventions.md]
 
 The models are the ones the engine's tests are written on (tests/engine): a dict of named tensors (the
 built-in MMoE at its default size), one flat column tensor (DeepCTR-style, wide & deep with index lists),
 several positional tensors (DLRM-style; the README's own two-matrix example), and torchrec modules over a
-KeyedJaggedTensor. For each: the user's eager model on tiled inputs (what serving it without this project
-costs), and VanI, UOI and MaRI on the same weights and inputs, interleaved, warmed up, median of many runs.
+KeyedJaggedTensor; and models written the way public libraries write them (tests/engine/library_models.py:
+DeepCTR's matrix DCN, torch-rechub's MMOE and DIN, tiny and production size), which go the user's whole way:
+package() -> the store's program -> loaded -> built as the service builds it. For each: the user's eager model
+on tiled inputs (what serving it without this project costs), and VanI, UOI and MaRI on the same weights and
+inputs, interleaved, warmed up, median of many runs; "fastest" is the quickest built form at that N.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,9 +25,11 @@ import torch
 from torch import Tensor, nn
 
 from service.benchmark import interleaved_medians
-from service.engine import Variant
+from service.engine import Reparameterized, Variant
+from service.features.schema import FeatureSchema
 from service.models.registry import get_architecture
 from service.serving.build import build_variants
+from service.store import load_artifact, package
 
 VARIANTS = (Variant.VANI, Variant.UOI, Variant.MARI)
 PRODUCTION_SIZES = {"embedding_dim": 16, "hidden": (512, 256)}  # the tests' models are deliberately tiny
@@ -36,6 +42,8 @@ class Case:
     adapter: nn.Module  # the user's adapter around their model: features dict -> model inputs -> scores
     make_inputs: Callable[[int, torch.Generator], dict[str, Tensor]]  # user leaves at batch 1
     user_inputs: list[str]
+    schema: FeatureSchema | None = None  # given: measured through package() -> store -> the service's build
+    tasks: tuple[str, ...] = ()
 
 
 def _tile(features: dict[str, Tensor], users: list[str], n: int) -> dict[str, Tensor]:
@@ -101,50 +109,87 @@ def torchrec_cases() -> list[Case]:
     return cases
 
 
-def measure(case: Case, n: int, repeats: int, warmup: int) -> dict[str, float | str]:
-    built = build_variants(case.adapter, case.user_inputs, case.make_inputs, variants=VARIANTS, seed=0)
-    generator = torch.Generator().manual_seed(0)
+def library_cases() -> list[Case]:
+    from tests.engine.library_models import MODELS, SIZES, randomize_weights
+
+    cases = []
+    for name, library in MODELS.items():
+        for size in SIZES:
+            model = randomize_weights(library.build(size), torch.Generator().manual_seed(zlib.crc32(name.encode())))
+            schema = library.schema(size)
+            cases.append(Case(f"{name} ({size})", f"{library.library}-shaped", model.eval(),
+                              lambda n, g, schema=schema: schema.example_batch(n, g), library.user_features(size),
+                              schema, library.tasks))
+    return cases
+
+
+def build(case: Case, store: Path) -> dict[Variant, Reparameterized]:
+    """The variants as the service builds them: from the stored program when the case has a schema."""
+    if case.schema is None:
+        return build_variants(case.adapter, case.user_inputs, case.make_inputs, variants=VARIANTS, seed=0)
+    name = zlib.crc32(case.name.encode())
+    package(case.adapter, case.schema.example_batch(8), case.schema, tasks=list(case.tasks), store=store,
+            name=f"m{name}")
+    loaded = load_artifact(store / f"m{name}")
+    return build_variants(loaded.model, loaded.user_features, case.make_inputs, variants=VARIANTS, seed=0)
+
+
+def measure(case: Case, built: dict[Variant, Reparameterized], n: int, repeats: int,
+            warmup: int) -> dict[str, float | str | int]:
+    generator = torch.Generator().manual_seed(n)
     inputs = case.make_inputs(n, generator)
     tiled = _tile(inputs, case.user_inputs, n)
     calls = {"eager": lambda: case.adapter(tiled)}
     calls.update({v.value: (lambda v=v: built[v].module(inputs)) for v in VARIANTS})
     medians = interleaved_medians(calls, repeats, warmup)
     flops = {v: built[v].flops(n) for v in VARIANTS}
+    fastest = min((v.value for v in VARIANTS), key=lambda v: medians[v])
     return {
-        "model": case.name, "convention": case.convention,
-        "eager_ms": medians["eager"] * 1e3, "vani_ms": medians["vani"] * 1e3,
-        "uoi_ms": medians["uoi"] * 1e3, "mari_ms": medians["mari"] * 1e3,
-        "mari_vs_eager": medians["eager"] / medians["mari"],
+        "model": case.name, "convention": case.convention, "n": n, "stored": case.schema is not None,
+        **{f"{name}_ms": seconds * 1e3 for name, seconds in medians.items()},
+        "vani_vs_eager": medians["eager"] / medians["vani"], "mari_vs_eager": medians["eager"] / medians["mari"],
+        "fastest": fastest, "fastest_vs_eager": medians["eager"] / medians[fastest],
         "flops_ratio": (flops[Variant.VANI] / flops[Variant.MARI]) if flops[Variant.MARI] else float("nan"),
         "mari_runs_as": built[Variant.MARI].report.variant.value,
     }
 
 
-def format_table(rows: list[dict], n: int) -> str:
-    lines = ["| convention | model | eager ms | VanI ms | UOI ms | MaRI ms | MaRI vs eager | FLOPs ratio VanI/MaRI |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+def format_table(rows: list[dict]) -> str:
+    lines = ["| convention | model | N | eager ms | VanI ms | UOI ms | MaRI ms | VanI vs eager | MaRI vs eager | "
+             "fastest | fastest vs eager | FLOPs ratio VanI/MaRI |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
     for r in rows:
         runs_as = "" if r["mari_runs_as"] == "mari" else f" (runs as {r['mari_runs_as']})"
-        lines.append(f"| {r['convention']} | {r['model']}{runs_as} | {r['eager_ms']:.2f} | {r['vani_ms']:.2f} | "
-                     f"{r['uoi_ms']:.2f} | {r['mari_ms']:.2f} | {r['mari_vs_eager']:.2f}x | {r['flops_ratio']:.2f}x |")
-    return "\n".join(lines) + f"\n\nN = {n} candidates per request."
+        stored = " (stored)" if r["stored"] else ""
+        lines.append(f"| {r['convention']} | {r['model']}{stored}{runs_as} | {r['n']} | {r['eager_ms']:.2f} | "
+                     f"{r['vani_ms']:.2f} | {r['uoi_ms']:.2f} | {r['mari_ms']:.2f} | {r['vani_vs_eager']:.2f}x | "
+                     f"{r['mari_vs_eager']:.2f}x | {r['fastest']} | {r['fastest_vs_eager']:.2f}x | "
+                     f"{r['flops_ratio']:.2f}x |")
+    return "\n".join(lines) + ("\n\n(stored): packaged with package(), loaded from the store and built as the "
+                               "service builds it; the others are built from the live module.")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--ns", default="100,1000", help="candidate counts, comma-separated")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only", default="", help="only the models whose name contains this")
     parser.add_argument("--out", type=Path, default=None, help="write the table as markdown to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cases = dict_cases() + flat_cases() + positional_cases() + torchrec_cases()
-    rows = [measure(case, args.n, args.repeats, args.warmup) for case in cases]
-    table = format_table(rows, args.n)
+    ns = [int(n) for n in args.ns.split(",")]
+    cases = dict_cases() + flat_cases() + positional_cases() + torchrec_cases() + library_cases()
+    rows = []
+    with tempfile.TemporaryDirectory() as store:
+        for case in (c for c in cases if args.only in c.name):
+            built = build(case, Path(store))
+            rows += [measure(case, built, n, args.repeats, args.warmup) for n in ns]
+    table = format_table(rows)
     print(table)
     if args.out:
-        command = f"python -m bench.conventions --n {args.n} --repeats {args.repeats} --threads {args.threads}"
+        command = f"python -m bench.conventions --ns {args.ns} --repeats {args.repeats} --threads {args.threads}"
         args.out.write_text(f"# MaRI vs the user's eager model, per input convention\n\n`{command}`, torch "
                             f"{torch.__version__}, {args.threads} torch threads, median of {args.repeats} "
                             f"interleaved runs after {args.warmup} warm-up.\n\n{table}\n")
