@@ -54,7 +54,9 @@ class ServiceState:
     draining: bool = field(default=False)
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
+    """The app's state. Async on purpose: FastAPI runs a plain `def` dependency on its thread pool, a thread hop
+    per request (docs/peers.md)."""
     return request.app.state.service
 
 
@@ -138,9 +140,9 @@ def client_request_id(request: Request) -> str | None:
     return value if value is not None and _REQUEST_ID.match(value) else None
 
 
-def require_admin(request: Request) -> None:
+async def require_admin(request: Request) -> None:
     """Admin endpoints need `Authorization: Bearer <admin_token>`; they are off when no token is set."""
-    token = get_state(request).settings.admin_token
+    token = request.app.state.service.settings.admin_token
     if token is None:
         raise AdminDisabled("admin endpoints are off: no admin_token is configured")
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
