@@ -57,11 +57,13 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     import torch
 
+    from service.training.progress import PrintedProgress
     from service.training.train import train_and_save
 
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    path = train_and_save(args.arch, args.store, args.name, args.version, seed=args.seed, steps=args.steps)
+    path = train_and_save(args.arch, args.store, args.name, args.version, seed=args.seed, steps=args.steps,
+                          progress=PrintedProgress())
     manifest = json.loads((path / "model.json").read_text())
     print(f"wrote {path} in {time.perf_counter() - start:.1f} s")
     print(json.dumps(manifest.get("metrics", {}), indent=2))

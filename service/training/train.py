@@ -16,6 +16,7 @@ from service.models import RankerConfig, get_architecture
 from service.store.artifact import next_version
 from service.store.package import builtin_source, package
 from service.training.auc import roc_auc
+from service.training.progress import StepProgress, TrainProgress
 from service.training.synthetic import LabeledBatch, make_dataset
 
 
@@ -43,8 +44,10 @@ def train_model(
     steps: int | None = None,
     config_overrides: dict[str, Any] | None = None,
     settings: TrainSettings | None = None,
+    progress: TrainProgress | None = None,
 ) -> TrainResult:
-    """Train `architecture` for `steps` Adam steps (one pass over fresh synthetic rows); deterministic in seed."""
+    """Train `architecture` for `steps` Adam steps (one pass over fresh synthetic rows); deterministic in seed.
+    `progress` hears each phase and step (`ranker train` prints them)."""
     settings = settings or TrainSettings()
     steps = settings.steps if steps is None else steps
     if steps < 1:
@@ -52,15 +55,20 @@ def train_model(
     arch = get_architecture(architecture)
     config = arch.default_config().with_overrides(config_overrides)
     tasks = list(config.tasks)
+    if progress:
+        progress.phase(f"{architecture}: drawing {steps * settings.batch_size:,} synthetic training rows "
+                       f"and {settings.holdout_rows:,} holdout rows")
     train_rows, holdout = make_dataset(
         config.schema(), tasks, steps * settings.batch_size, settings.holdout_rows, seed=seed
     )
     torch.manual_seed(seed)
     model = arch.build(config)
     started = time.perf_counter()
-    final_loss = _fit(model, train_rows, steps, settings)
+    final_loss = _fit(model, train_rows, steps, settings, progress)
     train_seconds = time.perf_counter() - started
     model.eval()
+    if progress:
+        progress.phase("holdout AUC")
     metrics = {
         "holdout_auc": evaluate_auc(model, holdout, settings.eval_batch_size),
         # the ceiling: AUC of the true label probabilities the synthetic world drew the labels from
@@ -78,24 +86,27 @@ def train_model(
     return TrainResult(model=model, config=config, metrics=metrics)
 
 
-def _fit(model: nn.Module, rows: LabeledBatch, steps: int, settings: TrainSettings) -> float:
+def _fit(model: nn.Module, rows: LabeledBatch, steps: int, settings: TrainSettings,
+         progress: TrainProgress | None = None) -> float:
     """Adam on the sum of per-task BCE losses; returns the mean loss of the last 10% of steps."""
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     model.train()
     # Adam moments of rarely seen embedding rows decay into denormals, which are ~10x slower on CPU.
     flushed = torch.set_flush_denormal(True)
     try:
-        return _run_steps(model, optimizer, rows, steps, settings.batch_size)
+        return _run_steps(model, optimizer, rows, steps, settings.batch_size, progress)
     finally:
         if flushed:
             torch.set_flush_denormal(False)
 
 
 def _run_steps(
-    model: nn.Module, optimizer: torch.optim.Optimizer, rows: LabeledBatch, steps: int, batch_size: int
+    model: nn.Module, optimizer: torch.optim.Optimizer, rows: LabeledBatch, steps: int, batch_size: int,
+    progress: TrainProgress | None = None,
 ) -> float:
     recent: list[float] = []
     window = max(1, steps // 10)
+    started = time.perf_counter()
     for step in range(steps):
         batch = rows.slice(step * batch_size, (step + 1) * batch_size)
         scores = model(batch.features)
@@ -104,6 +115,8 @@ def _run_steps(
         loss.backward()
         optimizer.step()
         recent = (recent + [loss.item()])[-window:]
+        if progress:
+            progress.step(StepProgress(step + 1, steps, recent[-1], time.perf_counter() - started))
     return sum(recent) / len(recent)
 
 
@@ -125,10 +138,13 @@ def train_and_save(
     seed: int = 0,
     steps: int | None = None,
     config_overrides: dict[str, Any] | None = None,
+    progress: TrainProgress | None = None,
 ) -> Path:
     """Train and write model_store/<name>/<version>/ (version None: the next "vN"); returns that folder."""
     store_root = Path(store_root)
-    result = train_model(architecture, seed=seed, steps=steps, config_overrides=config_overrides)
+    result = train_model(architecture, seed=seed, steps=steps, config_overrides=config_overrides, progress=progress)
+    if progress:
+        progress.phase("packaging: torch.export capture, then the stored program checked against the model")
     return save_trained(result, architecture, store_root, name, version or next_version(store_root, name), seed)
 
 
