@@ -13,6 +13,7 @@ import os
 import re
 import threading
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -120,9 +121,24 @@ class ServiceMetrics:
             ["reason"], registry=registry,
         )
         self._largest_difference = 0.0
+        self._request_children: dict[str, tuple[Any, ...]] = {}  # see observe_request
 
-    def observe_stage(self, stage: str, variant: str, seconds: float) -> None:
-        self.stage_seconds.labels(stage=stage, variant=variant).observe(seconds)
+    def observe_request(self, variant: str, stage_seconds: tuple[float, ...], total: float, candidates: int) -> None:
+        """One scored request: its STAGES' seconds (in that order), its total and its candidates. Runs per request
+        on the event loop, so each variant's labelled children are looked up once and kept."""
+        children = self._request_children.get(variant)
+        if children is None:
+            children = self._request_children[variant] = (
+                tuple(self.stage_seconds.labels(stage=stage, variant=variant) for stage in STAGES),
+                self.request_seconds.labels(variant=variant),
+                self.candidates_scored.labels(variant=variant),
+            )
+        stages, request_seconds, candidates_scored = children
+        for child, seconds in zip(stages, stage_seconds, strict=True):
+            child.observe(seconds)
+        request_seconds.observe(total)
+        self.candidates_per_request.observe(candidates)
+        candidates_scored.inc(candidates)
 
     def observe_shadow(self, primary: str, shadow: str, difference: float, mismatched: bool) -> None:
         self.shadow_comparisons.labels(primary=primary, shadow=shadow).inc()

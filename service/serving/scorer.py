@@ -195,12 +195,8 @@ class RequestScorer:
         return outcomes
 
     def _observe(self, prepared: _Prepared, times: StageTimes) -> None:
-        variant = prepared.variant.value
-        for stage in STAGES:
-            self.metrics.observe_stage(stage, variant, times.seconds(stage))
-        self.metrics.request_seconds.labels(variant=variant).observe(times.total)
-        self.metrics.candidates_per_request.observe(prepared.n_candidates)
-        self.metrics.candidates_scored.labels(variant=variant).inc(prepared.n_candidates)
+        self.metrics.observe_request(prepared.variant.value, tuple(times.seconds(stage) for stage in STAGES),
+                                     times.total, prepared.n_candidates)
 
 
 def check_finite(
@@ -209,8 +205,8 @@ def check_finite(
     """The scores, or an InvalidRequest when the inputs drove a healthy model past float32 (a 200 never carries
     NaN or inf: strict JSON parsers refuse them and the ranking would be meaningless). The model passed its
     finite warm-up, so the request's dense values are the likely cause: the one of largest magnitude is named."""
-    if all(bool(torch.isfinite(scores[task]).all()) for task in serving.tasks) and bool(
-            torch.isfinite(serving.final_scores(scores)).all()):
+    stacked = torch.stack([scores[task] for task in serving.tasks])  # [T, N]: one check for every task
+    if bool(torch.isfinite(stacked).all()) and bool(torch.isfinite(serving.task_weights @ stacked).all()):
         return scores
     field = _largest_dense_input(serving, features)
     hint = f"; the largest dense input is {field}" if field else ""
