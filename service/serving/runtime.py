@@ -132,7 +132,7 @@ def build_serving_model(settings: Settings, path: Path, routed: frozenset[Varian
         codec=codec,
         variants=variants,
         reports=reports,
-        analysis=Analysis(settings.analysis_candidates, built).to_dict(),
+        analysis=_as_served(Analysis(settings.analysis_candidates, built).to_dict(), reports),
         manifest=manifest.to_dict(),
         loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
         compilation=compilation.to_dict(),
@@ -161,6 +161,16 @@ def _warm_and_check(
                     logger.warning("variant %s falls back to VanI: %s", variant.value, reason)
                     variants[variant] = variants[Variant.VANI]
                     reports[variant] = {**reports[variant], "variant": "vani", "fallback_reason": reason}
+
+
+def _as_served(analysis: dict[str, Any], reports: dict[Variant, dict[str, Any]]) -> dict[str, Any]:
+    """The analysis with each variant's FLOPs row saying what it runs as after the warm-up: the engine's reports
+    predate it, and a variant the warm-up found not equivalent serves as VanI (`reports` says so)."""
+    for variant, report in reports.items():
+        row = analysis["flops"].get(variant.value)
+        if row is not None:
+            row.update(runs_as=report["variant"], fallback_reason=report.get("fallback_reason"))
+    return analysis
 
 
 def _check_finite_warm_up(scores: dict[str, Tensor], final: Tensor, n: int) -> None:
