@@ -16,6 +16,7 @@ from torch.utils import _pytree as pytree
 
 from service.engine.capture import CapturedModel, InputLayout, TiledCall, capture, describe_inputs, user_placeholders
 from service.engine.colouring import colour_graph
+from service.engine.direct_calls import with_direct_calls
 from service.engine.equivalence import BUILD_CHECK, max_difference
 from service.engine.flops import FlopCount, count_flops
 from service.engine.fold_concat_slices import fold_concat_slices
@@ -25,6 +26,7 @@ from service.engine.report import EngineReport
 from service.engine.sink_tiles import sink_tiles
 from service.engine.split_matmuls import SplitOptions, split_concat_matmuls
 from service.engine.split_token_concats import split_token_concats
+from service.engine.tidy import tidy_graph
 from service.engine.unstack_reads import unstack_reads
 from service.engine.variants import CaptureError, EngineError, Variant
 
@@ -34,7 +36,9 @@ class GraphRunner(nn.Module):
 
     def __init__(self, graph_module: nn.Module, layout: InputLayout, out_spec: pytree.TreeSpec | None) -> None:
         super().__init__()
-        self.graph_module = graph_module
+        self.graph_module = graph_module  # the variant's ATen graph, as the passes, FLOPs and compile see it
+        # what runs: the same graph calling torch's dispatcher directly (service/engine/direct_calls.py)
+        self.running = with_direct_calls(graph_module) if isinstance(graph_module, fx.GraphModule) else graph_module
         self.layout = layout
         self.out_spec = out_spec
         self._user_slots = [j for j, p in enumerate(layout.tensor_positions) if p in layout.user_positions]
@@ -45,7 +49,7 @@ class GraphRunner(nn.Module):
             if tensors[j].size(0) != 1:
                 name = self.layout.leaf_names[self.layout.tensor_positions[j]]
                 raise EngineError(f"user input '{name}' must have batch size 1, got {tensors[j].size(0)}")
-        out = self.graph_module(*tensors)
+        out = self.running(*tensors)
         return out if self.out_spec is None else pytree.tree_unflatten(list(out), self.out_spec)
 
 
@@ -92,6 +96,7 @@ def build_variant(
     result = sink_tiles(root, colours, users, captured.batch, compact=variant != Variant.VANI)
     if variant != Variant.VANI:
         report.merges = result.merges
+    tidy_graph(result.graph_module)
     _check_batch_kept(captured, variant)
     return result.graph_module, report
 
