@@ -20,16 +20,27 @@ WORKDIR /app
 
 FROM python-base AS builder
 ARG TORCH_VERSION=2.13.0
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# Where torch comes from, as pip options: PyTorch's CPU index by default. Offline, a directory holding the
+# +cpu wheel mounted into the build, the version pinned to it (deploy/image/build.sh; `podman build -v DIR:/wheels:ro`):
+#   --build-arg TORCH_VERSION=2.13.0+cpu --build-arg TORCH_PIP_ARGS="--find-links /wheels"
+ARG TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
 RUN python -m venv /opt/venv
-# torch first, from the CPU index, so no later requirement pulls a CUDA wheel (a few GB larger).
-RUN pip install torch==${TORCH_VERSION} --index-url ${TORCH_INDEX_URL}
+# torch first, so no later requirement pulls a CUDA wheel (a few GB larger); the check refuses one that came
+# anyway (torch.version.cuda set, or no +cpu), before anything else is installed.
+RUN pip install torch==${TORCH_VERSION} ${TORCH_PIP_ARGS}
+COPY deploy/image/check_cpu_torch.py /opt/check_cpu_torch.py
+RUN python /opt/check_cpu_torch.py
 # README.m[d]: copied when present (pyproject names it as the readme) without failing when it is not.
 COPY pyproject.toml README.m[d] ./
 COPY service ./service
-RUN pip install . && python -c "import torch; assert not torch.cuda.is_available(); print('torch', torch.__version__)"
+# [torchrec-serving]: fbgemm-gpu-cpu, whose operators a packaged torchrec model's program calls. Checked
+# again: nothing installed after torch may replace it.
+RUN pip install '.[torchrec-serving]' && python /opt/check_cpu_torch.py
 # The default model is part of the image; a volume mounted on /app/model_store replaces or extends it.
-RUN ranker train --arch mmoe --name default --store /app/model_store
+# TRAIN_ARGS: more `ranker train` options, e.g. "--steps 20" for a quick build that only checks the image
+# (deploy/image/; the model is then barely trained).
+ARG TRAIN_ARGS=""
+RUN ranker train --arch mmoe --name default --store /app/model_store ${TRAIN_ARGS}
 
 
 FROM python-base AS loadtest

@@ -221,7 +221,7 @@ def test_dockerfile_installs_cpu_torch_before_the_package_and_trains_the_default
     global_args, stages = parse_dockerfile(DOCKERFILE.read_text())
     runs = [(stage, run) for stage in stages for run in stage.all("RUN")]
     torch_at = next(i for i, (_, run) in enumerate(runs) if "pip install torch==" in run)
-    package_at = next(i for i, (_, run) in enumerate(runs) if re.search(r"pip install (\.|-e)", run))
+    package_at = next(i for i, (_, run) in enumerate(runs) if re.search(r"pip install '?(\.|-e)", run))
     train_at = next(i for i, (_, run) in enumerate(runs)
                     if f"ranker train --arch mmoe --name default --store {IMAGE_STORE}" in run)
     assert torch_at < package_at < train_at
@@ -437,10 +437,14 @@ def scraped(served: Served) -> dict[str, str]:
         body = example_request(schema, n=n, columnar=columnar, seed=seed)
         response = httpx.post(f"{served.url}/rank", json=body, timeout=30.0)
         assert response.status_code == 200, response.text
+    # A serving.json the server refuses (unknown variant): ranker_config_rejections_total exists from then on.
+    store = Path(served.env["RANKER_MODEL_STORE"]) / served.env["RANKER_MODEL_NAME"]
+    (store / "serving.json").write_text(json.dumps({"generation": 1, "variant": "no-such-variant"}))
     deadline = time.monotonic() + 60.0  # bounds the wait only
-    while True:  # shadow comparisons run in the background, after the responses
+    awaited = {"ranker_shadow_comparisons_total", "ranker_config_rejections_total"}
+    while True:  # shadow comparisons run in the background, after the responses; the config is polled
         samples = _sample_types(httpx.get(f"{served.url}/metrics", timeout=5.0).text)
-        if "ranker_shadow_comparisons_total" in samples or time.monotonic() > deadline:
+        if awaited <= set(samples) or time.monotonic() > deadline:
             return samples
         time.sleep(0.2)
 

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.deploy.processes import start, stop, wait_ok
 from tests.deploy.test_deploy_files import DASHBOARD, PROMETHEUS_CONFIG, dashboard_targets, promql_metric_names
 from tests.ports import free_port
 
@@ -38,8 +38,7 @@ SCRAPE_INTERVAL = "1s"
 # Grafana's variables, as it would set them on a 1 s scrape over the few seconds this test runs: $__rate_interval
 # spans the whole load (>= 4 scrapes), $__range the stat panels' dashboard range.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "5m"}
-# Bounds on waiting, not claims about speed: the server builds its model on 2 shared cores.
-READY_TIMEOUT_S = 240.0
+# A bound on waiting for scrapes and rule evaluations, not a claim about speed.
 SERIES_TIMEOUT_S = 60.0
 OVERLOAD_BURSTS = 20  # bursts of concurrent requests sent until one is refused with 503
 BURST_SIZE = 8
@@ -103,34 +102,6 @@ def prometheus_query(prometheus_url: str, expr: str) -> list[dict[str, Any]]:
     body = response.json()
     assert response.status_code == 200 and body["status"] == "success", f"{expr}: {response.text}"
     return body["data"]["result"]
-
-
-def _start(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    with open(log_path, "wb") as log:
-        return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _wait_ok(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"exited with {process.returncode}: {log_path.read_text()[-4000:]}"
-        try:
-            if httpx.get(url, timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} not 200 within {READY_TIMEOUT_S}s: {log_path.read_text()[-4000:]}")
 
 
 def _prometheus_config(ranker_port: int) -> dict[str, Any]:
@@ -209,17 +180,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     })
     ranker_bin = str(Path(sys.executable).parent / "ranker")
     ranker_log, prometheus_log = root / "ranker.log", root / "prometheus.log"
-    ranker = _start([ranker_bin, "serve", "--host", "127.0.0.1", "--port", str(ranker_port), "--workers", "2"],
+    ranker = start([ranker_bin, "serve", "--host", "127.0.0.1", "--port", str(ranker_port), "--workers", "2"],
                     env, ranker_log)
     config_path = root / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(_prometheus_config(ranker_port)))
     server = None
     try:
-        _wait_ok(f"http://127.0.0.1:{ranker_port}/readyz", ranker, ranker_log)
-        server = _start([prometheus, f"--config.file={config_path}", f"--storage.tsdb.path={root / 'tsdb'}",
+        wait_ok(f"http://127.0.0.1:{ranker_port}/readyz", ranker, ranker_log)
+        server = start([prometheus, f"--config.file={config_path}", f"--storage.tsdb.path={root / 'tsdb'}",
                          f"--web.listen-address=127.0.0.1:{prometheus_port}"], env, prometheus_log)
         prometheus_url = f"http://127.0.0.1:{prometheus_port}"
-        _wait_ok(f"{prometheus_url}/-/ready", server, prometheus_log)
+        wait_ok(f"{prometheus_url}/-/ready", server, prometheus_log)
         ranker_url = f"http://127.0.0.1:{ranker_port}"
         _wait_first_scrape(prometheus_url)  # counters seen before the load, so rate() sees it arrive
         statuses = _send_load(ranker_url, store)
@@ -227,8 +198,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield Stack(ranker_url, prometheus_url, statuses)
     finally:
         if server is not None:
-            _stop(server)
-        _stop(ranker)
+            stop(server)
+        stop(ranker)
 
 
 def _dashboard_expressions() -> list[tuple[str, str]]:
