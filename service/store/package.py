@@ -34,6 +34,7 @@ from service.store.artifact import (
     staging_folder,
     write_artifact,
 )
+from service.store.export_diagnosis import diagnose_export
 from service.store.manifest import BUILTIN, PACKAGED, ArtifactError
 from service.store.program import ProgramError, program_to_json
 
@@ -172,8 +173,11 @@ def export_program(head: TaskScores, features: dict[str, Tensor]) -> torch.expor
         raise
     except Exception as error:  # export's failures are many kinds; all mean "this call cannot be captured"
         text = str(error).strip().splitlines()
-        raise PackageError(f"torch.export could not capture the model with a dynamic candidate batch: "
-                           f"{type(error).__name__}: {text[0] if text else ''}"[:600]) from error
+        said = f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+        diagnosis = diagnose_export(head, (features,), dynamic)
+        cause = f"{diagnosis.sentence()} (export: {said})" if diagnosis else said
+        raise PackageError(f"torch.export could not capture the model with a dynamic candidate batch: {cause}"
+                           ) from error
     _drop_scalar_asserts(program)
     if rewrite_left_matmuls(program.graph_module):  # the store's weights lose grad, and with it eager's mm
         program.graph_module.recompile()
