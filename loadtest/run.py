@@ -63,11 +63,9 @@ def parse_duration(text: str) -> int:
 
 def model_settings(model: Path) -> dict[str, str]:
     """RANKER_MODEL_* for model_store/<name> (latest version) or model_store/<name>/<version>."""
-    model = model.resolve()
-    if (model / "model.json").is_file():
-        return {"RANKER_MODEL_STORE": str(model.parent.parent), "RANKER_MODEL_NAME": model.parent.name,
-                "RANKER_MODEL_VERSION": model.name}
-    return {"RANKER_MODEL_STORE": str(model.parent), "RANKER_MODEL_NAME": model.name}
+    from service.serving.settings import model_location  # torch: not in locust processes
+
+    return model_location(model)
 
 
 def server_settings(args: argparse.Namespace, variant: str) -> dict[str, str]:

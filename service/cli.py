@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -142,7 +143,15 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     from service.api.server import serve
+    from service.serving.settings import ENV_PREFIX, model_location
 
+    if args.model is not None:  # the workers read their settings from the environment, as every setting
+        try:
+            location = model_location(Path(args.model))
+        except ValueError as exc:
+            sys.exit(f"ranker serve: --model: {exc}")
+        os.environ.pop(f"{ENV_PREFIX}MODEL_VERSION", None)  # a model folder means its latest version
+        os.environ.update(location)
     _settings_or_exit("ranker serve")  # a bad setting stops start-up in one line, before any worker starts
     serve(host=args.host, port=args.port, workers=args.workers)
 
@@ -229,6 +238,19 @@ def cmd_config_set(args: argparse.Namespace) -> None:
           f"RANKER_CONFIG_POLL_S", file=sys.stderr)
 
 
+def _settings_epilog() -> str:
+    """Every setting with its default, for `ranker serve --help` (reads the Settings class; no model is loaded)."""
+    import textwrap
+
+    from service.serving.settings import describe_settings
+
+    lines = ["settings (environment variable, default):"]
+    for variable, default, description in describe_settings():
+        lines.append(f"  {variable} = {default}")
+        lines.extend(textwrap.wrap(description, width=100, initial_indent="      ", subsequent_indent="      "))
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ranker", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -275,10 +297,17 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("artifact", help="model_store/<name>/<version> (or the model folder: latest version)")
     convert.set_defaults(func=cmd_convert)
 
-    serve = sub.add_parser("serve", help="start the ranking service (other settings: RANKER_* environment)")
-    serve.add_argument("--host", default=None)
-    serve.add_argument("--port", type=int, default=None)
-    serve.add_argument("--workers", type=int, default=None)
+    serve = sub.add_parser("serve", help="start the ranking service (other settings: RANKER_* environment)",
+                           description="Start the ranking service. Every other setting is a RANKER_* environment "
+                                       "variable (or a key of the file RANKER_CONFIG_FILE names), listed below.",
+                           epilog=_settings_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve.add_argument("--host", default=None, help="default 127.0.0.1")
+    serve.add_argument("--port", type=int, default=None, help="default 8000")
+    serve.add_argument("--workers", type=int, default=None, help="processes, each with its own copy of the model "
+                                                                 "(default 1)")
+    serve.add_argument("--model", default=None, metavar="PATH",
+                       help="serve this model folder (its latest version) or version folder; sets RANKER_MODEL_STORE, "
+                            "RANKER_MODEL_NAME and RANKER_MODEL_VERSION")
     serve.set_defaults(func=cmd_serve)
 
     config = sub.add_parser("config", help="show or change the fleet's serving config (<store>/<name>/serving.json)")

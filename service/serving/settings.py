@@ -225,6 +225,34 @@ class Settings(BaseSettings):
         return (init_settings, UnknownVariables(settings_cls), env_settings, ConfigFileSource(settings_cls))
 
 
+def model_location(model: Path) -> dict[str, str]:
+    """The RANKER_MODEL_* settings that serve the artifact at `model`: a model folder (its latest version) or one
+    version folder (the one holding model.json). ValueError when it is neither."""
+    model = model.resolve()
+    if (model / "model.json").is_file():
+        return {f"{ENV_PREFIX}MODEL_STORE": str(model.parent.parent), f"{ENV_PREFIX}MODEL_NAME": model.parent.name,
+                f"{ENV_PREFIX}MODEL_VERSION": model.name}
+    if model.is_dir() and any((child / "model.json").is_file() for child in model.iterdir()):
+        return {f"{ENV_PREFIX}MODEL_STORE": str(model.parent), f"{ENV_PREFIX}MODEL_NAME": model.name}
+    raise ValueError(f"{model} is neither a model folder (<store>/<name>, holding version folders) nor a version "
+                     "folder (holding model.json)")
+
+
+def describe_settings() -> list[tuple[str, str, str]]:
+    """(variable, default, description) of every setting, in declaration order: what `ranker serve --help` lists."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        if default is None:
+            shown = "(unset)"
+        elif isinstance(default, bool | tuple | list | dict):
+            shown = json.dumps(default)  # as the variable is written: JSON for these (true, [1, 100], {})
+        else:
+            shown = str(default.value if isinstance(default, Variant) else default)
+        rows.append((ENV_PREFIX + name.upper(), shown, field.description or ""))
+    return rows
+
+
 class UnknownVariables(PydanticBaseSettingsSource):
     """Refuses a RANKER_* variable that is no setting (a typo such as RANKER_MAX_CANDIDATE would otherwise be
     ignored, and the server would start with the default the user meant to change). Adds no values."""
