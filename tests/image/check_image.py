@@ -1,0 +1,326 @@
+"""The image, built with podman and run: what a new user of the Dockerfile gets (`make image-test`, issue 18).
+
+Not part of `make test`: pytest collects this file only when it is named on the command line (it is not
+test_*.py). Needs root, podman + runc and the base image (`make image-test` runs deploy/image/podman_setup.sh
+and base_image.sh first). The Dockerfile is built as written, with build arguments only: the base image, torch
+2.13.0+cpu from a local wheel directory, a short training of the default model ("--steps 20": the image is
+checked here, not the model). Containers use the host network on a free 127.0.0.1 port (RANKER_HOST,
+RANKER_PORT): port forwarding needs iptables rules a CI container may not allow, and is podman's, not ours.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.deploy.processes import start, stop, wait_ok
+from tests.ports import free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BUILD = REPO_ROOT / "deploy/image/build.sh"
+IMAGE = "localhost/mari-serve:image-test"
+LOADTEST_IMAGE = "localhost/mari-serve-loadtest:image-test"
+STUB_IMAGE = "localhost/mari-serve-cuda-stub:image-test"
+TRAIN_ARGS = "--steps 20"
+IMAGE_UID = 10001  # the Dockerfile's `ranker` user
+SIZE_TARGET_BYTES = 2_000_000_000  # issue 18: the runtime image at most 2 GB
+SCORE_TOLERANCE = 1e-6  # the same program, weights and torch build on the same CPU, one thread each
+# Built images stay (tagged *:image-test; `podman rmi` them), as does the build cache: a rerun builds from cache.
+# The serving settings both the container and the host server get: no start-up compile (inductor's minutes are
+# not what is checked here), one torch thread, a light warm-up.
+SERVING_ENV = {"RANKER_COMPILE": "off", "RANKER_TORCH_THREADS": "1", "RANKER_WARMUP_CANDIDATES": "[1, 16]",
+               "RANKER_ANALYSIS_CANDIDATES": "100"}
+STOP_TIMEOUT_S = 60  # podman stop's grace before SIGKILL: above drain (5 s) + graceful shutdown (30 s)
+LOAD_CLIENTS = 2
+TORCHREC_CASE = "torchrec/dlrm"
+
+
+def wheel_dir() -> Path:
+    """Where this machine keeps the torch 2.13.0+cpu wheel (TORCH_WHEEL_DIR, else pip's find-links)."""
+    found = os.environ.get("TORCH_WHEEL_DIR") or subprocess.run(
+        ["pip", "config", "get", "global.find-links"], capture_output=True, text=True).stdout.strip()
+    if not found or not list(Path(found).glob("torch-2.13.0+cpu-*.whl")):
+        pytest.fail(f"no torch-2.13.0+cpu wheel in {found!r}: set TORCH_WHEEL_DIR to a directory holding one")
+    return Path(found)
+
+
+def build(target: str, tag: str, log_path: Path, wheels: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    started = time.monotonic()
+    with open(log_path, "w") as log:
+        result = subprocess.run([str(BUILD), target, tag, str(wheels)], env={**os.environ, **env}, text=True,
+                                stdout=log, stderr=subprocess.STDOUT, timeout=1800)
+    print(f"\nbuilt {target} as {tag} in {time.monotonic() - started:.0f} s (log {log_path})")
+    return result
+
+
+def podman(*args: str, timeout: float = 120) -> str:
+    result = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"podman {' '.join(args)}: {result.stderr}"
+    return result.stdout.strip()
+
+
+def stub_cuda_torch_wheel(folder: Path) -> Path:
+    """A wheel named and shaped as torch 2.13.0+cu130 (version.cuda set) that holds nothing else."""
+    version = "2.13.0+cu130"
+    path = folder / f"torch-{version}-py3-none-any.whl"
+    info = f"torch-{version}.dist-info"
+    files = {
+        "torch/__init__.py": f"from torch import version\n__version__ = {version!r}\n",
+        "torch/version.py": f"__version__ = {version!r}\ncuda = '13.0'\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: torch\nVersion: {version}\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: check_image\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    with zipfile.ZipFile(path, "w") as wheel:
+        for name, text in files.items():
+            wheel.writestr(name, text)
+        wheel.writestr(f"{info}/RECORD", "".join(f"{name},,\n" for name in [*files, f"{info}/RECORD"]))
+    return path
+
+
+@dataclass
+class Container:
+    name: str
+    url: str
+
+    def logs(self) -> str:
+        result = subprocess.run(["podman", "logs", self.name], capture_output=True, text=True)
+        return (result.stdout + result.stderr)[-4000:]  # the server logs to stderr
+
+
+def run_container(name: str, image: str, env: dict[str, str], volumes: tuple[str, ...] = ()) -> Container:
+    """`podman run -d` on the host network, listening on a free 127.0.0.1 port; returns once /readyz is 200."""
+    port = free_port()
+    subprocess.run(["podman", "rm", "-f", "-v", name], capture_output=True)
+    args = ["run", "-d", "--name", name, "--network", "host",
+            "-e", "RANKER_HOST=127.0.0.1", "-e", f"RANKER_PORT={port}"]
+    args += [arg for key, value in env.items() for arg in ("-e", f"{key}={value}")]
+    args += [arg for volume in volumes for arg in ("-v", volume)]
+    podman(*args, image)
+    container = Container(name, f"http://127.0.0.1:{port}")
+    deadline = time.monotonic() + 240
+    while True:
+        state = podman("inspect", "--format", "{{.State.Status}}", name)
+        assert state == "running", f"{name} is {state}: {container.logs()}"
+        try:
+            if httpx.get(f"{container.url}/readyz", timeout=2.0).status_code == 200:
+                return container
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"{name} not ready in 240 s: {container.logs()}"
+        time.sleep(0.5)
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("image")
+
+
+@pytest.fixture(scope="module")
+def image(workdir: Path) -> str:
+    result = build("runtime", IMAGE, workdir / "build-runtime.log", wheel_dir(), TRAIN_ARGS=TRAIN_ARGS)
+    assert result.returncode == 0, (workdir / "build-runtime.log").read_text()[-6000:]
+    return IMAGE
+
+
+@pytest.fixture(scope="module")
+def image_store(image: str, workdir: Path) -> Path:
+    """The image's own model store, copied out: the host server serves the very same artifact. (`podman cp`
+    from a created container copies nothing here: /app/model_store is a VOLUME, mounted only once it runs.)"""
+    store = workdir / "model_store"
+    store.mkdir()
+    podman("run", "--rm", "--user", "0", "--network", "none", "-v", f"{store}:/out", image,
+           "cp", "-R", "/app/model_store/.", "/out/", timeout=300)
+    assert (store / "default").is_dir(), f"nothing copied out of the image: {list(store.iterdir())}"
+    store.chmod(0o755)  # mounted into the loadtest container, whose user is not root
+    return store
+
+
+@pytest.fixture(scope="module")
+def container(image: str) -> Iterator[Container]:
+    served = run_container("mari-image-test", image, SERVING_ENV)
+    yield served
+    subprocess.run(["podman", "rm", "-f", "-v", served.name], capture_output=True)
+
+
+def rank_body(store: Path, name: str, n: int, seed: int) -> dict:
+    from service.serving.example_request import example_request_for_store
+
+    return example_request_for_store(store / name, n=n, columnar=True, seed=seed)
+
+
+# ---------------------------------------------------------------- checks
+
+
+def test_the_build_refuses_a_cuda_torch(workdir: Path) -> None:
+    """torch 2.13.0+cu130 (a stub wheel with torch.version.cuda set) stops the build at the CPU check."""
+    stub_dir = workdir / "cuda-stub-wheels"
+    stub_dir.mkdir()
+    stub_cuda_torch_wheel(stub_dir)
+    log = workdir / "build-cuda-stub.log"
+    result = build("builder", STUB_IMAGE, log, stub_dir, TORCH_VERSION="2.13.0+cu130",
+                   TORCH_PIP_ARGS="--no-index --find-links /wheels")
+    text = log.read_text()
+    assert result.returncode != 0, f"the build accepted a CUDA torch: {text[-3000:]}"
+    # the version the check names is read from the installed torch: the stub (its layer may come from the cache)
+    assert "check_cpu_torch: torch 2.13.0+cu130 is a CUDA build" in text, text[-3000:]
+
+
+def test_runtime_image_is_at_most_2_gb(image: str) -> None:
+    size = int(podman("image", "inspect", "--format", "{{.Size}}", image))
+    print(f"\nimage {image}: {size / 1e9:.2f} GB ({size} bytes)")
+    assert size <= SIZE_TARGET_BYTES, f"{size / 1e9:.2f} GB"
+
+
+def test_the_image_holds_a_cpu_torch_and_fbgemm(image: str) -> None:
+    out = podman("run", "--rm", "--network", "none", image, "python", "-c",
+                 "import torch, fbgemm_gpu; print(torch.__version__, torch.version.cuda, "
+                 "hasattr(torch.ops.fbgemm, 'jagged_to_padded_dense'))", timeout=300)
+    assert out.splitlines()[-1] == "2.13.0+cpu None True", out
+
+
+def test_the_server_runs_as_the_non_root_image_user(container: Container) -> None:
+    status = podman("exec", container.name, "cat", "/proc/1/status")
+    uids = next(line.split()[1:] for line in status.splitlines() if line.startswith("Uid:"))
+    assert uids == [str(IMAGE_UID)] * 4, f"PID 1 uids (real, effective, saved, fs): {uids}"
+    cmdline = podman("exec", container.name, "cat", "/proc/1/cmdline").replace("\0", " ")
+    assert "ranker serve" in cmdline, f"PID 1 is {cmdline!r}: SIGTERM would not reach the server"
+
+
+def test_rank_in_the_container_equals_ranker_serve_outside(container: Container, image_store: Path,
+                                                          workdir: Path) -> None:
+    bodies = [rank_body(image_store, "default", n, seed) for seed, n in enumerate((1, 37, 1000))]
+    inside = [httpx.post(f"{container.url}/rank", json=body, timeout=60.0) for body in bodies]
+    assert [response.status_code for response in inside] == [200] * 3, [r.text[:300] for r in inside]
+
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RANKER_")}
+    env |= SERVING_ENV | {"RANKER_MODEL_STORE": str(image_store), "RANKER_MODEL_NAME": "default"}
+    log = workdir / "host-ranker.log"
+    ranker = start([str(Path(sys.executable).parent / "ranker"), "serve", "--host", "127.0.0.1", "--port",
+                    str(port)], env, log)
+    try:
+        wait_ok(f"http://127.0.0.1:{port}/readyz", ranker, log)
+        outside = [httpx.post(f"http://127.0.0.1:{port}/rank", json=body, timeout=60.0) for body in bodies]
+    finally:
+        stop(ranker)
+    assert [response.status_code for response in outside] == [200] * 3
+    for body, there, here in zip(bodies, inside, outside):
+        a, b = there.json(), here.json()
+        assert (a["model"], a["variant"]) == (b["model"], b["variant"])
+        assert len(a["final_scores"]) == len(body["candidates"]["item_id"])
+        largest = max(abs(x - y) for x, y in zip(a["final_scores"], b["final_scores"]))
+        assert largest <= SCORE_TOLERANCE, f"container and host differ by {largest}"
+
+
+def test_metrics_count_the_containers_requests(container: Container) -> None:
+    body = httpx.get(f"{container.url}/metrics", timeout=10.0)
+    assert body.status_code == 200 and body.headers["content-type"].startswith("text/plain")
+    ok = [line for line in body.text.splitlines()
+          if line.startswith("ranker_requests_total{") and 'status="200"' in line]
+    assert ok and sum(float(line.rsplit(" ", 1)[1]) for line in ok) >= 3, ok
+
+
+def test_a_packaged_torchrec_model_serves_from_a_mounted_store(image: str, workdir: Path) -> None:
+    """Packaged on the host (torchrec itself is not in the image), served by the image from a read-only mount.
+    These torchrec models export to plain ATen; a program with torchrec's jagged fbgemm operators needs the
+    image's fbgemm-gpu-cpu, checked above."""
+    import torch
+
+    from service.store import package
+    from tests.store.test_package_conventions import CONVENTIONS
+
+    convention = CONVENTIONS[TORCHREC_CASE]()
+    store = workdir / "torchrec_store"
+    package(convention.model, convention.schema.example_batch(8, torch.Generator().manual_seed(5)),
+            convention.schema, tasks=["score"], store=store, name="dlrm")
+    store.chmod(0o755)  # the mount's root: readable by the image's uid (the artifact's own modes already are)
+    served = run_container("mari-image-test-torchrec", image,
+                           SERVING_ENV | {"RANKER_MODEL_STORE": "/models", "RANKER_MODEL_NAME": "dlrm"},
+                           volumes=(f"{store}:/models:ro",))
+    try:
+        response = httpx.post(f"{served.url}/rank", json=rank_body(store, "dlrm", 25, 3), timeout=60.0)
+        assert response.status_code == 200, response.text[:500]
+        scores = response.json()["final_scores"]
+        assert len(scores) == 25 and all(0.0 <= score <= 1.0 for score in scores), scores
+        assert response.headers["x-model-name"] == "dlrm"
+    finally:
+        subprocess.run(["podman", "rm", "-f", "-v", served.name], capture_output=True)
+
+
+def test_the_loadtest_image_runs_headless_locust_against_the_container(container: Container, image_store: Path,
+                                                                       workdir: Path) -> None:
+    log = workdir / "build-loadtest.log"
+    result = build("loadtest", LOADTEST_IMAGE, log, wheel_dir(), TRAIN_ARGS=TRAIN_ARGS)
+    assert result.returncode == 0, log.read_text()[-6000:]
+    before = _ok_requests(container)
+    run = subprocess.run(
+        ["podman", "run", "--rm", "--network", "host", "-v", f"{image_store}:/app/model_store:ro", LOADTEST_IMAGE,
+         "-f", "/app/loadtest/locustfile.py", "--headless", "--users", "2", "--spawn-rate", "2", "--run-time", "8s",
+         "--host", container.url, "--model-path", "/app/model_store/default", "--only-summary"],
+        capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    served = _ok_requests(container) - before
+    assert served > 0, "locust sent no request the server answered 200"
+    print(f"\nlocust (2 users, 8 s): {served:.0f} requests answered 200, none failed")
+
+
+def test_podman_stop_drains_with_zero_failed_requests(container: Container, image_store: Path) -> None:
+    """Clients keep ranking while `podman stop` runs: every request gets a 200 until the server stops accepting."""
+    request = rank_body(image_store, "default", 200, 7)
+    outcomes: list[str] = []
+    stop_sent = threading.Event()
+    answered_after_stop = [0]
+
+    def client() -> None:
+        with httpx.Client(timeout=60.0) as session:
+            for _ in range(100_000):  # bounded; ends at the first refused connection
+                try:
+                    status = session.post(f"{container.url}/rank", json=request).status_code
+                except (httpx.ConnectError, httpx.ConnectTimeout):
+                    outcomes.append("refused")  # the server stopped accepting: the end, not a failure
+                    return
+                except httpx.HTTPError as error:
+                    outcomes.append(f"failed: {type(error).__name__}: {error}")
+                    return
+                outcomes.append(str(status))
+                if stop_sent.is_set() and status == 200:
+                    answered_after_stop[0] += 1
+
+    clients = [threading.Thread(target=client) for _ in range(LOAD_CLIENTS)]
+    for thread in clients:
+        thread.start()
+    time.sleep(1.0)
+    started = time.monotonic()
+    stop_sent.set()
+    podman("stop", "--time", str(STOP_TIMEOUT_S), container.name, timeout=STOP_TIMEOUT_S + 30)
+    stopped_in = time.monotonic() - started
+    for thread in clients:
+        thread.join(30)
+    exit_code = podman("inspect", "--format", "{{.State.ExitCode}}", container.name)
+    print(f"\npodman stop: {stopped_in:.1f} s, {outcomes.count('200')} requests answered 200, "
+          f"{answered_after_stop[0]} of them after the stop began")
+    assert not any(thread.is_alive() for thread in clients)
+    assert set(outcomes) <= {"200", "refused"}, [o for o in outcomes if o not in {"200", "refused"}]
+    assert outcomes.count("refused") == LOAD_CLIENTS
+    assert answered_after_stop[0] > 0, "nothing was served while draining"
+    assert exit_code == "0", f"exit code {exit_code} (137: killed, not drained): {container.logs()}"
+    assert "SIGTERM: draining" in container.logs(), container.logs()
+
+
+def _ok_requests(container: Container) -> float:
+    text = httpx.get(f"{container.url}/metrics", timeout=10.0).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("ranker_requests_total{") and 'status="200"' in line)
