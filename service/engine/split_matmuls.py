@@ -50,12 +50,21 @@ STOP_REASONS = {
 }
 
 
+# The cost rule: a split adds nodes (the user GEMM, its concat, the add of the two halves), about 8 us of dispatch
+# per call on one core, the time of ~400k fp32 FLOPs at ~50 GFLOP/s; the split saves the user GEMM's N - 1 extra
+# rows, 2 (N - 1) D_U out FLOPs. Judged at the smallest request the service is built for (N = 100).
+COST_RULE_CANDIDATES = 100
+SPLIT_PAYS_FLOPS = 400_000
+
+
 @dataclass(frozen=True)
 class SplitOptions:
-    """Both on in production; off only to measure what each buys (the paper's layout study)."""
+    """Layout and fusion on in production; off only to measure what each buys (the paper's layout study)."""
 
     reorganize_layout: bool = True  # gather weight columns so each side is one GEMM
     fuse_consumers: bool = True  # one U GEMM and one C GEMM for all Linears reading the concat
+    # the cost rule: a split saving fewer FLOPs than this at COST_RULE_CANDIDATES is left whole (0: split all)
+    min_saved_flops: int = 0
 
 
 @dataclass
@@ -269,7 +278,15 @@ class ConcatSplitter:
             if not self.options.fuse_consumers:
                 key = (terminal.node.name, key)
             groups.setdefault(key, []).append(terminal)
+        user_width = sum(len(c) for _, c in user_parts)
         for terminals in groups.values():
+            saved = split_saving(user_width, sum(int(t.weight.shape[0]) for t in terminals), rows)
+            if saved < self.options.min_saved_flops:
+                reason = (f"left whole by the cost rule: the split saves {saved:,} FLOPs at N = "
+                          f"{COST_RULE_CANDIDATES}, less than its extra ops cost ({self.options.min_saved_flops:,})")
+                report.consumers += [ConsumerReport(t.node.name, op_name(t.node), False, reason=reason)
+                                     for t in terminals]
+                continue
             self._rewrite_group(user_parts, cand_parts, terminals, report)
 
     def _rewrite_group(
@@ -323,6 +340,11 @@ class ConcatSplitter:
 
     def _concat(self, parts: list[fx.Node]) -> fx.Node:
         return parts[0] if len(parts) == 1 else self.factory.call(aten.cat.default, (parts, -1))
+
+
+def split_saving(user_width: int, out_features: int, rows_per_candidate: int = 1) -> int:
+    """FLOPs a split saves at COST_RULE_CANDIDATES: the user GEMM runs on one request's rows, not N copies."""
+    return 2 * (COST_RULE_CANDIDATES - 1) * rows_per_candidate * user_width * out_features
 
 
 def _position(graph: fx.Graph, node: fx.Node) -> int:

@@ -112,3 +112,22 @@ def test_a_concat_of_candidate_parts_only_is_left_alone():
     assert split_concat_matmuls(captured.graph_module, captured.users, captured.batch) == []
     (linear,) = captured.nodes(aten.linear.default)
     assert linear.args[0].target == aten.cat.default
+
+
+def test_the_cost_rule_leaves_a_split_whole_when_it_saves_less_than_the_threshold_and_says_so():
+    captured = _captured(SharedConcat())
+    saved = 2 * 99 * USER * (4 + 2)  # the user GEMM's 99 extra rows at N = 100, both fused Linears
+    options = SplitOptions(min_saved_flops=saved + 1)
+    (concat,) = split_concat_matmuls(captured.graph_module, captured.users, captured.batch, options)
+    linears = [c for c in concat.consumers if c.op == "linear"]
+    assert len(linears) == 2 and not any(c.rewritten for c in linears)
+    assert all(f"saves {saved:,} FLOPs at N = 100" in c.reason for c in linears), linears
+    (linear_cat,) = {n.args[0] for n in captured.nodes(aten.linear.default)}
+    assert linear_cat.target == aten.cat.default  # both Linears still read the whole concat
+
+
+def test_the_cost_rule_splits_when_the_saving_reaches_the_threshold():
+    captured = _captured(SharedConcat())
+    options = SplitOptions(min_saved_flops=2 * 99 * USER * (4 + 2))
+    (concat,) = split_concat_matmuls(captured.graph_module, captured.users, captured.batch, options)
+    assert sorted(c.out_features for c in concat.consumers if c.rewritten) == [2, 4]
