@@ -7,12 +7,22 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the commands import what they need when they run: `ranker --help` stays light
+    from pydantic import ValidationError
+
+    from service.engine import Variant
+    from service.engine.pipeline import Reparameterized
+    from service.serving.serving_config import ServingConfigFile
+    from service.serving.settings import Settings
+    from service.store.artifact import LoadedArtifact
 
 DEFAULT_STORE = "model_store"
 VALUE_ERROR_PREFIX = "Value error, "  # pydantic's prefix for a validator's ValueError
 
 
-def _settings_or_exit(command: str):
+def _settings_or_exit(command: str) -> Settings:
     """Settings from RANKER_* and RANKER_CONFIG_FILE, or exit with one line naming each bad setting: never its
     value, which may be a secret (pydantic's own message quotes the input, e.g. a too-short admin token)."""
     from pydantic import ValidationError
@@ -27,7 +37,7 @@ def _settings_or_exit(command: str):
         sys.exit(f"{command}: invalid settings: {exc}")
 
 
-def _settings_problems(exc) -> str:
+def _settings_problems(exc: ValidationError) -> str:
     from service.serving.settings import ENV_PREFIX
 
     problems = []
@@ -38,8 +48,9 @@ def _settings_problems(exc) -> str:
     return "; ".join(problems)
 
 
-def _load(artifact: str):
-    from service.store.artifact import ArtifactError, load_artifact
+def _load(artifact: str) -> LoadedArtifact:
+    from service.store.artifact import load_artifact
+    from service.store.manifest import ArtifactError
 
     try:
         return load_artifact(Path(artifact))
@@ -47,7 +58,7 @@ def _load(artifact: str):
         sys.exit(f"ranker: cannot load {artifact}: {exc}")
 
 
-def _build_all(loaded):
+def _build_all(loaded: LoadedArtifact) -> dict[Variant, Reparameterized]:
     from service.serving.build import build_variants
 
     return build_variants(loaded.model, loaded.manifest.user_features, loaded.schema.example_batch)
@@ -158,7 +169,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 def cmd_example_request(args: argparse.Namespace) -> None:
     from service.serving.example_request import example_request_for_store
-    from service.store.artifact import ArtifactError
+    from service.store.manifest import ArtifactError
 
     model = Path(args.model) if args.model else _settings_or_exit("ranker example-request").model_path
     try:
@@ -170,7 +181,7 @@ def cmd_example_request(args: argparse.Namespace) -> None:
     print(json.dumps(body))
 
 
-def _serving_config_file(args: argparse.Namespace):
+def _serving_config_file(args: argparse.Namespace) -> ServingConfigFile:
     from service.serving.serving_config import ServingConfigFile
 
     if args.store is not None and args.name is not None:
@@ -193,9 +204,9 @@ def cmd_config_show(args: argparse.Namespace) -> None:
     sys.stdout.write(config.to_json().decode())
 
 
-def _config_changes(args: argparse.Namespace) -> dict:
+def _config_changes(args: argparse.Namespace) -> dict[str, Any]:
     """The fields `ranker config set` changes (shadow partially: its own fields merge with the current ones)."""
-    changes: dict = {}
+    changes: dict[str, Any] = {}
     if args.version is not None:
         changes["version"] = None if args.version == "latest" else args.version
     if args.variant is not None:
@@ -205,7 +216,7 @@ def _config_changes(args: argparse.Namespace) -> dict:
             changes["ab_split"] = json.loads(args.ab_split)
         except json.JSONDecodeError as exc:
             sys.exit(f"ranker config set: --ab-split is not JSON ({exc})")
-    shadow: dict = {}
+    shadow: dict[str, Any] = {}
     if args.shadow_variant is not None:
         shadow["variant"] = None if args.shadow_variant == "none" else args.shadow_variant
         if shadow["variant"] is None and args.shadow_sample_rate is None:

@@ -111,4 +111,5 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         )
         components["securitySchemes"] = ADMIN_SECURITY_SCHEMES
         app.state.openapi = (codec, schema)
-    return app.state.openapi[1]
+    schema_now: dict[str, Any] = app.state.openapi[1]
+    return schema_now

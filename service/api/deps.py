@@ -57,7 +57,8 @@ class ServiceState:
 async def get_state(request: Request) -> ServiceState:
     """The app's state. Async on purpose: FastAPI runs a plain `def` dependency on its thread pool, a thread hop
     per request (docs/peers.md)."""
-    return request.app.state.service
+    state: ServiceState = request.app.state.service
+    return state
 
 
 def is_json(content_type: str | None) -> bool:

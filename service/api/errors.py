@@ -10,6 +10,7 @@ A client never sees a 500 or a stack trace for its input: anything unexpected is
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -74,7 +75,7 @@ def status_of(error: ServiceError, *, v2: bool = False) -> int:
     return 500
 
 
-def error_body(code: str, message: str, field: str | None = None, *, v2: bool = False) -> dict:
+def error_body(code: str, message: str, field: str | None = None, *, v2: bool = False) -> dict[str, Any]:
     if v2:
         return {"error": message}
     return {"error": {"code": code, "message": message, "field": field}}

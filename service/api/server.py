@@ -23,7 +23,8 @@ from service.serving.fleet_state import create_fleet_dir
 from service.serving.metrics import MULTIPROC_ENV
 from service.serving.serving_config import ServingConfigError, ServingConfigFile
 from service.serving.settings import ENV_PREFIX, Settings
-from service.store.artifact import ArtifactError, check_component, load_artifact, resolve_version
+from service.store.artifact import check_component, load_artifact, resolve_version
+from service.store.manifest import ArtifactError
 
 logger = logging.getLogger(__name__)
 

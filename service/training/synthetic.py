@@ -116,7 +116,8 @@ class SyntheticWorld:
         direction = self._projection(spec.name, basis.shape[1], 1).squeeze(1)
         score = basis @ direction / direction.norm() + 0.5 * torch.randn(self.num_users, generator=self.generator)
         buckets = torch.special.ndtr(score / 1.1) * spec.vocab_size  # roughly uniform over the vocabulary
-        return buckets.long().clamp(0, spec.vocab_size - 1)
+        ids: Tensor = buckets.long().clamp(0, spec.vocab_size - 1)
+        return ids
 
     def _sample_preferred_items(self, users: Tensor, count: int) -> Tensor:
         """Items from categories a user likes, [n, count]."""
@@ -177,7 +178,8 @@ class SyntheticWorld:
             noise = DENSE_NOISE * torch.randn(n, spec.dim, generator=self.generator)
             return basis @ self._projection(spec.name, basis.shape[1], spec.dim) + noise
         if spec.kind is Kind.SPARSE_ID:  # cross id: a bucketed context
-            return (torch.special.ndtr(signals[:, -1]) * spec.vocab_size).long().clamp(0, spec.vocab_size - 1)
+            cross: Tensor = (torch.special.ndtr(signals[:, -1]) * spec.vocab_size).long().clamp(0, spec.vocab_size - 1)
+            return cross
         # cross statistics: noisy views of the affinity, sequence and context signals
         noise = CROSS_NOISE * torch.randn(n, spec.dim, generator=self.generator)
         return signals @ self._projection(spec.name, signals.shape[1], spec.dim) + noise

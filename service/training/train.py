@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from service.features.schema import CAPTURE_CANDIDATES
@@ -110,9 +110,9 @@ def _run_steps(
     for step in range(steps):
         batch = rows.slice(step * batch_size, (step + 1) * batch_size)
         scores = model(batch.features)
-        loss = sum(F.binary_cross_entropy(scores[task], batch.labels[task]) for task in batch.labels)
+        loss = cast(Tensor, sum(F.binary_cross_entropy(scores[task], batch.labels[task]) for task in batch.labels))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        torch.autograd.backward(loss)  # Tensor.backward is untyped in torch (mypy strict)
         optimizer.step()
         recent = (recent + [loss.item()])[-window:]
         if progress:

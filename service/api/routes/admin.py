@@ -15,7 +15,7 @@ from service.api.deps import ADMIN_MAX_BODY_BYTES, ServiceState, get_state, pars
 from service.api.schemas import ADMIN_ERRORS, ReloadRequest, VariantSwitch, json_request_body
 from service.serving.errors import ServiceError
 
-ADMIN_SECURITY = [{"adminBearer": []}]
+ADMIN_SECURITY: list[dict[str, list[str]]] = [{"adminBearer": []}]
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)], responses=ADMIN_ERRORS)
 
 
@@ -30,7 +30,7 @@ async def reload_model(request: Request, state: ServiceState = Depends(get_state
     previous = state.runtime.serving
     try:  # every refusal counts, a bad body as much as a bad artifact
         raw = await _read(request, state, optional=True)
-        body = parse_body(raw, ReloadRequest) if raw else ReloadRequest()
+        body = parse_body(raw, ReloadRequest) if raw else ReloadRequest(version=None)
         version = body.version or state.config.latest_version()  # pinned for the fleet
         active = await asyncio.to_thread(state.config.publish, {"version": version})
     except ServiceError:

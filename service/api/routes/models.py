@@ -19,7 +19,7 @@ async def get_models(state: ServiceState = Depends(get_state)) -> dict[str, Any]
     active = state.runtime.active  # model and routing of one config generation
     serving = active.serving
     settings = state.settings
-    return jsonable_encoder({
+    described: dict[str, Any] = jsonable_encoder({
         "name": serving.name,
         "version": serving.version,
         "architecture": serving.architecture,
@@ -50,3 +50,4 @@ async def get_models(state: ServiceState = Depends(get_state)) -> dict[str, Any]
         "flops": serving.analysis,
         "compile": serving.compilation,
     })
+    return described
