@@ -17,6 +17,7 @@ from service.api.deps import ServiceState
 from service.api.drain import CloseConnectionsWhileDraining, drain_on_sigterm
 from service.api.errors import install_error_handlers
 from service.api.routes import admin, health, metrics, models, rank, v2
+from service.api.routes.docs import install_docs
 from service.api.schemas import ReloadRequest, VariantSwitch, model_components, rank_request_components
 from service.serving.admission import BatchPolicy, InferencePool
 from service.serving.config_watch import ConfigWatcher
@@ -50,13 +51,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     config = ConfigWatcher(settings, runtime, shadow, service_metrics)
     state = ServiceState(settings, runtime, pool, shadow, service_metrics, scorer, config)
 
-    app = FastAPI(title=TITLE, description=DESCRIPTION, version="1", lifespan=_lifespan)
+    app = FastAPI(title=TITLE, description=DESCRIPTION, version="1", lifespan=_lifespan, docs_url=None,
+                  redoc_url=None)  # /docs from local assets (routes/docs.py)
     app.state.service = state
     install_error_handlers(app)
     app.add_middleware(CloseConnectionsWhileDraining, state=state)
     app.add_middleware(BodyBudgetGuard, budget=BodyBudget(settings.body_budget_bytes, settings.retry_after_s))
     for module in (rank, v2, health, models, admin, metrics):
         app.include_router(module.router)
+    install_docs(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import threading
 import time
@@ -215,3 +216,18 @@ def test_metrics_are_summed_across_uvicorn_workers(store: Path, schema, tmp_path
                 samples = parse_metrics(http.get(f"{server.url}/metrics").text)
             assert value(samples, "ranker_requests_total", variant="mari", status="200") == 12
             assert value(samples, "ranker_candidates_scored_total", variant="mari") == 120
+
+
+def test_docs_page_loads_swagger_ui_from_this_server_only(live: LiveServer) -> None:
+    """/docs works offline: the page and every asset it loads come from this server, none from a CDN."""
+    page = httpx.get(f"{live.url}/docs", timeout=10)
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    urls = re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", page.text) + re.findall(
+        r"""url: ?['"]([^'"]+)['"]""", page.text)
+    assert len(urls) >= 3, page.text  # script, stylesheet, the OpenAPI document
+    assert not [url for url in urls if url.startswith(("http:", "https:", "//"))], urls  # nothing off this server
+    for url in urls:
+        fetched = httpx.get(f"{live.url}{url}", timeout=10)
+        assert fetched.status_code == 200 and fetched.content, url
+    assert "SwaggerUIBundle" in httpx.get(f"{live.url}/docs/assets/swagger-ui-bundle.js", timeout=10).text
+    assert httpx.get(f"{live.url}/redoc", timeout=10).status_code == 404  # ReDoc (a CDN page) is off
