@@ -76,8 +76,9 @@ def test_make_run_stops_the_server_on_sigterm(store: Path) -> None:
            "RANKER_COMPILE": "off"}
     env.pop("MAKEFLAGS", None)
     assert (store / MODEL_NAME).is_dir()
-    # -o: never rebuild the venv here (its stamp may be older than pyproject.toml on a developer's machine)
-    make = subprocess.Popen(["make", "-o", ".venv/.installed", "run", f"STORE={store}", f"PORT={port}"],
+    # -o: never rebuild the venv here (its stamps may be older than pyproject.toml on a developer's machine)
+    make = subprocess.Popen(["make", "-o", ".venv/.installed", "-o", ".venv/.installed-serve", "run",
+                             f"STORE={store}", f"PORT={port}"],
                             cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
