@@ -3,8 +3,9 @@
 The codec's validator (service/serving/codec.py) builds one Python object per value, and the encoder then
 turns those lists back into arrays; at N = 1000 that was most of the time outside the model. Here simdjson
 parses the body (C++). A columnar body's columns are copied into arrays by simdjson itself (`as_buffer`), so no
-Python object is made per value; row-wise candidates are transposed in Python and each column is made an array
-by numpy in one call. The schema's rules are checked on whole arrays.
+Python object is made per value; row-wise candidates are read row by row in place (an id is one Python int, a
+dense or sequence value one `as_buffer` copy) and each column made an array in one call. The schema's rules are
+checked on whole arrays.
 
 This path only ever *accepts*. It takes a body it can prove valid by the rules the validator applies: exactly
 the schema's feature names, strict integer ids in [0, max_id] (simdjson refuses floats, booleans, null and
@@ -146,34 +147,40 @@ class ColumnReader:
         return self._sequences(spec, lengths, column)
 
     def _rows(self, candidates: Any, body: bytes, arrays: dict[str, np.ndarray], count: _Brackets) -> int:
-        """Row-wise candidates: one object per candidate, transposed in Python (simdjson cannot read a field across
-        objects) and each column made an array by numpy, whose dtype and shape prove the values' types."""
+        """Row-wise candidates: each row read in place (simdjson cannot read a field across objects, and making
+        every row a dict cost more than the model's tail at N = 1000): ids as Python ints, into numpy in one call
+        per column, whose dtype proves them integers; each dense or sequence value copied by `as_buffer`."""
         if any(token in body for token in BOOLEAN_TOKENS):
             raise NotFast  # Python's True and False become 1 and 0 in numpy; the validator refuses them
-        rows = candidates.as_list()
-        n = len(rows)
-        if not 1 <= n <= self.rules.max_candidates or set(map(type, rows)) != {dict}:
+        n = len(candidates)
+        if not 1 <= n <= self.rules.max_candidates:
             raise NotFast
-        if set(map(len, rows)) != {len(self.candidate_names)}:
-            raise NotFast  # with every name found below (or KeyError), equal sizes mean equal key sets
         count.arrays += 1
+        width = len(self.candidate_names)
+        columns: dict[str, list[Any]] = {spec.name: [] for spec in self.candidate_specs}
+        for row in candidates:
+            # with every name found below (or KeyError), the same count of fields means the same key set, and no
+            # name given twice (simdjson would read the first, the validator the last)
+            if not isinstance(row, simdjson.Object) or len(row) != width:
+                raise NotFast
+            for name, column in columns.items():
+                column.append(row[name])
         for spec in self.candidate_specs:
-            values = [row[spec.name] for row in rows]
+            values = columns[spec.name]
             if spec.kind is Kind.SPARSE_ID:
                 arrays[spec.name] = self._ids(_typed(np.array(values), np.int64, (n,)))
                 continue
-            count.arrays += n
-            if spec.kind is Kind.DENSE:
-                dense = np.array(values)
-                if dense.dtype == np.int64:
-                    dense = dense.astype(np.float64)
-                arrays[spec.name] = self._in_float32(_typed(dense, np.float64, (n, spec.dim)))
-                continue
-            if set(map(type, values)) != {list}:
+            if not all(isinstance(value, simdjson.Array) for value in values):
                 raise NotFast
-            flat = [i for sequence in values for i in sequence]
-            ids = _typed(np.array(flat), np.int64, (len(flat),)) if flat else np.zeros(0, dtype=np.int64)
-            arrays[spec.name] = self._padded(spec, [len(sequence) for sequence in values], self._ids(ids))
+            count.arrays += n
+            lengths = [len(value) for value in values]
+            if spec.kind is Kind.DENSE:
+                if lengths.count(spec.dim) != n:
+                    raise NotFast
+                dense = _joined(values, "d", n * spec.dim).reshape(n, spec.dim)
+                arrays[spec.name] = self._in_float32(dense)
+                continue
+            arrays[spec.name] = self._padded(spec, lengths, self._ids(_joined(values, "i", sum(lengths))))
         return n
 
     def _ids(self, ids: np.ndarray) -> np.ndarray:
@@ -235,6 +242,16 @@ def _typed(values: np.ndarray, dtype: type[np.generic], shape: tuple[int, ...]) 
 def _buffer(values: Any, of_type: str, expected: int) -> np.ndarray:
     """Every number under `values` (flattened) as int64 ("i") or float64 ("d"); exactly `expected` of them."""
     flat = np.frombuffer(values.as_buffer(of_type=of_type), dtype=np.int64 if of_type == "i" else np.float64)
+    if flat.size != expected:
+        raise NotFast
+    return flat
+
+
+def _joined(values: list[Any], of_type: str, expected: int) -> np.ndarray:
+    """Every number under each of `values` (simdjson arrays), in order, as int64 ("i") or float64 ("d"); exactly
+    `expected` of them."""
+    joined = b"".join([value.as_buffer(of_type=of_type) for value in values])
+    flat = np.frombuffer(joined, dtype=np.int64 if of_type == "i" else np.float64)
     if flat.size != expected:
         raise NotFast
     return flat
