@@ -55,8 +55,9 @@ prometheus-tools:
 
 test: $(STAMP) prometheus-tools
 	$(BIN)/ruff check .
-	$(BIN)/mypy
-	$(BIN)/python -m pytest
+	# mypy beside pytest (whose workers leave CPU idle while their servers start); either failing fails the target
+	$(BIN)/mypy & mypy=$$!; $(BIN)/python -m pytest; tests=$$?; wait $$mypy; typed=$$?; \
+	    [ $$tests -eq 0 ] && [ $$typed -eq 0 ]
 
 # The image built with podman and run (tests/image/check_image.py: what it checks). Root on Debian: installs podman,
 # runc and mmdebstrap when missing and makes the base image offline (deploy/image/). Not part of `make test`.
