@@ -19,8 +19,6 @@ from service.serving.errors import (
     AdminDisabled,
     BodyReadTimeout,
     ClientDisconnected,
-    InvalidRequest,
-    MalformedRequest,
     PayloadTooLarge,
     Unauthorized,
     UnsupportedMediaType,
@@ -30,6 +28,7 @@ from service.serving.runtime import ModelRuntime
 from service.serving.scorer import RankResult, RequestScorer
 from service.serving.settings import Settings
 from service.serving.shadow import ShadowComparator
+from service.serving.validation import request_error
 
 _REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 JSON_MEDIA_TYPE = "application/json"
@@ -124,15 +123,8 @@ def parse_body(body: bytes, model: type[BodyModel]) -> BodyModel:
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
-        error = exc.errors(include_url=False, include_input=False, include_context=False)[0]
-        if error["type"] == "json_invalid":
-            raise MalformedRequest(f"body is not valid JSON: {error['msg']}") from None
-        if not error["loc"]:
-            raise MalformedRequest("body must be a JSON object") from None
-        field = ".".join(str(part) for part in error["loc"])
-        code = _FIELD_ERROR_CODES.get(error["type"], "invalid_value")
-        message = error["msg"].removeprefix("Value error, ")  # a validator's own message says it all
-        raise InvalidRequest(f"{field}: {message}", field=field, code=code) from None
+        raise request_error(exc, code_of=lambda problem: _FIELD_ERROR_CODES.get(problem.kind, "invalid_value")) \
+            from None
 
 
 def client_request_id(request: Request) -> str | None:

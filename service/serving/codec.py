@@ -20,7 +20,7 @@ import itertools
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal, NotRequired, Union
 
 import numpy as np
@@ -32,6 +32,7 @@ from typing_extensions import TypedDict
 from service.features.schema import FeatureSchema, FeatureSpec, Kind
 from service.serving.errors import InvalidRequest, MalformedRequest
 from service.serving.json_columns import ColumnReader, ColumnRules
+from service.serving.validation import Problem, problems, request_error
 
 USER_ID_MAX_CHARS = 256
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"  # body field or X-Request-Id header: safe to log and echo
@@ -264,44 +265,33 @@ _TYPE_ERRORS = ("_type", "_parsing")
 
 
 def _to_service_error(exc: ValidationError, schema: FeatureSchema) -> MalformedRequest | InvalidRequest:
-    errors = exc.errors(include_url=False, include_input=False)
-    if any(error["type"] == "json_invalid" for error in errors):
-        message = next(error["msg"] for error in errors if error["type"] == "json_invalid")
-        return MalformedRequest(f"body is not valid JSON: {message}")
-    if errors and errors[0]["type"] == "model_type" and not errors[0]["loc"]:
-        return MalformedRequest("body must be a JSON object")
-    error = _most_relevant(errors)
-    loc = _strip_union_branch(tuple(error["loc"]))
-    code = _error_code(error["type"], loc, schema)
-    return InvalidRequest(_message(error, loc, code, schema), field=_field_path(loc), code=code)
+    found = problems(exc)
+    if any(problem.is_json_error for problem in found) or found[0].is_not_an_object:
+        return request_error(exc)
+    problem = _most_relevant(found)
+    code = _error_code(problem.kind, problem.loc, schema)
+    return InvalidRequest(_message(problem, code, schema), field=problem.field, code=code)
 
 
-def _most_relevant(errors: list[Any]) -> Any:
-    """Drop 'wrong form' errors of the union branch the client did not use (a dict is not rows, and so on)."""
-    def wrong_branch(error: Any) -> bool:
-        loc = error["loc"]
-        return len(loc) == 2 and loc[0] == "candidates" and error["type"] in ("dict_type", "list_type", "model_type")
+def _most_relevant(found: list[Problem]) -> Problem:
+    """The first problem of the form the client used: a columnar body's problems, not that it is not rows (and
+    so on), with the union branch left out of its location."""
+    def wrong_branch(problem: Problem) -> bool:
+        loc = problem.loc
+        return len(loc) == 2 and loc[0] == "candidates" and problem.kind in ("dict_type", "list_type", "model_type")
 
-    relevant = [error for error in errors if not wrong_branch(error)]
-    if relevant:
-        return relevant[0]
-    first = dict(errors[0])
-    first["loc"] = ("candidates",)
-    first["msg"] = "candidates must be an object of columns (columnar) or a list of objects (row-wise)"
-    return first
+    relevant = [problem for problem in found if not wrong_branch(problem)]
+    if not relevant:
+        return Problem(found[0].kind, ("candidates",),
+                       "candidates must be an object of columns (columnar) or a list of objects (row-wise)")
+    first = relevant[0]
+    return replace(first, loc=_strip_union_branch(first.loc))
 
 
-def _strip_union_branch(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+def _strip_union_branch(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
     if len(loc) >= 2 and loc[0] == "candidates" and loc[1] in (COLUMNS_BRANCH, ROWS_BRANCH):
         return (loc[0],) + loc[2:]
     return loc
-
-
-def _field_path(loc: tuple[Any, ...]) -> str | None:
-    path = ""
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path or None
 
 
 def _feature_of(loc: tuple[Any, ...], schema: FeatureSchema) -> FeatureSpec | None:
@@ -332,8 +322,8 @@ def _error_code(kind: str, loc: tuple[Any, ...], schema: FeatureSchema) -> str:
     return "invalid_value"
 
 
-def _message(error: Any, loc: tuple[Any, ...], code: str, schema: FeatureSchema) -> str:
-    field = _field_path(loc) or "body"
+def _message(problem: Problem, code: str, schema: FeatureSchema) -> str:
+    loc, field = problem.loc, problem.field or "body"
     spec = _feature_of(loc, schema)
     if code == "missing_feature":
         return f"{field}: feature is missing; every feature of the model's schema is required"
@@ -344,7 +334,7 @@ def _message(error: Any, loc: tuple[Any, ...], code: str, schema: FeatureSchema)
             return f"{field}: {name!r} is a feature of {where!r}, not of {loc[0]!r}"
         return f"{field}: {name!r} is not a feature of the loaded model; known: {list(schema.names)}"
     if code == "wrong_width" and spec is not None:
-        return f"{field}: dense feature {spec.name!r} needs exactly {spec.dim} numbers ({error['msg']})"
+        return f"{field}: dense feature {spec.name!r} needs exactly {spec.dim} numbers ({problem.message})"
     if code == "sequence_too_long" and spec is not None:
-        return f"{field}: sequence {spec.name!r} holds at most {spec.max_len} ids ({error['msg']})"
-    return f"{field}: {error['msg']}"
+        return f"{field}: sequence {spec.name!r} holds at most {spec.max_len} ids ({problem.message})"
+    return f"{field}: {problem.message}"

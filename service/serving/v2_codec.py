@@ -24,7 +24,7 @@ from typing_extensions import TypedDict
 
 from service.engine import Variant
 from service.serving.codec import REQUEST_ID_PATTERN, USER_ID_MAX_CHARS
-from service.serving.errors import InvalidRequest, MalformedRequest
+from service.serving.errors import InvalidRequest
 from service.serving.runtime import ServingModel
 from service.serving.scorer import Decoded, ResponseBody
 from service.serving.v2_metadata import check_model, output_names
@@ -36,6 +36,7 @@ from service.serving.v2_tensors import (
     read_inputs,
     refuse_unsupported,
 )
+from service.serving.validation import request_error
 
 _SAFE_ID = TypeAdapter(Annotated[str, Field(pattern=REQUEST_ID_PATTERN)])
 
@@ -118,12 +119,7 @@ def parse_header(header: bytes) -> _InferRequest:
     try:
         return _REQUEST.validate_json(header)
     except ValidationError as exc:
-        error = exc.errors(include_url=False, include_input=False)[0]
-        if error["type"] == "json_invalid":
-            raise MalformedRequest(f"the JSON header is not valid JSON: {error['msg']}") from None
-        loc = tuple(error["loc"])
-        where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
-        raise InvalidRequest(f"{where or 'body'}: {error['msg']}", field=where or None, code="invalid_value") from None
+        raise request_error(exc, what="the JSON header") from None
 
 
 def requested_outputs(request: _InferRequest, serving: ServingModel) -> tuple[RequestedOutput, ...]:

@@ -23,6 +23,7 @@ from service.features.schema import FeatureSpec, Kind
 from service.serving.codec import RequestCodec, finite_float32, map_oov
 from service.serving.errors import InvalidRequest
 from service.serving.v2_metadata import datatype_of, input_shape
+from service.serving.validation import problems
 
 # V2 datatype -> (its little-endian wire dtype, the native dtype of the decoded array)
 WIRE_DTYPES: dict[str, tuple[np.dtype[Any], np.dtype[Any]]] = {
@@ -199,7 +200,7 @@ def parameter(adapter: TypeAdapter[Any], parameters: dict[str, Any], key: str, w
     try:
         return adapter.validate_python(parameters[key])
     except ValidationError as exc:
-        message = exc.errors(include_url=False, include_input=False)[0]["msg"]
+        message = problems(exc)[0].message
         raise InvalidRequest(f"{where[:150]}.{key}: {message}", field=f"{where[:150]}.{key}",
                              code="invalid_value") from None
 
