@@ -65,8 +65,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def create_app_from_environment() -> FastAPI:
-    """Factory for uvicorn workers (`--factory`): settings from RANKER_* variables and RANKER_CONFIG_FILE."""
-    settings = Settings()
+    """Factory for `uvicorn --factory`: settings from RANKER_* variables and RANKER_CONFIG_FILE."""
+    return create_worker_app(Settings())
+
+
+def create_worker_app(settings: Settings) -> FastAPI:
+    """The app of one worker process of `ranker serve --workers W`, which hands each worker its settings."""
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return create_app(settings)
 

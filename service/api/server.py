@@ -19,21 +19,23 @@ import uvicorn
 from service.api.app import create_app
 from service.api.http_limits import uvicorn_options
 from service.api.supervisor import WorkerSupervisor
+from service.api.worker_app import WorkerApp
 from service.serving.fleet_state import create_fleet_dir
 from service.serving.metrics import MULTIPROC_ENV
 from service.serving.serving_config import ServingConfigError, ServingConfigFile
-from service.serving.settings import ENV_PREFIX, Settings
+from service.serving.settings import Settings
 from service.store.artifact import check_component, load_artifact, resolve_version
 from service.store.manifest import ArtifactError
 
 logger = logging.getLogger(__name__)
 
-APP_FACTORY = "service.api.app:create_app_from_environment"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 
 
-def serve(host: str | None = None, port: int | None = None, workers: int | None = None) -> None:
+def serve(
+    host: str | None = None, port: int | None = None, workers: int | None = None, settings: Settings | None = None,
+) -> None:
     """Serve until SIGINT/SIGTERM; in-flight requests finish (up to graceful_shutdown_s) before exit.
 
     On SIGTERM every worker drains first: /readyz answers 503 and requests are still served for drain_delay_s.
@@ -45,7 +47,7 @@ def serve(host: str | None = None, port: int | None = None, workers: int | None 
     workers = 1 if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    settings = Settings()  # refuse a bad configuration before any worker starts
+    settings = Settings() if settings is None else settings  # a bad configuration stops here, before any worker
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _check_model_exists(settings)
     common = dict(host=host, port=port, log_level=settings.log_level, access_log=settings.access_log,
@@ -55,10 +57,10 @@ def serve(host: str | None = None, port: int | None = None, workers: int | None 
         return
     metrics_dir, owned = _prepare_multiprocess_dir()
     fleet_dir = create_fleet_dir()  # what a respawned worker needs to serve what its siblings serve
-    _pin_latest_version(settings)
-    if settings.torch_threads is None:  # do not let W workers each take every core
-        os.environ[f"{ENV_PREFIX}TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
-    config = uvicorn.Config(APP_FACTORY, factory=True, workers=workers, **common)
+    # The workers get these settings as they are (service/api/worker_app.py), a respawned one too, not by
+    # re-reading an environment that this process would have to rewrite first.
+    worker_settings = _for_workers(settings, workers)
+    config = uvicorn.Config(WorkerApp.of(worker_settings), factory=True, workers=workers, **common)
     try:
         WorkerSupervisor(config, sockets=[config.bind_socket()]).run()
     except KeyboardInterrupt:
@@ -82,14 +84,19 @@ def _check_model_exists(settings: Settings) -> None:
         raise SystemExit(f"cannot serve: {exc}") from None
 
 
-def _pin_latest_version(settings: Settings) -> None:
-    """With neither serving.json nor RANKER_MODEL_VERSION, pin the latest version now for every worker, so one
-    that uvicorn respawns later (after a crash) serves what its siblings serve, not a version added since."""
-    if settings.model_version is not None or ServingConfigFile.for_settings(settings).read() is not None:
-        return  # the workers follow the file, or the pinned setting: already one version for all of them
-    version = resolve_version(settings.model_store / settings.model_name).name
-    os.environ[f"{ENV_PREFIX}MODEL_VERSION"] = version
-    logger.info("no serving config and no RANKER_MODEL_VERSION: every worker serves %s, the latest now", version)
+def _for_workers(settings: Settings, workers: int) -> Settings:
+    """`settings` as every worker runs them: torch threads shared out between the workers unless set (W
+    workers must not each take every core), and, with neither serving.json nor RANKER_MODEL_VERSION, the latest
+    version pinned now, so that a worker respawned later (after a crash) serves what its siblings serve, not a
+    version added since. With a serving.json the workers follow the file."""
+    update: dict[str, object] = {}
+    if settings.torch_threads is None:
+        update["torch_threads"] = max(1, (os.cpu_count() or 1) // workers)
+    if settings.model_version is None and ServingConfigFile.for_settings(settings).read() is None:
+        version = resolve_version(settings.model_store / settings.model_name).name
+        update["model_version"] = version
+        logger.info("no serving config and no RANKER_MODEL_VERSION: every worker serves %s, the latest now", version)
+    return settings.model_copy(update=update)
 
 
 def _prepare_multiprocess_dir() -> tuple[Path, bool]:
