@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -123,32 +124,31 @@ class ConfigWatcher:
         if not self._lock.acquire(blocking=False):
             return False  # an admin call of this process is applying a config; look again next time
         try:
-            if snapshot is None or snapshot == self._seen:
-                return False  # a deleted file changes nothing: the last applied config keeps serving
             if self._seen is not seen:
                 return False  # an admin call applied a newer file since this read: read again next time
-            self._seen = snapshot
-            try:
-                config = self._resolved(self._config_in(snapshot)[0])
-            except ServingConfigError as exc:
-                self._refuse(_generation_of(snapshot), REFUSED_INVALID, exc.message)
-                return False
-            except ModelRejected as exc:  # a null version and no version folder at all
-                self._refuse(_generation_of(snapshot), REFUSED_MODEL, str(exc))
-                return False
-            if config == self.applied.config:
-                return False  # written and applied by an admin call of this process
-            try:
-                serving = self._model_for(config)
-            except Exception as exc:  # whatever the new version does wrong, the last good one keeps serving
-                self._refuse(config.generation, REFUSED_MODEL, str(exc))
-                return False
-            if self._stop.is_set():
-                return False  # shutting down while it built: this process's metrics are already marked dead
-            self._activate(config, serving, FROM_FILE)
-            return True
+            action = decide(snapshot, seen, self.applied.config, lambda raw: self._resolved(self._config_in(raw)[0]))
+            if snapshot is not None and snapshot != seen:
+                self._seen = snapshot  # looked at: the same content is not looked at again
+            return self._act(action)
         finally:
             self._lock.release()
+
+    def _act(self, action: Action) -> bool:
+        """Carry out a poll's decision; True when a new config now serves."""
+        if isinstance(action, Keep):
+            return False
+        if isinstance(action, Refuse):
+            self._refuse(action.generation, action.reason, action.message)
+            return False
+        try:
+            serving = self._model_for(action.config)
+        except Exception as exc:  # whatever the new version does wrong, the last good one keeps serving
+            self._refuse(action.config.generation, REFUSED_MODEL, str(exc))
+            return False
+        if self._stop.is_set():
+            return False  # shutting down while it built: this process's metrics are already marked dead
+        self._activate(action.config, serving, FROM_FILE)
+        return True
 
     def publish(self, changes: dict[str, Any]) -> ActiveConfig:
         """Write the next generation of serving.json with `changes` and apply it here at once (admin calls).
@@ -307,6 +307,55 @@ class ConfigWatcher:
             release_build_memory()  # what the refused build left
         logger.warning("serving config %s refused (%s), still serving generation %d: %s",
                        _generation_name(generation), reason, self.applied.config.generation, message)
+
+
+@dataclass(frozen=True)
+class Keep:
+    """Nothing to do: the last applied config keeps serving."""
+
+    why: str
+
+
+@dataclass(frozen=True)
+class Refuse:
+    """The file holds a generation that cannot be applied: count it, log it, keep serving the last good one."""
+
+    generation: int | None
+    reason: str  # REFUSED_INVALID or REFUSED_MODEL
+    message: str
+
+
+@dataclass(frozen=True)
+class Apply:
+    """A new config to build (its version, when new) and switch to."""
+
+    config: ServingConfig
+
+
+Action = Keep | Refuse | Apply
+
+
+def decide(
+    snapshot: Snapshot, seen: Snapshot, applied: ServingConfig, read: Callable[[bytes | str], ServingConfig],
+) -> Action:
+    """What a poll does with what it found at serving.json, given what it saw last time and what serves now.
+
+    `read` turns the file's content into a config with a concrete version (ServingConfigError when it does not
+    parse or validate, ModelRejected when a null version finds no version folder). Deciding does nothing
+    else, so every rule of the watch is here and testable without files, threads or models."""
+    if snapshot is None:
+        return Keep("no file: a deleted file changes nothing")
+    if snapshot == seen:
+        return Keep("unchanged since the last look")
+    try:
+        config = read(snapshot)
+    except ServingConfigError as exc:
+        return Refuse(_generation_of(snapshot), REFUSED_INVALID, exc.message)
+    except ModelRejected as exc:
+        return Refuse(_generation_of(snapshot), REFUSED_MODEL, str(exc))
+    if config == applied:
+        return Keep("already serving it (written and applied by an admin call of this process)")
+    return Apply(config)
 
 
 def _generation_of(snapshot: Snapshot) -> int | None:
