@@ -15,6 +15,7 @@ import pytest
 
 from tests.api.conftest import ADMIN_HEADERS, rank_body
 from tests.api.live_server import LiveServer
+from tests.api.metrics_text import value
 from tests.faults.conftest import fault_env, store_with
 from tests.faults.drain import assert_drains_under_load
 from tests.faults.traffic import Outcome, rank_counts, results, scrape, wait_until_idle
@@ -24,11 +25,15 @@ SCORING_DELAY_S = 0.2
 MAX_QUEUED_REQUESTS = 4
 BODY_READ_TIMEOUT_S = 1.0
 BURST = 16
-RELOADS = 12
-SETTLING_RELOADS = 4  # allocator pools and first-call caches fill during the first reloads
-# 8 reloads of the small model leaked ~16 MB before release_build_memory (2.0 MB each, bench/reload_memory.py),
-# ~5 MB with its first fix (0.6 MB each) and ~1 MB since fx's dead sources are dropped; docs/soak.md
-MAX_GROWTH_MB = 8.0
+# Allocator pools and first-call caches fill during a server's first reloads (RSS after each of 16 reloads of a
+# fresh server, MB: 392, 395, 397.6, 398.0, 398.1, ... 398.7), so growth is measured from the 4th reload on,
+# counting those the server already did (the module's earlier test reloads twice: 2 more here, not 4).
+SETTLING_RELOADS = 4
+MEASURED_RELOADS = 4
+# The leak this test was written for, 2.0 MB per reload of the small model before release_build_memory
+# (bench/reload_memory.py, docs/soak.md), grows RSS ~8 MB over the 4 measured reloads: twice the bound (a server
+# leaking 2 MB per build, simulated: +8.4 MB). Since the fixes a reload adds ~0.1 MB: 0.3 MB over those 4.
+MAX_GROWTH_MB = 4.0
 
 
 @pytest.fixture(scope="module")
@@ -125,15 +130,17 @@ def _rss_mb(pid: int) -> float:
 
 def test_reloads_do_not_grow_memory_without_bound(server: LiveServer) -> None:
     assert server.process is not None
-    rss = []
-    for index in range(RELOADS):
+    done = int(value(scrape(server.url), "ranker_reloads_total", outcome="ok"))  # reloads this server already did
+    settling = max(0, SETTLING_RELOADS - done)
+    rss = [_rss_mb(server.process.pid)]
+    for index in range(settling + MEASURED_RELOADS):
         version = ("v2", "v1")[index % 2]
         response = httpx.post(f"{server.url}/admin/reload", json={"version": version}, headers=ADMIN_HEADERS,
                               timeout=120)
         assert response.status_code == 200, response.text
         rss.append(_rss_mb(server.process.pid))
-    growth = rss[-1] - rss[SETTLING_RELOADS - 1]
-    assert growth < MAX_GROWTH_MB, [round(mb) for mb in rss]
+    growth = rss[-1] - rss[settling]
+    assert growth < MAX_GROWTH_MB, (done, [round(mb, 1) for mb in rss])
 
 
 def test_sigterm_with_one_worker_turns_readyz_503_keeps_serving_through_the_drain_and_resets_nothing(
