@@ -33,7 +33,12 @@ WAIT_TIMEOUT_S = 60.0  # bound of every wait for the fleet
 SCRAPE_EVERY_S = 0.05
 DWELL_S = 1.0  # traffic after each convergence, whose answers must all show the new config
 MAX_REQUESTS_PER_SERVER = 10_000
-USERS = 40
+USERS = 40  # distinct user ids (and bodies): the A/B split routes some of them to each arm
+# A client's pace between requests. Without it the two threads sent ~80 requests/s on fresh connections (7,751 in
+# one run), which took a core from the three processes building v2 (each build 38-40 s instead of a few): the
+# test is about no failed request while the config changes, not about load. At this pace each thread still
+# sends ~15 requests/s, hundreds through every build and swap, and some to each server after every convergence.
+THINK_S = 0.05
 SPLIT = {"mari": 0.5, "vani": 0.5}
 BUILT = re.compile(rf"model {MODEL_NAME}/(\S+) built and warmed in ([\d.]+)s")
 APPLIED = re.compile(r"^(\S+ \S+) INFO service.serving.config_watch: serving config generation (\d+) applied", re.M)
@@ -127,7 +132,8 @@ class Answer:
 
 
 class ClosedLoopClient:
-    """One thread per server, one request at a time, each on a fresh connection (spread over the workers)."""
+    """One thread per server, one request at a time with THINK_S between them, each on a fresh connection (spread
+    over the workers)."""
 
     def __init__(self, fleet: Fleet, schema) -> None:
         self.fleet = fleet
@@ -150,7 +156,7 @@ class ClosedLoopClient:
     def _run(self, name: str) -> None:
         url = f"{self.fleet.servers[name].url}/rank"
         for i in range(MAX_REQUESTS_PER_SERVER):
-            if self._stop.is_set():
+            if self._stop.wait(THINK_S if i else 0):
                 return
             user, body = self.bodies[i % USERS]
             sent = time.time()
