@@ -20,9 +20,10 @@ from service.api.app import create_app
 from service.api.http_limits import uvicorn_options
 from service.api.supervisor import WorkerSupervisor
 from service.api.worker_app import WorkerApp
+from service.serving.config_watch import FROM_ENVIRONMENT, starting_config
 from service.serving.fleet_state import create_fleet_dir
 from service.serving.metrics import MULTIPROC_ENV
-from service.serving.serving_config import ServingConfigError, ServingConfigFile
+from service.serving.serving_config import ServingConfigError
 from service.serving.settings import Settings
 from service.store.artifact import check_component, load_artifact, resolve_version
 from service.store.manifest import ArtifactError
@@ -77,8 +78,7 @@ def _check_model_exists(settings: Settings) -> None:
     workers will, so a broken or hostile one stops start-up with its one-line reason, not a worker traceback."""
     model_dir = settings.model_store / settings.model_name
     try:
-        config = ServingConfigFile(model_dir).read()
-        version = config.version if config is not None else settings.model_version
+        version = starting_config(settings)[0].version
         load_artifact(resolve_version(model_dir / check_component("version", version) if version else model_dir))
     except (ArtifactError, ServingConfigError) as exc:
         raise SystemExit(f"cannot serve: {exc}") from None
@@ -92,7 +92,8 @@ def _for_workers(settings: Settings, workers: int) -> Settings:
     update: dict[str, object] = {}
     if settings.torch_threads is None:
         update["torch_threads"] = max(1, (os.cpu_count() or 1) // workers)
-    if settings.model_version is None and ServingConfigFile.for_settings(settings).read() is None:
+    config, source = starting_config(settings)
+    if source == FROM_ENVIRONMENT and config.version is None:
         version = resolve_version(settings.model_store / settings.model_name).name
         update["model_version"] = version
         logger.info("no serving config and no RANKER_MODEL_VERSION: every worker serves %s, the latest now", version)

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from service.serving.errors import ConfigNotWritten, InvalidRequest, ModelRejected, ReloadInProgress
@@ -223,11 +224,7 @@ class ConfigWatcher:
             return exc.message
 
     def _config_in(self, snapshot: Snapshot) -> tuple[ServingConfig, str]:
-        if snapshot is None:
-            return self._environment, FROM_ENVIRONMENT
-        if isinstance(snapshot, str):
-            raise ServingConfigUnusable(snapshot)
-        return parse_serving_config(snapshot, self.file.path), FROM_FILE
+        return config_in(snapshot, self._environment, self.file.path)
 
     def _resolved(self, config: ServingConfig) -> ServingConfig:
         """`config` with a concrete version: a null one resolves to the folder every worker uses for its
@@ -307,6 +304,22 @@ class ConfigWatcher:
             release_build_memory()  # what the refused build left
         logger.warning("serving config %s refused (%s), still serving generation %d: %s",
                        _generation_name(generation), reason, self.applied.config.generation, message)
+
+
+def config_in(snapshot: Snapshot, environment: ServingConfig, path: Path) -> tuple[ServingConfig, str]:
+    """Which config wins, the one rule: serving.json when there is one, else the RANKER_* settings (`environment`,
+    generation 0); with where it came from. ServingConfigError when a file is there but cannot be used."""
+    if snapshot is None:
+        return environment, FROM_ENVIRONMENT
+    if isinstance(snapshot, str):
+        raise ServingConfigUnusable(snapshot)
+    return parse_serving_config(snapshot, path), FROM_FILE
+
+
+def starting_config(settings: Settings) -> tuple[ServingConfig, str]:
+    """The config a process with `settings` starts on now (`config_in` on the file as it stands)."""
+    file = ServingConfigFile.for_settings(settings)
+    return config_in(file.read_bytes(), ServingConfig.from_settings(settings), file.path)
 
 
 @dataclass(frozen=True)

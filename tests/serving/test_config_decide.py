@@ -8,7 +8,12 @@ import pytest
 
 from service.serving.config_watch import REFUSED_INVALID, REFUSED_MODEL, Apply, Keep, Refuse, decide
 from service.serving.errors import ModelRejected
-from service.serving.serving_config import ServingConfig, ServingConfigUnusable, parse_serving_config
+from service.serving.serving_config import (
+    ServingConfig,
+    ServingConfigError,
+    ServingConfigUnusable,
+    parse_serving_config,
+)
 
 
 def fields(generation: int, version: str | None, variant: str) -> dict[str, object]:
@@ -66,3 +71,19 @@ def test_an_unreadable_or_invalid_file_is_refused_as_invalid(snapshot: bytes | s
 def test_a_version_that_cannot_be_found_is_refused_as_a_model_problem() -> None:
     action = decide(raw(7, version="gone"), raw(3), APPLIED, read)
     assert action == Refuse(7, REFUSED_MODEL, "no version folder gone")
+
+
+def test_the_file_wins_over_the_settings_when_there_is_one(tmp_path) -> None:
+    from service.serving.config_watch import FROM_ENVIRONMENT, FROM_FILE, starting_config
+    from service.serving.settings import Settings
+
+    settings = Settings(model_store=tmp_path, model_name="m", model_version="v1", variant="uoi")
+    (tmp_path / "m").mkdir()
+    started, source = starting_config(settings)
+    assert (source, started.generation, started.version, started.variant.value) == (FROM_ENVIRONMENT, 0, "v1", "uoi")
+    (tmp_path / "m" / "serving.json").write_bytes(raw(2, version="v3", variant="vani"))
+    started, source = starting_config(settings)
+    assert (source, started.generation, started.version, started.variant.value) == (FROM_FILE, 2, "v3", "vani")
+    (tmp_path / "m" / "serving.json").write_bytes(b"{broken")
+    with pytest.raises(ServingConfigError):
+        starting_config(settings)
