@@ -329,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
         parser_.add_argument("--store", default=None, help="default: RANKER_MODEL_STORE (model_store)")
         parser_.add_argument("--name", default=None, help="default: RANKER_MODEL_NAME (default)")
     set_.add_argument("--version", default=None, help="version folder (verified first), or 'latest' (null)")
-    set_.add_argument("--variant", default=None, choices=["vani", "uoi", "mari"])
+    set_.add_argument("--variant", default=None, choices=["vani", "uoi", "mari", "auto"],
+                      help="the default variant; auto: per request, the form measured fastest at its size")
     set_.add_argument("--ab-split", default=None, help='JSON weights, e.g. {"mari": 0.9, "vani": 0.1}; {} ends the A/B')
     set_.add_argument("--shadow-variant", default=None, choices=["vani", "uoi", "mari", "none"])
     set_.add_argument("--shadow-sample-rate", type=float, default=None)

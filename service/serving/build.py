@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection
 import torch
 from torch import Tensor, nn
 
-from service.engine import Reparameterized, Variant, reparameterize_all
+from service.engine import Reparameterized, SplitOptions, Variant, reparameterize_all
 from service.features.schema import CAPTURE_CANDIDATES
 
 CAPTURE_SEED = 20260223  # fixed example values: a build (and its check against VanI) is reproducible
@@ -29,11 +29,12 @@ def build_variants(
     variants: Collection[Variant] = tuple(Variant),
     candidates: int = CAPTURE_CANDIDATES,
     seed: int = CAPTURE_SEED,
+    options: SplitOptions | None = None,
 ) -> dict[Variant, Reparameterized]:
     """Capture `model` once on `example_batch(candidates, seeded generator)` and derive `variants` from it.
 
     `user_inputs` names the user-side leaves of the call. A variant the engine cannot build runs as VanI,
-    and its report says why.
+    and its report says why. `options`: MaRI's split options (None: the engine's defaults).
     """
     example = example_batch(candidates, torch.Generator().manual_seed(seed))
-    return reparameterize_all(model, (example,), list(user_inputs), tuple(variants))
+    return reparameterize_all(model, (example,), list(user_inputs), tuple(variants), options=options)

@@ -76,6 +76,10 @@ class ServiceMetrics:
             f"{PREFIX}_candidates_scored", "Candidates scored (rate() gives throughput).", ["variant"],
             registry=registry,
         )
+        self.auto_requests = Counter(
+            f"{PREFIX}_auto_requests", "Requests the default `auto` choice served, by the form it ran (vani, uoi, "
+            "mari); every other metric counts them under that form too.", ["variant"], registry=registry,
+        )
         self.batch_requests = Histogram(
             f"{PREFIX}_batch_requests", "Requests scored in one inference call (1 when batching is off).",
             ["variant"], buckets=BATCH_REQUEST_BUCKETS, registry=registry,
@@ -123,17 +127,22 @@ class ServiceMetrics:
         self._largest_difference = 0.0
         self._request_children: dict[str, tuple[Any, ...]] = {}  # see observe_request
 
-    def observe_request(self, variant: str, stage_seconds: tuple[float, ...], total: float, candidates: int) -> None:
-        """One scored request: its STAGES' seconds (in that order), its total and its candidates. Runs per request
-        on the event loop, so each variant's labelled children are looked up once and kept."""
+    def observe_request(self, variant: str, stage_seconds: tuple[float, ...], total: float, candidates: int,
+                        auto: bool = False) -> None:
+        """One scored request: the form that ran, its STAGES' seconds (in that order), its total and its candidates;
+        `auto`: the default `auto` picked the form. Runs per request on the event loop, so each variant's labelled
+        children are looked up once and kept."""
         children = self._request_children.get(variant)
         if children is None:
             children = self._request_children[variant] = (
                 tuple(self.stage_seconds.labels(stage=stage, variant=variant) for stage in STAGES),
                 self.request_seconds.labels(variant=variant),
                 self.candidates_scored.labels(variant=variant),
+                self.auto_requests.labels(variant=variant),
             )
-        stages, request_seconds, candidates_scored = children
+        stages, request_seconds, candidates_scored, auto_requests = children
+        if auto:
+            auto_requests.inc()
         for child, seconds in zip(stages, stage_seconds, strict=True):
             child.observe(seconds)
         request_seconds.observe(total)

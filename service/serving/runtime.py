@@ -36,7 +36,8 @@ from service.serving.codec import RequestCodec
 from service.serving.compile import compile_variants, use_compile_cache
 from service.serving.errors import ModelRejected, NotReady
 from service.serving.example_request import example_request
-from service.serving.routing import VariantRouter
+from service.serving.fastest import FastestForms, compile_targets, measure_forms
+from service.serving.routing import Auto, VariantRouter
 from service.serving.settings import Settings
 from service.store import ArtifactError, load_artifact, resolve_version
 from service.store.artifact import check_component
@@ -62,6 +63,7 @@ class ServingModel:
     analysis: dict[str, Any]
     manifest: dict[str, Any]
     loaded_at: str
+    fastest: FastestForms  # every form timed at the warm-up sizes: what `auto` serves per request size
     compilation: dict[str, Any] = field(default_factory=dict)  # compile.CompileReport.to_dict()
     batched: dict[Variant, nn.Module] = field(default_factory=dict)  # segment-batched forms (batching on)
 
@@ -90,9 +92,11 @@ def final_scores(scores: dict[str, Tensor], tasks: tuple[str, ...], task_weights
     return task_weights @ stacked
 
 
-def build_serving_model(settings: Settings, path: Path, routed: frozenset[Variant] | None = None) -> ServingModel:
-    """Load, verify, build every variant, check each against VanI and warm it; ModelRejected if unusable.
-    `routed`: the variants the serving config sends requests to (compile=auto compiles those; None: all)."""
+def build_serving_model(settings: Settings, path: Path, routed: frozenset[Variant | Auto] | None = None
+                        ) -> ServingModel:
+    """Load, verify, build every variant, check each against VanI, warm it and time it for `auto`; ModelRejected
+    if unusable. `routed`: what the serving config sends requests to (compile=auto compiles those, and under
+    `auto` the forms it would serve: fastest.compile_targets; None: all)."""
     started = time.perf_counter()
     try:
         artifact = load_artifact(path)
@@ -112,10 +116,18 @@ def build_serving_model(settings: Settings, path: Path, routed: frozenset[Varian
         variants = {variant: result.module for variant, result in built.items()}
         reports = {variant: result.report.to_dict() for variant, result in built.items()}
         use_compile_cache(settings.compile_cache_dir)
+        uncompiled = dict(variants)
+        measured = None  # under compile=auto and the auto default: which forms are worth compiling
+        if settings.compile == "auto" and routed is not None and Auto.AUTO in routed:
+            measured = measure_forms(variants, schema.example_batch, settings.warmup_candidates)
+        targets = compile_targets(routed, measured)
         variants, compilation = compile_variants(variants, schema.example_batch, settings.warmup_candidates,
-                                                 settings.tolerance, settings.compile, routed)
+                                                 settings.tolerance, settings.compile, targets)
         _warm_and_check(variants, reports, schema, lambda scores: final_scores(scores, tasks, task_weights),
                         settings)
+        if measured is None or any(variants[v] is not uncompiled[v] for v in variants):  # compiled or fell back
+            measured = measure_forms(variants, schema.example_batch, settings.warmup_candidates)
+        fastest = measured
         batched = build_batched(built, reports, schema.example_batch) if settings.batching else {}
     except Exception as exc:  # a model that cannot even run as VanI is refused, never served
         raise ModelRejected(f"{artifact.path}: variants could not be built or warmed: {exc}") from exc
@@ -135,11 +147,15 @@ def build_serving_model(settings: Settings, path: Path, routed: frozenset[Varian
         analysis=_as_served(Analysis(settings.analysis_candidates, built).to_dict(), reports),
         manifest=manifest.to_dict(),
         loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        fastest=fastest,
         compilation=compilation.to_dict(),
         batched=batched,
     )
-    logger.info("model %s/%s built and warmed in %.1fs", serving.name, serving.version, time.perf_counter() - started)
+    logger.info("model %s/%s built and warmed in %.1fs (timing the forms for auto: %.2fs; fastest per size: %s)",
+                serving.name, serving.version, time.perf_counter() - started, fastest.seconds,
+                {n: v.value for n, v in fastest.fastest.items()})
     return serving
+
 
 
 def _warm_and_check(
@@ -237,7 +253,7 @@ class ModelRuntime:
         except ArtifactError as exc:
             raise ModelRejected(f"version {version or '(latest)'} refused: {exc}") from exc
 
-    def build(self, path: Path, routed: frozenset[Variant] | None = None) -> ServingModel:
+    def build(self, path: Path, routed: frozenset[Variant | Auto] | None = None) -> ServingModel:
         """Build, verify and warm the version at `path` beside the one serving; requests see nothing yet.
         `routed`: the variants the serving config sends requests to (what compile=auto compiles)."""
         return build_serving_model(self.settings, path, routed)

@@ -30,6 +30,7 @@ from service.features.schema import Kind
 from service.serving.admission import InferencePool
 from service.serving.errors import InvalidRequest
 from service.serving.metrics import STAGES, ServiceMetrics
+from service.serving.routing import Auto
 from service.serving.runtime import ActiveConfig, ModelRuntime, ServingModel
 from service.serving.shadow import ShadowComparator, ShadowJob
 
@@ -111,12 +112,13 @@ class _Prepared:
     """A decoded, encoded and routed request, ready for an inference slot."""
 
     request_id: str
-    variant: Variant
+    variant: Variant  # the form that runs: an A/B arm, the default, or what `auto` picked for n_candidates
     features: dict[str, torch.Tensor]
     n_candidates: int
     reply: Any  # the door's Reply
     decode: float
     encode: float
+    auto: bool = False  # the variant was picked by the `auto` default
 
 
 class RequestScorer:
@@ -196,7 +198,7 @@ class RequestScorer:
 
     def _observe(self, prepared: _Prepared, times: StageTimes) -> None:
         self.metrics.observe_request(prepared.variant.value, tuple(times.seconds(stage) for stage in STAGES),
-                                     times.total, prepared.n_candidates)
+                                     times.total, prepared.n_candidates, prepared.auto)
 
 
 def check_finite(
@@ -232,10 +234,11 @@ def _largest_dense_input(serving: ServingModel, features: dict[str, torch.Tensor
 
 def _prepare(active: ActiveConfig, door: Door[Any], body: bytes, header_request_id: str | None) -> _Prepared:
     decoded = door.decode(active.serving, body)
-    variant = active.router.route(decoded.user_id)
+    choice = active.router.route(decoded.user_id)
+    variant = choice if isinstance(choice, Variant) else active.serving.fastest.variant_for(decoded.n_candidates)
     request_id = decoded.request_id or header_request_id or uuid.uuid4().hex
     return _Prepared(request_id, variant, decoded.features, decoded.n_candidates, decoded.reply, decoded.decode,
-                     decoded.encode)
+                     decoded.encode, choice is Auto.AUTO)
 
 
 class RankDoor:

@@ -1,7 +1,9 @@
 """The fleet's serving config: model_store/<name>/serving.json, the one file every worker of every replica follows.
 
-    {"generation": 7, "version": "v2", "variant": "mari", "ab_split": {"mari": 0.9, "vani": 0.1},
+    {"generation": 7, "version": "v2", "variant": "auto", "ab_split": {"mari": 0.9, "vani": 0.1},
      "shadow": {"variant": "vani", "sample_rate": 0.05}}
+
+`variant` is vani, uoi, mari or auto (service/serving/fastest.py); A/B arms and the shadow name real variants.
 
 Writers (`POST /admin/*`, `ranker config set`) hold an exclusive lock on a sibling lock file, read the current
 file, write the next generation to a temp file in the same folder, fsync it and `os.replace` it over the old
@@ -31,7 +33,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 from service.engine import Variant
-from service.serving.routing import check_ab_split
+from service.serving.routing import DefaultVariant, check_ab_split
 from service.serving.settings import Settings
 from service.store.artifact import check_component, resolve_version
 from service.store.manifest import ArtifactError
@@ -89,7 +91,8 @@ class ServingConfig(BaseModel):
 
     generation: StrictInt = Field(ge=0, description="Bumped by every write; 0 is a process's RANKER_* settings.")
     version: str | None = Field(description="Version folder; null: the latest when a process applies it.")
-    variant: Variant = Field(description="Serves every request when ab_split is empty.")
+    variant: DefaultVariant = Field(description="Serves every request when ab_split is empty (auto: the form "
+                                    "measured fastest at the request's size).")
     ab_split: dict[Variant, float] = Field(description="Weights per variant; users bucketed by user id.")
     shadow: ShadowConfig
 
@@ -112,9 +115,9 @@ class ServingConfig(BaseModel):
             "shadow": {"variant": settings.shadow_variant, "sample_rate": settings.shadow_sample_rate},
         }, "settings")
 
-    def routed_variants(self) -> frozenset[Variant]:
-        """The variants that score requests under this config: the default, the A/B arms, the shadow."""
-        routed = {self.variant, *(variant for variant, weight in self.ab_split.items() if weight > 0)}
+    def routed_variants(self) -> frozenset[DefaultVariant]:
+        """What scores requests under this config: the default (maybe `auto`), the A/B arms, the shadow."""
+        routed: set[DefaultVariant] = {self.variant, *(v for v, weight in self.ab_split.items() if weight > 0)}
         if self.shadow.variant is not None and self.shadow.sample_rate > 0:
             routed.add(self.shadow.variant)
         return frozenset(routed)

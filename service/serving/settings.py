@@ -22,7 +22,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from service.engine import Variant
 from service.features.schema import CAPTURE_CANDIDATES
-from service.serving.routing import check_ab_split
+from service.serving.routing import Auto, DefaultVariant, check_ab_split
 
 ENV_PREFIX = "RANKER_"
 CONFIG_FILE_ENV = "RANKER_CONFIG_FILE"
@@ -48,7 +48,9 @@ class Settings(BaseSettings):
     )
 
     # --- variants, A/B and shadow ---
-    variant: Variant = Field(default=Variant.MARI, description="Variant serving every request when ab_split is empty.")
+    variant: DefaultVariant = Field(
+        default=Auto.AUTO, description="Variant serving every request when ab_split is empty: vani, uoi, mari, or auto "
+        "(per request, the form measured fastest at the nearest warm-up size at start-up; scores equal VanI's).")
     ab_split: dict[Variant, float] = Field(
         default_factory=dict, description='Weights per variant, e.g. {"mari": 0.9, "vani": 0.1}; bucketed by user id.'
     )
@@ -248,7 +250,7 @@ def describe_settings() -> list[tuple[str, str, str]]:
         elif isinstance(default, bool | tuple | list | dict):
             shown = json.dumps(default)  # as the variable is written: JSON for these (true, [1, 100], {})
         else:
-            shown = str(default.value if isinstance(default, Variant) else default)
+            shown = str(default.value if isinstance(default, Variant | Auto) else default)
         rows.append((ENV_PREFIX + name.upper(), shown, field.description or ""))
     return rows
 

@@ -52,10 +52,11 @@ def corrupt_copy(store: Path, source: str, target: str) -> Path:
 
 @pytest.fixture(scope="module")
 def client(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    """In-process app on v1 (lifespan run: model built and warmed), admin on, shadow VanI for every request;
-    on its own copy of the store (its admin calls write serving.json)."""
-    settings = make_settings(private_store(store, tmp_path_factory), model_version="v1", shadow_variant="vani",
-                             shadow_sample_rate=1.0)
+    """In-process app on v1 (lifespan run: model built and warmed), admin on, MaRI shadowed by VanI on every
+    request (MaRI named: the default, auto, may serve VanI itself, which is never shadowed); on its own copy of
+    the store (its admin calls write serving.json)."""
+    settings = make_settings(private_store(store, tmp_path_factory), model_version="v1", variant="mari",
+                             shadow_variant="vani", shadow_sample_rate=1.0)
     with TestClient(create_app(settings)) as test_client:
         yield test_client
 

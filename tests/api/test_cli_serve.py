@@ -77,7 +77,7 @@ def test_serve_help_lists_every_setting_with_its_default() -> None:
               if line.startswith("  RANKER_")}
     assert set(listed) == {ENV_PREFIX + name.upper() for name in Settings.model_fields}
     assert listed["RANKER_MAX_CANDIDATES"] == str(Settings.model_fields["max_candidates"].default)
-    assert listed["RANKER_VARIANT"] == "mari" and listed["RANKER_MODEL_VERSION"] == "(unset)"
+    assert listed["RANKER_VARIANT"] == "auto" and listed["RANKER_MODEL_VERSION"] == "(unset)"
     assert listed["RANKER_BATCHING"] == "false"  # as the variable would be written
 
 

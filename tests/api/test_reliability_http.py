@@ -143,7 +143,7 @@ def test_admin_posts_refuse_a_body_not_declared_as_json_with_415(live: LiveServe
         for headers in ({"content-type": "text/plain"}, {}):
             response = httpx.post(f"{live.url}{path}", content=body, headers={**ADMIN_HEADERS, **headers}, timeout=30)
             assert response.status_code == 415 and response.json()["error"]["code"] == "unsupported_media_type"
-    assert httpx.get(f"{live.url}/v1/models").json()["routing"]["default_variant"] == "mari"
+    assert httpx.get(f"{live.url}/v1/models").json()["routing"]["default_variant"] == "auto"  # the default
 
 
 BAD_VERSIONS = ["v" * 300, "../v1", "", ".hidden", "a/b", "v1\n", "v1\x00", "..", 5, ["v1"]]
@@ -177,4 +177,4 @@ def test_admin_variant_refuses_non_finite_or_overflowing_weights_with_422_naming
     response = httpx.post(f"{live.url}/admin/variant", content=body, headers={**ADMIN_HEADERS, **JSON}, timeout=30)
     assert response.status_code == 422, response.text
     assert response.json()["error"]["field"] == "ab_split"
-    assert httpx.get(f"{live.url}/v1/models").json()["routing"] == {"default_variant": "mari", "ab_split": {}}
+    assert httpx.get(f"{live.url}/v1/models").json()["routing"] == {"default_variant": "auto", "ab_split": {}}

@@ -30,6 +30,7 @@ def server_env(store: Path, **extra: str) -> dict[str, str]:
         "RANKER_WARMUP_CANDIDATES": "[1, 16]", "RANKER_ANALYSIS_CANDIDATES": "100", "RANKER_TORCH_THREADS": "1",
         "RANKER_MAX_CANDIDATES": "1000", "RANKER_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
         "RANKER_SHADOW_VARIANT": "vani", "RANKER_SHADOW_SAMPLE_RATE": "1.0", "RANKER_QUEUE_TIMEOUT_S": "30",
+        "RANKER_VARIANT": "mari",  # MaRI, shadowed by VanI (the default, auto, may serve VanI: never shadowed)
     }
     env.update(extra)
     return env

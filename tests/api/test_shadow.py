@@ -43,7 +43,7 @@ def test_a_deliberately_wrong_shadow_is_counted_and_logged_with_the_request_id(
         return {task: (s + 1e-3).clamp(max=1.0) for task, s in scores.items()} if variant is Variant.VANI else scores
 
     monkeypatch.setattr(ServingModel, "score", wrong_vani)
-    settings = make_settings(store, model_version="v1", shadow_variant="vani", shadow_sample_rate=1.0)
+    settings = make_settings(store, model_version="v1", variant="mari", shadow_variant="vani", shadow_sample_rate=1.0)
     with TestClient(create_app(settings)) as client, caplog.at_level(logging.WARNING, logger="service.serving.shadow"):
         for seed in range(3):
             body = rank_body(schema, n=20, seed=seed, request_id=f"shadow-{seed}")

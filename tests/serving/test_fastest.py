@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from service.engine import Variant
-from service.serving.fastest import AutoForm, FastestForms, measure_forms
+from service.serving.fastest import AUTO_TIE, FastestForms, measure_forms
 
 
 class Marked(nn.Module):
@@ -42,10 +42,7 @@ def test_each_size_serves_the_form_measured_fastest_there_and_between_sizes_the_
     assert measured.milliseconds[1000][Variant.UOI] == 7.0
     assert [measured.variant_for(n) for n in (1, 100, 300, 320, 5000)] == [
         Variant.VANI, Variant.VANI, Variant.VANI, Variant.MARI, Variant.MARI]
-    auto = AutoForm(forms, measured, ["user"])
-    generator = torch.Generator().manual_seed(0)
-    assert auto(_example(80, generator))["click"].tolist() == [0.0] * 80
-    assert auto(_example(2000, generator))["click"].tolist() == [2.0] * 2000
+    assert measured.seconds > 0  # the start-up time it added, shown in /v1/models
 
 
 def test_forms_that_are_one_module_are_timed_once_and_a_tie_goes_to_the_form_with_less_arithmetic():
@@ -69,3 +66,11 @@ def test_without_an_injected_timer_every_form_is_run_and_timed():
     assert set(measured.milliseconds[3]) == {Variant.VANI, Variant.MARI}
     assert all(ms > 0 for ms in measured.milliseconds[3].values())
     assert isinstance(measured, FastestForms)
+
+
+def test_forms_within_the_tie_band_of_the_fastest_go_to_the_one_with_less_arithmetic_and_beyond_it_the_fastest():
+    inside, outside = 1.0 * (1 + AUTO_TIE) * 0.99, 1.0 * (1 + AUTO_TIE) * 1.01
+    measured = FastestForms({1: {Variant.VANI: 1.0, Variant.UOI: inside, Variant.MARI: outside},
+                             100: {Variant.VANI: outside, Variant.UOI: 1.0, Variant.MARI: inside},
+                             1000: {Variant.VANI: 1.0, Variant.UOI: outside, Variant.MARI: outside}})
+    assert measured.fastest == {1: Variant.UOI, 100: Variant.MARI, 1000: Variant.VANI}

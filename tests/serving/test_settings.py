@@ -9,12 +9,13 @@ from pydantic import ValidationError
 
 from service.engine import Variant
 from service.features.schema import CAPTURE_CANDIDATES
+from service.serving.routing import Auto
 from service.serving.settings import Settings
 
 
-def test_defaults_serve_mari_from_the_latest_default_model() -> None:
+def test_defaults_serve_auto_from_the_latest_default_model() -> None:
     settings = Settings()
-    assert settings.variant is Variant.MARI and settings.model_path == Path("model_store/default")
+    assert settings.variant is Auto.AUTO and settings.model_path == Path("model_store/default")
     assert settings.admin_token is None and settings.shadow_sample_rate == 0
     assert settings.trace_candidates == CAPTURE_CANDIDATES
 

@@ -9,13 +9,15 @@ from fastapi.encoders import jsonable_encoder
 
 from service.api.deps import ServiceState, get_state
 from service.api.schemas import ERROR_RESPONSES
+from service.serving.routing import Auto
 
 router = APIRouter(tags=["models"])
 
 
 @router.get("/v1/models", responses={503: ERROR_RESPONSES[503]})
 async def get_models(state: ServiceState = Depends(get_state)) -> dict[str, Any]:
-    """The loaded model, its variants (engine reports), serving config, A/B and shadow, and the FLOPs report."""
+    """The loaded model, its variants (engine reports), serving config, A/B and shadow, the `auto` choice per
+    request size with every form's measured time, and the FLOPs report."""
     active = state.runtime.active  # model and routing of one config generation
     serving = active.serving
     settings = state.settings
@@ -35,6 +37,11 @@ async def get_models(state: ServiceState = Depends(get_state)) -> dict[str, Any]
         "variants": {variant.value: report for variant, report in serving.reports.items()},
         "config": state.config.status(),
         "routing": active.router.to_dict(),
+        "auto": {
+            "default": active.router.default is Auto.AUTO,  # auto serves the requests routed to the default
+            "measured_s": round(serving.fastest.seconds, 3),
+            "by_candidates": serving.fastest.to_dict(),  # warm-up size -> each form's median ms, the fastest
+        },
         "shadow": {
             "variant": state.shadow.variant.value if state.shadow.variant else None,
             "sample_rate": state.shadow.sample_rate,
