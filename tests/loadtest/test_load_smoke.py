@@ -42,7 +42,7 @@ def aggregated_row(stats_csv: Path) -> dict[str, str]:
 
 
 def test_load_run_against_real_server_passes_and_writes_csvs_and_report(model: Path, tmp_path: Path) -> None:
-    done = run_load_test(model, tmp_path, "8s", "10000")
+    done = run_load_test(model, tmp_path, "4s", "10000")  # long enough for both users to send; volume is not checked
 
     assert done.returncode == 0, done.stdout + done.stderr
     total = aggregated_row(tmp_path / "results" / "mari_u2_stats.csv")
