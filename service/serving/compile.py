@@ -16,7 +16,7 @@ inductor keeps what it compiled in an on-disk cache (TORCHINDUCTOR_CACHE_DIR; RA
 so a restart or a reload of the same graphs skips most of the compile (docs/peers.md has the seconds).
 
 Compiled graphs are frozen (inductor's `freezing`): the weights become constants of the graph, so inductor
-folds what depends on weights alone and packs each linear layer's weight for oneDNN once, at compile time. On
+folds what depends on weights alone and packs each linear layer's weight once, at compile time (MKL/oneDNN). On
 the default model, one torch thread, that made compiled MaRI 1.2-1.9x faster than uncompiled where unfrozen it
 was 1.0-1.1x (N = 64 to 2000; docs/peers.md), for ~80 MB more memory per compiled variant (the packed copies).
 A served model is never mutated (ServingModel is frozen; a reload builds a new one), so constants are safe.
@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import torch
+import torch._inductor.config
 from torch import Tensor, nn
 
 from service.benchmark import interleaved_medians
@@ -56,8 +57,9 @@ REASON_CHARS = 300  # /v1/models shows the first line of a compile error, cut to
 # "auto"'s speed check: medians of interleaved calls at each warm-up size, after one warm-up round. A few calls
 # suffice: compiled and uncompiled differ by 10-50% where compiling pays, and the check runs at every start-up.
 SPEED_REPEATS = 11
-# inductor options of every compile: freezing (see the module docstring) and, with it, oneDNN weight packing
-INDUCTOR_OPTIONS: dict[str, str | int | bool | Callable[..., Any]] = {"freezing": True}
+# inductor's settings while this module compiles (every compile happens in _compile_and_check, never while
+# serving): freezing, see the module docstring. A config patch, as torch.compile's `options` do not reach it.
+INDUCTOR_CONFIG: dict[str, Any] = {"freezing": True}
 NOT_ROUTED = ("not routed to by the serving config when this version was built, nor, under the auto default, "
               "measured fastest uncompiled at a warm-up size (compile=auto compiles those only)")
 
@@ -189,6 +191,13 @@ class NotEquivalent(RuntimeError):
 def _compile_and_check(
     module: nn.Module, example_batch: ExampleBatch, sizes: Sequence[int], tolerance: float
 ) -> tuple[CompiledVariant, list[dict[str, Tensor]]]:
+    with torch._inductor.config.patch(INDUCTOR_CONFIG):
+        return _compile_and_check_now(module, example_batch, sizes, tolerance)
+
+
+def _compile_and_check_now(
+    module: nn.Module, example_batch: ExampleBatch, sizes: Sequence[int], tolerance: float
+) -> tuple[CompiledVariant, list[dict[str, Tensor]]]:
     compiled = _compiled_module(module)
     generator = torch.Generator().manual_seed(COMPILE_SEED)
     batches = [example_batch(n, generator) for n in sorted(set(sizes), reverse=True)]
@@ -211,10 +220,9 @@ def _compiled_module(module: nn.Module) -> nn.Module:
     """The variant with its graph compiled: a GraphRunner's own fx graph (its own code object, hence its own
     compile cache, whatever other variants and versions compile), any other module whole."""
     if isinstance(module, GraphRunner):
-        graph = cast(nn.Module, torch.compile(module.graph_module, backend="inductor", dynamic=False,
-                                              options=INDUCTOR_OPTIONS))
+        graph = cast(nn.Module, torch.compile(module.graph_module, backend="inductor", dynamic=False))
         return GraphRunner(graph, module.layout, module.out_spec)
-    return cast(nn.Module, torch.compile(module, backend="inductor", dynamic=False, options=INDUCTOR_OPTIONS))
+    return cast(nn.Module, torch.compile(module, backend="inductor", dynamic=False))
 
 
 def _candidates(features: dict[str, Tensor]) -> int:
