@@ -1,7 +1,7 @@
 """Compiled variants (RANKER_COMPILE): each built variant through torch.compile, at start-up.
 
 Modes: "auto" (the default) compiles the variants the serving config routes to (default, A/B arms, shadow; under
-the `auto` default, the forms measured fastest uncompiled at some warm-up size: fastest.compile_targets) and
+the `auto` default, the form measured fastest uncompiled at the most warm-up sizes: fastest.compile_targets) and
 keeps each one only when it is equivalent to itself uncompiled AND faster at the warm-up sizes (interleaved
 medians, measured here); "inductor" compiles every built variant and keeps each one that is equivalent; "off"
 compiles nothing. Whatever is not kept is served uncompiled, and its outcome says why (`/v1/models` "compile").
@@ -61,7 +61,7 @@ SPEED_REPEATS = 11
 # serving): freezing, see the module docstring. A config patch, as torch.compile's `options` do not reach it.
 INDUCTOR_CONFIG: dict[str, Any] = {"freezing": True}
 NOT_ROUTED = ("not routed to by the serving config when this version was built, nor, under the auto default, "
-              "measured fastest uncompiled at a warm-up size (compile=auto compiles those only)")
+              "measured fastest uncompiled at the most warm-up sizes (compile=auto compiles those only)")
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ it). The scorer resolves it per request (`FastestForms.variant_for`), so the res
 batching key name the form that ran.
 
 The forms are timed as they serve: compiled where compile kept them compiled (service/serving/compile.py), under
-inference mode. Under compile=auto, which forms are worth compiling comes from a first, uncompiled measurement:
-the ones `auto` would serve at some size (`compile_targets`).
+inference mode. Under compile=auto, which form is worth compiling comes from a first, uncompiled measurement: the
+one `auto` would serve at the most sizes (`compile_targets`).
 """
 
 from __future__ import annotations
@@ -118,12 +118,15 @@ def _repeats(round_seconds: float) -> int:
 
 def compile_targets(routed: Collection[Variant | Auto] | None, uncompiled: FastestForms | None
                     ) -> frozenset[Variant] | None:
-    """The variants compile=auto compiles: the ones `routed` names, and when it routes to `auto` the forms measured
-    fastest uncompiled at some warm-up size (`uncompiled`), the only ones `auto` would serve. None (every
-    variant) stays None."""
+    """The variants compile=auto compiles: the ones `routed` names, and when it routes to `auto` the one form it
+    would serve at the most warm-up sizes measured uncompiled (`uncompiled`; a tie: the one at the largest size).
+    One form, not every one fastest somewhere: each compile costs start-up seconds to a minute, and at the sizes
+    where another form won uncompiled it wins by little (N = 1, where all forms run alike) or keeps winning.
+    None (every variant) stays None."""
     if routed is None:
         return None
     named = frozenset(choice for choice in routed if isinstance(choice, Variant))
     if Auto.AUTO not in routed or uncompiled is None:
         return named
-    return named | frozenset(uncompiled.fastest.values())
+    by_size = [uncompiled.fastest[n] for n in sorted(uncompiled.fastest, reverse=True)]  # largest size first
+    return named | {max(by_size, key=by_size.count)}  # max keeps the first of equal counts

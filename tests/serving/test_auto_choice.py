@@ -85,17 +85,21 @@ def _example(n: int, generator: torch.Generator) -> dict[str, Tensor]:
     return {"user": torch.randn(1, 2, generator=generator), "item": torch.randn(n, 3, generator=generator)}
 
 
-def test_compile_auto_compiles_the_named_variants_and_under_auto_the_forms_auto_would_serve() -> None:
+def test_compile_auto_compiles_the_named_variants_and_under_auto_the_form_it_serves_at_the_most_sizes() -> None:
     forms = {Variant.VANI: Marked(0.0), Variant.UOI: Marked(1.0), Variant.MARI: Marked(2.0)}
-    table = {1: {"vani": 1.0, "uoi": 2.0, "mari": 3.0}, 16: {"vani": 3.0, "uoi": 2.0, "mari": 1.0}}
+    table = {1: {"vani": 1.0, "uoi": 2.0, "mari": 3.0}, 16: {"vani": 3.0, "uoi": 2.0, "mari": 1.0},
+             100: {"vani": 3.0, "uoi": 2.0, "mari": 1.0}}
 
     def timer(calls, repeats, warmup):
         n = next(iter(calls.values()))()["click"].shape[0]
         return {name: table[n][name] for name in calls}
 
-    uncompiled = measure_forms(forms, _example, (1, 16), timer)
-    assert compile_targets(frozenset({Auto.AUTO}), uncompiled) == {Variant.VANI, Variant.MARI}
-    assert compile_targets(frozenset({Auto.AUTO, Variant.UOI}), uncompiled) == set(Variant)
+    uncompiled = measure_forms(forms, _example, (1, 16, 100), timer)
+    assert uncompiled.fastest == {1: Variant.VANI, 16: Variant.MARI, 100: Variant.MARI}
+    assert compile_targets(frozenset({Auto.AUTO}), uncompiled) == {Variant.MARI}  # fastest at two sizes of three
+    assert compile_targets(frozenset({Auto.AUTO, Variant.UOI}), uncompiled) == {Variant.UOI, Variant.MARI}
+    tie = measure_forms(forms, _example, (1, 16), timer)  # VanI at 1, MaRI at 16: the largest size's
+    assert compile_targets(frozenset({Auto.AUTO}), tie) == {Variant.MARI}
     assert compile_targets(frozenset({Variant.UOI}), uncompiled) == {Variant.UOI}
     assert compile_targets(frozenset({Variant.UOI}), None) == {Variant.UOI}
     assert compile_targets(None, uncompiled) is None
