@@ -57,6 +57,7 @@ from service.engine.graph_tools import (
     tensor_meta,
     tensor_value,
 )
+from service.engine.passes import PassContext, PassResult
 
 MAX_ROUNDS = 64  # each round moves reads strictly towards the graph inputs; real graphs need 2-4
 SPLITS = (aten.split_with_sizes.default, aten.split.Tensor, aten.unbind.int)
@@ -426,3 +427,9 @@ def fold_concat_slices(gm: fx.GraphModule, user_placeholders: set[fx.Node], batc
         record.side = _SIDES[sides.pop()] if len(sides) == 1 else ("mixed" if sides else "")
         records.append(record)
     return records
+
+
+def fold_concat_slices_pass(gm: fx.GraphModule, context: PassContext) -> PassResult:
+    """The pass form of fold_concat_slices."""
+    records = fold_concat_slices(gm, context.user_placeholders(gm), context.batch)
+    return PassResult(gm, bool(records), records, "" if records else "no read of known columns of a concat")

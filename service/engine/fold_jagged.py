@@ -57,13 +57,13 @@ from service.engine.graph_tools import (
     attribute_value,
     bound_arguments,
     callable_target,
-    fake_run,
     normalize_dim,
     replace_input,
     shape_exprs,
     symbolic_expr,
     tensor_meta,
 )
+from service.engine.passes import PassContext, PassResult
 
 SAMPLE_BATCHES = (1, 2, 3, 5, 8, 64, 1000, 4099)
 # Ops that read only the metadata (shape, dtype, device) of their first argument.
@@ -391,7 +391,7 @@ class JaggedFolder:
                 replace_input(user, node, size)
                 touched.add(user)
         self.graph.eliminate_dead_code()
-        self._repropagate(touched & set(self.graph.nodes))
+        self.factory.refresh(touched & set(self.graph.nodes))
 
     def _drop_size_asserts(self, folded: dict[fx.Node, Argument]) -> None:
         """Runtime checks export added on the folded sizes (u >= 0, sum == numel) hold by construction."""
@@ -408,15 +408,6 @@ class JaggedFolder:
                     user.op == "call_function" and isinstance(user.meta.get("val"), (bool, torch.SymBool))
                 ):
                     frontier.append(user)
-
-    def _repropagate(self, touched: set[fx.Node]) -> None:
-        """Recompute the fake metadata of the nodes that read a folded size and of everything downstream."""
-        dirty: set[fx.Node] = set()
-        for node in self.graph.nodes:
-            if node.op != "call_function" or not (node in touched or any(i in dirty for i in node.all_input_nodes)):
-                continue
-            node.meta["val"] = fake_run(self.factory.fake_mode, callable_target(node), node.args, node.kwargs)
-            dirty.add(node)
 
     # -- splits and slices of the values concat -------------------------------------------------
     def _split_of_concat(self, node: fx.Node) -> None:
@@ -560,16 +551,16 @@ class JaggedFolder:
         self.folds.append(JaggedFold(node.name, "jagged_to_padded_dense", f"{step} values per row: a reshape"))
 
 
-def fold_jagged(gm: fx.GraphModule, user_placeholders: set[fx.Node], batch: sympy.Symbol) -> list[JaggedFold]:
-    """Rewrite gm in place and return what was folded. All or nothing: if a rewrite fails, gm's graph is
-    restored (a new Graph object: callers take node references from gm after this call) and the one
-    record says why."""
+def fold_jagged_pass(gm: fx.GraphModule, context: PassContext) -> PassResult:
+    """Rewrite gm in place and return it with what was folded. All or nothing: if a rewrite fails, the result
+    is a new module on a copy of gm's graph taken before (gm itself is left part-rewritten: use the result's
+    module), and its one record says why."""
     with warnings.catch_warnings():  # deep-copying the pytree codegen trips a torch deprecation notice
         warnings.simplefilter("ignore", FutureWarning)
-        backup = copy.deepcopy(gm.graph)
+        untouched = copy.deepcopy(gm.graph)
     try:
-        return JaggedFolder(gm, user_placeholders, batch).run()
+        folds = JaggedFolder(gm, context.user_placeholders(gm), context.batch).run()
     except Exception as exc:  # a fold that cannot be completed leaves the captured graph as it was
-        gm.graph = backup
-        gm.recompile()
-        return [JaggedFold("", "none", f"not folded ({type(exc).__name__}: {str(exc).strip()[:200]})")]
+        why = f"not folded ({type(exc).__name__}: {str(exc).strip()[:200]})"
+        return PassResult(fx.GraphModule(gm, untouched), False, [JaggedFold("", "none", why)], why)
+    return PassResult(gm, bool(folds), folds, "" if folds else "no jagged size, split or lookup built from N")

@@ -175,7 +175,8 @@ def fake_mode_of(graph: fx.Graph) -> FakeTensorMode:
 
 
 class NodeFactory:
-    """Creates call_function nodes in a graph and records their metadata by fake execution."""
+    """Creates call_function nodes in a graph and records their metadata by fake execution: the one rule every
+    pass follows for `meta["val"]` (service/engine/passes.py)."""
 
     def __init__(self, graph: fx.Graph, fake_mode: FakeTensorMode | None = None) -> None:
         self.graph = graph
@@ -190,6 +191,16 @@ class NodeFactory:
         node = self.graph.call_function(target, args, kwargs)
         node.meta["val"] = value
         return node
+
+    def refresh(self, changed: set[fx.Node]) -> None:
+        """Re-record the value of every node in `changed` (a pass gave it other inputs) and of every node
+        downstream of one, in graph order."""
+        dirty: set[fx.Node] = set()
+        for node in self.graph.nodes:
+            if node.op != "call_function" or not (node in changed or any(i in dirty for i in node.all_input_nodes)):
+                continue
+            node.meta["val"] = fake_run(self.fake_mode, callable_target(node), node.args, node.kwargs)
+            dirty.add(node)
 
     def constant(self, owner: torch.nn.Module, name: str, value: torch.Tensor) -> fx.Node:
         """Register `value` as a buffer of `owner` and return a get_attr node reading it."""

@@ -1,4 +1,4 @@
-"""reparameterize(): capture -> colour -> (split concat matmuls) -> sink tiles -> verify, with VanI fallback."""
+"""reparameterize(): capture -> each variant's list of passes (PIPELINES) -> verify, with VanI fallback."""
 
 from __future__ import annotations
 
@@ -14,21 +14,38 @@ import torch.fx as fx
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from service.engine.capture import CapturedModel, InputLayout, TiledCall, capture, describe_inputs, user_placeholders
-from service.engine.colouring import colour_graph
+from service.engine.capture import CapturedModel, InputLayout, TiledCall, capture, describe_inputs
 from service.engine.direct_calls import with_direct_calls
 from service.engine.equivalence import BUILD_CHECK, max_difference
 from service.engine.flops import FlopCount, count_flops
-from service.engine.fold_concat_slices import fold_concat_slices
-from service.engine.fold_jagged import fold_jagged
+from service.engine.fold_concat_slices import fold_concat_slices_pass
+from service.engine.fold_jagged import fold_jagged_pass
 from service.engine.graph_tools import fake_mode_of
+from service.engine.passes import Pass, PassContext
 from service.engine.report import EngineReport
-from service.engine.sink_tiles import sink_tiles
-from service.engine.split_matmuls import SplitOptions, split_concat_matmuls
-from service.engine.split_token_concats import split_token_concats
-from service.engine.tidy import tidy_graph
-from service.engine.unstack_reads import unstack_reads
-from service.engine.variants import CaptureError, EngineError, Variant
+from service.engine.sink_tiles import rebuild_pass, sink_tiles_pass
+from service.engine.split_matmuls import SplitOptions, split_concat_matmuls_pass
+from service.engine.split_token_concats import split_token_concats_pass
+from service.engine.tidy import tidy_pass
+from service.engine.unstack_reads import unstack_reads_pass
+from service.engine.variants import CaptureError, EngineError, Variant, first_line
+
+# Each variant is the captured (VanI) graph through its list of passes (docs/engine.md, the pipeline).
+FOLD_JAGGED = Pass("fold_jagged", fold_jagged_pass, "jagged")  # jagged sizes first: the slice passes then see them
+UNSTACK_READS = Pass("unstack_reads", unstack_reads_pass)
+FOLD_CONCAT_SLICES = Pass("fold_concat_slices", fold_concat_slices_pass, "folded_slices")
+SPLIT_TOKEN_CONCATS = Pass("split_token_concats", split_token_concats_pass, "token_concats")
+SPLIT_CONCAT_MATMULS = Pass("split_concat_matmuls", split_concat_matmuls_pass, "concats")
+SINK_TILES = Pass("sink_tiles", sink_tiles_pass, "merges")
+REBUILD = Pass("rebuild", rebuild_pass)  # VanI: the same rebuild, nothing computed at batch 1
+TIDY = Pass("tidy", tidy_pass)
+PIPELINES: dict[Variant, tuple[Pass, ...]] = {
+    Variant.VANI: (REBUILD, TIDY),  # the captured graph, rebuilt and tidied: no rewrite changes what it computes
+    Variant.UOI: (FOLD_JAGGED, UNSTACK_READS, FOLD_CONCAT_SLICES, SINK_TILES, TIDY),
+    Variant.MARI: (
+        FOLD_JAGGED, UNSTACK_READS, FOLD_CONCAT_SLICES, SPLIT_TOKEN_CONCATS, SPLIT_CONCAT_MATMULS, SINK_TILES, TIDY,
+    ),
+}
 
 
 class GraphRunner(nn.Module):
@@ -77,28 +94,24 @@ def build_variant(
     captured: CapturedModel, variant: Variant, options: SplitOptions | None = None
 ) -> tuple[fx.GraphModule, EngineReport]:
     """Derive one variant's graph from the captured VanI graph (never mutates `captured`)."""
-    layout = captured.layout
-    report = EngineReport(variant, variant, layout.user_leaf_names)
+    report = EngineReport(variant, variant, captured.layout.user_leaf_names)
+    graph_module = fresh_copy(captured)
+    context = PassContext(captured.layout, captured.batch, options)
+    for step in PIPELINES[variant]:
+        result = step.run(graph_module, context)
+        graph_module = result.graph_module
+        if step.report_field is not None:
+            getattr(report, step.report_field).extend(result.records)
+    _check_batch_kept(captured, variant)
+    return graph_module, report
+
+
+def fresh_copy(captured: CapturedModel) -> fx.GraphModule:
+    """A copy of the captured graph for a variant's passes to rewrite."""
     with warnings.catch_warnings():  # deep-copying the pytree codegen trips a torch deprecation notice
         warnings.simplefilter("ignore", FutureWarning)
         graph = copy.deepcopy(captured.graph_module.graph)
-    root = fx.GraphModule(captured.graph_module, graph)
-    if variant != Variant.VANI:  # jagged sizes first (it may swap root's graph), then the slice passes
-        report.jagged = fold_jagged(root, user_placeholders(root, layout), captured.batch)
-    users = user_placeholders(root, layout)
-    if variant != Variant.VANI:  # VanI stays the captured graph
-        unstack_reads(root)
-        report.folded_slices = fold_concat_slices(root, users, captured.batch)
-    if variant == Variant.MARI:
-        report.token_concats = split_token_concats(root, users, captured.batch)
-        report.concats = split_concat_matmuls(root, users, captured.batch, options)
-    colours = colour_graph(root.graph, users, captured.batch)
-    result = sink_tiles(root, colours, users, captured.batch, compact=variant != Variant.VANI)
-    if variant != Variant.VANI:
-        report.merges = result.merges
-    tidy_graph(result.graph_module)
-    _check_batch_kept(captured, variant)
-    return result.graph_module, report
+    return fx.GraphModule(captured.graph_module, graph)
 
 
 def _check_batch_kept(captured: CapturedModel, variant: Variant) -> None:
@@ -108,11 +121,6 @@ def _check_batch_kept(captured: CapturedModel, variant: Variant) -> None:
     batch = shape_env.replace(captured.batch) if shape_env is not None else captured.batch
     if captured.batch not in batch.free_symbols:
         raise CaptureError(f"building {variant.value} fixed the candidate batch {captured.batch} to {batch}")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
 def _verify(
@@ -178,17 +186,17 @@ def reparameterize_all(
         captured = capture(model, layout, layout.tensor_leaves(args, kwargs))
         vani_graph, vani_report = build_variant(captured, Variant.VANI)
     except CaptureError as exc:
-        return {v: _eager(model, layout, v, f"capture failed ({_first_line(exc)})") for v in wanted}
+        return {v: _eager(model, layout, v, f"capture failed ({first_line(exc)})") for v in wanted}
     except EngineError:
         raise  # the call was wrong (names, batch sizes): the caller must fix it
     except Exception as exc:  # capture limits are model properties: serve eagerly as VanI
-        return {v: _eager(model, layout, v, f"capture failed ({_first_line(exc)})") for v in wanted}
+        return {v: _eager(model, layout, v, f"capture failed ({first_line(exc)})") for v in wanted}
     vani_module = GraphRunner(vani_graph, layout, captured.out_spec)
     if verify:
         try:  # VanI is the reference of the other variants: it must be the model, at more than the trace N
             _verify(vani_module, _eager_runner(model, layout), args, kwargs, layout, "the model")
         except Exception as exc:
-            return {v: _eager(model, layout, v, f"VanI graph not usable ({_first_line(exc)})") for v in wanted}
+            return {v: _eager(model, layout, v, f"VanI graph not usable ({first_line(exc)})") for v in wanted}
     built: dict[Variant, Reparameterized] = {}
     for variant in wanted:
         if variant == Variant.VANI:
@@ -201,7 +209,7 @@ def reparameterize_all(
                 _verify(module, vani_module, args, kwargs, layout)
             built[variant] = Reparameterized(module, report, graph, captured.batch)
         except Exception as exc:  # any failure to transform leaves the model serving as VanI
-            reason = f"{variant.value} not built ({_first_line(exc)})"
+            reason = f"{variant.value} not built ({first_line(exc)})"
             report = EngineReport(variant, Variant.VANI, layout.user_leaf_names, reason)
             built[variant] = Reparameterized(vani_module, report, vani_graph, captured.batch)
     return built

@@ -18,7 +18,7 @@ import sympy
 import torch
 import torch.fx as fx
 
-from service.engine.colouring import Colour, is_size_value
+from service.engine.colouring import Colour, colour_graph, is_size_value
 from service.engine.graph_tools import (
     Argument,
     NodeFactory,
@@ -37,6 +37,7 @@ from service.engine.graph_tools import (
     substitute_batch,
     symbolic_expr,
 )
+from service.engine.passes import PassContext, PassResult
 
 DIM_ARGUMENTS = frozenset({"dim", "dims", "dim0", "dim1", "dimension"})
 # Ops whose output rows may regroup the batch (k changes); correct because they follow row-major order.
@@ -357,3 +358,17 @@ def sink_tiles(
 ) -> SinkResult:
     """UOI when compact=True; with compact=False the same rebuild yields plain VanI."""
     return TileSinker(source, colours, user_placeholders, batch, compact).run()
+
+
+def sink_tiles_pass(gm: fx.GraphModule, context: PassContext) -> PassResult:
+    """UOI's step: a new module with compact user sub-graphs; records the merge points."""
+    users = context.user_placeholders(gm)
+    result = sink_tiles(gm, colour_graph(gm.graph, users, context.batch), users, context.batch, compact=True)
+    return PassResult(result.graph_module, True, result.merges)
+
+
+def rebuild_pass(gm: fx.GraphModule, context: PassContext) -> PassResult:
+    """VanI's step: the same rebuild with every node at batch N (sizes re-derived from the candidate batch)."""
+    users = context.user_placeholders(gm)
+    result = sink_tiles(gm, colour_graph(gm.graph, users, context.batch), users, context.batch, compact=False)
+    return PassResult(result.graph_module, True)

@@ -40,6 +40,7 @@ from service.engine.graph_tools import (
     tensor_meta,
     tensor_value,
 )
+from service.engine.passes import PassContext, PassResult
 
 STOP_REASONS = {
     "layer_norm": "normalizes across the concatenated feature axis, mixing user and candidate columns",
@@ -359,3 +360,12 @@ def split_concat_matmuls(
 ) -> list[ConcatReport]:
     """Rewrite gm in place; returns what was split and what was not (with the reason)."""
     return ConcatSplitter(gm, user_placeholders, batch, options or SplitOptions()).run()
+
+
+def split_concat_matmuls_pass(gm: fx.GraphModule, context: PassContext) -> PassResult:
+    """The pass form of split_concat_matmuls (context.options: SplitOptions, None for the defaults)."""
+    reports = split_concat_matmuls(gm, context.user_placeholders(gm), context.batch, context.options)
+    if any(c.rewritten for concat in reports for c in concat.consumers):
+        return PassResult(gm, True, reports)
+    why = "no consumer of a user/candidate concat could be split" if reports else "no user/candidate feature concat"
+    return PassResult(gm, False, reports, why)

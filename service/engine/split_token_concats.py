@@ -41,6 +41,7 @@ from service.engine.graph_tools import (
     tensor_meta,
     tensor_value,
 )
+from service.engine.passes import PassContext, PassResult
 
 TOKEN_REDUCTIONS = (aten.sum.dim_IntList, aten.mean.dim)
 TOKEN_LOCAL_NORMS = (aten.layer_norm.default,)
@@ -65,6 +66,7 @@ class TokenConcatSplitter:
         self.factory = NodeFactory(gm.graph)
         self.colours: dict[fx.Node, Colour] = {}
         self.reports: list[TokenConcatReport] = []
+        self.stacks_rewritten = 0  # mixed stacks rewritten as concats of unsqueezed parts
 
     def run(self) -> list[TokenConcatReport]:
         self._recolour()
@@ -112,6 +114,7 @@ class TokenConcatSplitter:
             cat = self.factory.call(aten.cat.default, (parts, dim))
         stack.replace_all_uses_with(cat)
         self.gm.graph.erase_node(stack)
+        self.stacks_rewritten += 1
 
     # -- pushing ---------------------------------------------------------------------------------
     def _push(self, cat: fx.Node, report: TokenConcatReport) -> None:
@@ -231,3 +234,14 @@ def split_token_concats(
 ) -> list[TokenConcatReport]:
     """Rewrite gm in place (identity at any batch size); returns each token concat and how far it went."""
     return TokenConcatSplitter(gm, user_placeholders, batch).run()
+
+
+def split_token_concats_pass(gm: fx.GraphModule, context: PassContext) -> PassResult:
+    """The pass form of split_token_concats."""
+    splitter = TokenConcatSplitter(gm, context.user_placeholders(gm), context.batch)
+    reports = splitter.run()
+    modified = splitter.stacks_rewritten > 0 or any(r.pushed_through for r in reports)
+    if modified:
+        return PassResult(gm, True, reports)
+    why = "every token concat stops at its first reader" if reports else "no user/candidate token concat"
+    return PassResult(gm, False, reports, why)

@@ -16,6 +16,7 @@ import torch
 import torch.fx as fx
 
 from service.engine.graph_tools import aten, shape_exprs, tensor_meta
+from service.engine.passes import PassContext, PassResult
 
 SAME_SHAPE_VIEWS = (aten.expand.default, aten.reshape.default, aten.view.default, aten.alias.default)
 _UNHASHABLE = object()
@@ -28,6 +29,12 @@ def tidy_graph(gm: fx.GraphModule) -> int:
         gm.graph.eliminate_dead_code()
         gm.recompile()
     return removed
+
+
+def tidy_pass(gm: fx.GraphModule, context: PassContext) -> PassResult:
+    """The pass form of tidy_graph."""
+    removed = tidy_graph(gm)
+    return PassResult(gm, removed > 0, [], "" if removed else "no repeated pure op or view to its input's shape")
 
 
 def drop_same_shape_views(gm: fx.GraphModule) -> int:

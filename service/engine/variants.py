@@ -17,3 +17,9 @@ class EngineError(ValueError):
 
 class CaptureError(EngineError):
     """The model itself cannot be captured as a batch-polymorphic graph (e.g. it specializes on N)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one short line for a report's reason: its type and the first line of its message."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
