@@ -24,6 +24,7 @@ import torch
 import torch.fx as fx
 
 from service.engine.graph_tools import (
+    MATMUL_TARGETS,
     arg_node,
     aten,
     has_tag,
@@ -33,7 +34,6 @@ from service.engine.graph_tools import (
     tensor_value,
 )
 
-MATMULS = (aten.matmul.default, aten.mm.default, aten.bmm.default)
 NORMALIZATIONS = (aten.layer_norm.default, aten.native_layer_norm.default,
                   aten._native_batch_norm_legit_no_training.default, aten.batch_norm.default)
 SOFTMAXES = (aten.softmax.int, aten._softmax.default, aten.log_softmax.int, aten._log_softmax.default)
@@ -86,7 +86,7 @@ def _node_flops(node: fx.Node, batch: sympy.Symbol, n: int) -> int:
         out = _numel(value, batch, n)
         has_bias = len(node.args) > 2 and node.args[2] is not None
         return 2 * out * _width(node.args[0], batch, n) + (out if has_bias else 0)
-    if target in MATMULS:
+    if target in MATMUL_TARGETS:
         return 2 * _numel(value, batch, n) * _width(node.args[0], batch, n)
     if target == aten.addmm.default:
         out = _numel(value, batch, n)

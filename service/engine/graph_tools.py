@@ -28,7 +28,15 @@ LINEAR_TARGETS = (aten.linear.default,)
 CAT_TARGETS = (aten.cat.default,)
 BATCH_NORM_TARGETS = (aten._native_batch_norm_legit_no_training.default, aten.batch_norm.default)
 IDENTITY_TARGETS = (aten.clone.default, aten.alias.default, aten.detach.default, aten.contiguous.default)
-RESHAPE_TARGETS = (aten.view.default, aten._unsafe_view.default, aten.reshape.default)
+# The one table of shape and matmul ops the passes name (each pass picks the tuple its rule needs).
+RESHAPE_TARGETS = (aten.view.default, aten._unsafe_view.default, aten.reshape.default)  # a new shape, same order
+RANK_TARGETS = (aten.squeeze.dim, aten.squeeze.dims, aten.unsqueeze.default, aten.flatten.using_ints)  # size-1 dims
+SHAPE_TARGETS = (*RESHAPE_TARGETS, *RANK_TARGETS)  # reinterpret a value's shape, row-major order kept
+SIZE_LIST_TARGETS = (*RESHAPE_TARGETS, aten.expand.default)  # take the output's sizes as a list argument
+# may regroup the batch rows ([k * N, ...] in, [k' * N, ...] out), correct because they keep row-major order
+REGROUPING_TARGETS = frozenset({*SHAPE_TARGETS, aten.expand.default, aten.unflatten.int})
+MATMUL_TARGETS = (aten.mm.default, aten.matmul.default, aten.bmm.default)
+BATCHED_MATMUL_TARGETS = (aten.matmul.default, aten.bmm.default)  # a batch of matrices on either side
 
 
 # -- typed access to node arguments ---------------------------------------------------------------

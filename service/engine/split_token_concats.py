@@ -24,6 +24,7 @@ import torch.fx as fx
 
 from service.engine.colouring import Colour, colour_graph
 from service.engine.graph_tools import (
+    BATCHED_MATMUL_TARGETS,
     LINEAR_TARGETS,
     RESHAPE_TARGETS,
     Argument,
@@ -153,7 +154,7 @@ class TokenConcatSplitter:
 
     def _stop_reason(self, user: fx.Node) -> str:
         name = op_name(user)
-        if user.target in (aten.matmul.default, aten.bmm.default):
+        if user.target in BATCHED_MATMUL_TARGETS:
             return f"{name} multiplies tokens with each other (mixes user and candidate ranks): kept per candidate"
         if has_tag(user, torch.Tag.pointwise):
             return f"{name} combines the tokens with another per-candidate tensor: kept per candidate"
