@@ -38,6 +38,7 @@ import torch
 import torch.fx as fx
 
 from service.engine.colouring import Colour, colour_graph
+from service.engine.constant_eval import ConstantEvaluator, NotConstant
 from service.engine.graph_tools import (
     CAT_TARGETS,
     RESHAPE_TARGETS,
@@ -60,6 +61,7 @@ from service.engine.graph_tools import (
 from service.engine.passes import PassContext, PassResult
 
 MAX_ROUNDS = 64  # each round moves reads strictly towards the graph inputs; real graphs need 2-4
+MAX_INDEX_DEPTH = 16  # ops between a column index and its constants
 SPLITS = (aten.split_with_sizes.default, aten.split.Tensor, aten.unbind.int)
 ASSERT_METADATA = aten._assert_tensor_metadata.default
 READS = (aten.slice.Tensor, aten.select.int, aten.index_select.default, aten.index.Tensor, *SPLITS)
@@ -246,31 +248,26 @@ class ConcatSliceFolder:
             raise _Skip("index is not a 1-D integer tensor")
         return [i + total if i < 0 else i for i in value.tolist()]
 
-    def _constant(self, node: Argument, depth: int = 0) -> torch.Tensor:
+    def _constant(self, node: Argument) -> torch.Tensor:
         """Evaluate a sub-graph of constants only (a buffer, a lifted `torch.tensor([...])`, its clone)."""
-        if not isinstance(node, fx.Node) or depth > 16:
+        if not isinstance(node, fx.Node):
             raise _Skip("index is not a graph constant")
-        if node.op == "get_attr":
-            value = attribute_value(self.gm, node)
-            if not isinstance(value, torch.Tensor):
-                raise _Skip("index is not a tensor")
-            return value.detach()
-        target = node.target
-        if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
-            raise _Skip("index depends on the inputs")
-        if torch.Tag.nondeterministic_seeded in target.tags:
-            raise _Skip("index is random")
-
-        def evaluate(a: Argument) -> Argument:
-            return self._constant(a, depth + 1) if isinstance(a, fx.Node) else a
-
-        args = fx.node.map_aggregate(node.args, evaluate)
-        kwargs = fx.node.map_aggregate(node.kwargs, evaluate)
         try:
-            result: torch.Tensor = target(*args, **kwargs)
-            return result
+            value: torch.Tensor = ConstantEvaluator(self.gm, self._index_rule, max_depth=MAX_INDEX_DEPTH).value(node)
+        except NotConstant as exc:
+            raise _Skip(str(exc)) from exc
         except Exception as exc:  # not evaluable outside the graph: leave the read as it is
             raise _Skip(f"index not evaluable: {exc}") from exc
+        return value
+
+    def _index_rule(self, node: fx.Node) -> str | None:
+        """What an index sub-graph may hold: tensor attributes and deterministic ATen ops on them."""
+        if node.op == "get_attr":
+            return None if isinstance(attribute_value(self.gm, node), torch.Tensor) else "index is not a tensor"
+        target = node.target
+        if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
+            return "index depends on the inputs"
+        return "index is random" if torch.Tag.nondeterministic_seeded in target.tags else None
 
     # -- split / unbind outputs ---------------------------------------------------------------------
     def _fold_split(self, node: fx.Node, cat: fx.Node, axis: int, rank: int, total: int) -> bool:

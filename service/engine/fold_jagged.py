@@ -32,6 +32,7 @@ the pipeline's check against VanI at the example call is the backstop. Values re
 from __future__ import annotations
 
 import copy
+import functools
 import operator
 import warnings
 from collections.abc import Callable
@@ -44,7 +45,9 @@ import torch
 import torch.fx as fx
 
 from service.engine.colouring import is_size_value
+from service.engine.constant_eval import ConstantEvaluator, NotConstant
 from service.engine.graph_tools import (
+    RESHAPE_TARGETS,
     Argument,
     NodeFactory,
     arg_node,
@@ -54,7 +57,6 @@ from service.engine.graph_tools import (
     as_node,
     as_nodes,
     aten,
-    attribute_value,
     bound_arguments,
     callable_target,
     normalize_dim,
@@ -113,25 +115,32 @@ class JaggedFold:
     how: str
 
 
-class _Unknown(Exception):
-    """A value the shape-only evaluation cannot produce."""
-
-
 class _ShapeOnly:
-    """Which nodes depend on the batch size only, and their concrete values at a given batch size."""
+    """Which nodes depend on the batch size only, and their concrete values at the sampled batch sizes.
+
+    One per run: `refresh()` re-decides which nodes are shape-only after a step rewrote the graph (cheap, no
+    evaluation) and keeps the values already sampled (every rewrite keeps each surviving node's value)."""
 
     def __init__(self, gm: fx.GraphModule, batch: sympy.Symbol) -> None:
         self.gm = gm
         self.batch = batch
         self._is: dict[fx.Node, bool] = {}
-        self._values: dict[int, dict[fx.Node, Any]] = {}
         self.defining: dict[sympy.Symbol, fx.Node] = {}
-        for node in gm.graph.nodes:  # topological order: inputs are decided before their users
+        self._at = {n: ConstantEvaluator(gm, self._admit, functools.partial(self._known, n=n)) for n in SAMPLE_BATCHES}
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Decide every node in graph order (inputs before their users), as a fresh analysis would."""
+        self._is, self.defining = {}, {}
+        for node in self.gm.graph.nodes:
             self._is[node] = self._decide(node)
             if is_size_value(node):
                 expr = symbolic_expr(node.meta["val"])
-                if isinstance(expr, sympy.Symbol) and expr != batch:
+                if isinstance(expr, sympy.Symbol) and expr != self.batch:
                     self.defining.setdefault(expr, node)
+        for evaluator in self._at.values():
+            for node in [n for n in evaluator.memoized() if not self._is.get(n, False)]:
+                evaluator.forget(node)
 
     def is_shape_only(self, node: Argument) -> bool:
         return not isinstance(node, fx.Node) or self._is.get(node, False)
@@ -164,16 +173,9 @@ class _ShapeOnly:
         symbols = set().union(*(self._free(e) for e in shape_exprs(value))) - {self.batch}
         return all(s in self.defining and self.is_shape_only(self.defining[s]) for s in symbols)
 
-    # -- concrete evaluation --------------------------------------------------------------------
+    # -- concrete evaluation (constant_eval.ConstantEvaluator, one per sampled N) -------------------
     def value(self, node: Argument, n: int) -> Any:
-        if not isinstance(node, fx.Node):
-            return node
-        memo = self._values.setdefault(n, {})
-        if node not in memo:
-            if not self.is_shape_only(node):
-                raise _Unknown(node.name)
-            memo[node] = self._evaluate(node, n)
-        return memo[node]
+        return self._at[n].value(node)
 
     def size_at(self, expr: Any, n: int) -> int:
         if isinstance(expr, int):
@@ -181,27 +183,29 @@ class _ShapeOnly:
         values = {self.batch: n}
         for symbol in self._free(expr) - {self.batch}:
             if symbol not in self.defining:
-                raise _Unknown(str(symbol))
+                raise NotConstant(str(symbol))
             values[symbol] = int(self.value(self.defining[symbol], n))
         result = expr.subs(values)
         if not result.is_Integer:
-            raise _Unknown(str(expr))
+            raise NotConstant(str(expr))
         return int(result)
 
-    def _evaluate(self, node: fx.Node, n: int) -> Any:
-        if node.op == "get_attr":
-            return attribute_value(self.gm, node)
+    def _admit(self, node: fx.Node) -> str | None:
+        return None if self.is_shape_only(node) else f"{node.name} reads input values"
+
+    def _known(self, node: fx.Node, n: int) -> Any:
+        """A size of N alone at N = n; an op reading only the shape of a value that is not shape-only, run on
+        a stand-in of that shape. None: run the op on its inputs' values."""
         if is_size_value(node) and self._free(symbolic_expr(node.meta["val"])) <= {self.batch}:
             return self.size_at(symbolic_expr(node.meta["val"]), n)
-        args, kwargs = node.args, node.kwargs
         if node.target in METADATA_ONLY and not self.is_shape_only(node.args[0]):
             meta = arg_node(node, 0).meta["val"]
             stand_in = torch.zeros([self.size_at(e, n) for e in shape_exprs(meta)], dtype=meta.dtype)
-            args = (stand_in, *args[1:])
-        args = fx.node.map_aggregate(args, lambda a: self.value(a, n) if isinstance(a, fx.Node) else a)
-        kwargs = fx.node.map_aggregate(kwargs, lambda a: self.value(a, n) if isinstance(a, fx.Node) else a)
-        with torch.no_grad():
-            return callable_target(node)(*args, **kwargs)
+            rest = fx.node.map_aggregate(node.args[1:], lambda a: self.value(a, n))
+            kwargs = fx.node.map_aggregate(node.kwargs, lambda a: self.value(a, n))
+            with torch.no_grad():
+                return callable_target(node)(stand_in, *rest, **kwargs)
+        return None
 
     def at_samples(self, node: fx.Node) -> list[Any] | None:
         try:
@@ -263,9 +267,11 @@ class JaggedFolder:
         self._batch_node: fx.Node | None = None
 
     def run(self) -> list[JaggedFold]:
-        self._per_key_rows()
-        self._fold_sizes()
-        shape_only = _ShapeOnly(self.gm, self.batch)
+        shape_only = _ShapeOnly(self.gm, self.batch)  # the one sampled evaluator of this run
+        self._per_key_rows(shape_only)
+        shape_only.refresh()
+        self._fold_sizes(shape_only)
+        shape_only.refresh()
         to_padded_dense = _fbgemm("jagged_to_padded_dense")
         for node in list(self.graph.nodes):
             if node.op != "call_function" or not node.users:
@@ -281,11 +287,10 @@ class JaggedFolder:
         return self.folds
 
     # -- per-key rows -------------------------------------------------------------------------------
-    def _per_key_rows(self) -> None:
+    def _per_key_rows(self, shape_only: _ShapeOnly) -> None:
         """Row k of lengths.view(F, M) and of row-wise ops on it (per-key sums, cumsum offsets) is key k's
         own lengths: rewriting each row read that way lets one key's sizes fold while another's stay
         data-dependent."""
-        shape_only = _ShapeOnly(self.gm, self.batch)
         for node in list(self.graph.nodes):
             if node.target == aten.select.int and _dim0(node.args[1], node.args[0]):
                 source, index = node.args[0], node.args[2]
@@ -319,7 +324,7 @@ class JaggedFolder:
             return None if inner is None else call(aten.sum.dim_IntList, (inner, [0]))
         if value.dim() != 2:
             return None
-        if target in (aten.view.default, aten.reshape.default, aten._unsafe_view.default):
+        if target in RESHAPE_TARGETS:
             source = arg_node(node, 0)
             if source.target != aten.cat.default or source.meta["val"].dim() != 1:
                 return None
@@ -366,9 +371,8 @@ class JaggedFolder:
                 size = self.factory.call(operator.add, (size, b))
         return size
 
-    def _fold_sizes(self) -> None:
+    def _fold_sizes(self, shape_only: _ShapeOnly) -> None:
         """`.item()` of a shape-only value that is a*N + b becomes that size; metadata is re-derived."""
-        shape_only = _ShapeOnly(self.gm, self.batch)
         replaced: dict[fx.Node, Argument] = {}
         for node in list(self.graph.nodes):
             if node.target not in ITEMS or not is_size_value(node) or not shape_only.is_shape_only(node):

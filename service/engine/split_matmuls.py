@@ -19,6 +19,7 @@ import torch
 import torch.fx as fx
 
 from service.engine.colouring import Colour, colour_graph
+from service.engine.constant_eval import ConstantEvaluator, NotConstant
 from service.engine.graph_tools import (
     BATCH_NORM_TARGETS,
     CAT_TARGETS,
@@ -33,8 +34,6 @@ from service.engine.graph_tools import (
     as_list,
     as_nodes,
     aten,
-    attribute_value,
-    callable_target,
     normalize_dim,
     op_name,
     tensor_meta,
@@ -109,18 +108,18 @@ _Part = tuple[fx.Node, list[int]]  # a concat part and its columns in the concat
 
 def _constant_value(gm: fx.GraphModule, node: Argument, colours: dict[fx.Node, Colour]) -> torch.Tensor:
     """Evaluate a parameter-only sub-graph (a weight, possibly transposed or scaled) at rewrite time."""
-    if not isinstance(node, fx.Node) or colours.get(node) != Colour.NONE:
+    if not isinstance(node, fx.Node):
         raise _Stop("weight depends on the inputs")
-    if node.op == "get_attr":
-        attribute: torch.Tensor = attribute_value(gm, node).detach()
-        return attribute
-    if node.op != "call_function":
-        raise _Stop("weight is not a constant")
-    def evaluate(a: Argument) -> Argument:
-        return _constant_value(gm, a, colours) if isinstance(a, fx.Node) else a
 
-    args, kwargs = fx.node.map_aggregate(node.args, evaluate), fx.node.map_aggregate(node.kwargs, evaluate)
-    value: torch.Tensor = callable_target(node)(*args, **kwargs)
+    def weight_rule(reached: fx.Node) -> str | None:
+        if colours.get(reached) != Colour.NONE:
+            return "weight depends on the inputs"
+        return None if reached.op in ("get_attr", "call_function") else "weight is not a constant"
+
+    try:
+        value: torch.Tensor = ConstantEvaluator(gm, weight_rule).value(node)
+    except NotConstant as exc:
+        raise _Stop(str(exc)) from exc
     return value
 
 
