@@ -11,7 +11,7 @@ fake-running its op on its inputs' `meta["val"]` gives (graph_tools.fake_run). A
 NodeFactory: `call` records a new node's value, `refresh` re-records the nodes whose inputs it changed and
 everything downstream of them. A node rewired to a replacement of the same value (replace_all_uses_with)
 keeps its value, and so does a copy (node_copy). Placeholders and get_attr nodes carry the value of the input
-or attribute they read.
+or attribute they read. The graphs segment_batch.py cuts record their values at one request (M = 1).
 tests/engine/test_pass_contract.py runs every pass on every reference model and checks the recorded shapes
 against a real run.
 """

@@ -16,6 +16,7 @@ scoring each alone (equivalence.BUILD_CHECK). A variant that fails runs one requ
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -28,21 +29,23 @@ from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
 from service.engine.capture import InputLayout
+from service.engine.colouring import Colour, colour_graph
 from service.engine.equivalence import BUILD_CHECK, max_difference
-from service.engine.graph_tools import Argument, aten, batch_factor, depends_on, symbolic_expr
-from service.engine.variants import EngineError
+from service.engine.graph_tools import (
+    MATMUL_TARGETS,
+    SHAPE_TARGETS,
+    SIZE_LIST_TARGETS,
+    Argument,
+    NodeFactory,
+    aten,
+    batch_factor,
+    depends_on,
+    fake_mode_of,
+    symbolic_expr,
+)
+from service.engine.variants import EngineError, first_line
 
 Call = tuple[tuple[Any, ...], dict[str, Any]]  # (args, kwargs) of one request, user leaves at batch 1
-# Ops whose size argument may spell the user batch as a literal 1; it becomes M on the user graph.
-SIZE_LIST_OPS = (aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.expand.default)
-
-
-MATMUL_OPS = (aten.mm.default, aten.matmul.default, aten.bmm.default)
-# Ops that only reinterpret a value's shape (row-major order kept).
-RESHAPE_OPS = (
-    aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.squeeze.dim, aten.squeeze.dims,
-    aten.unsqueeze.default, aten.flatten.using_ints,
-)
 
 
 class BatchingError(EngineError):
@@ -54,12 +57,6 @@ class UserSide(str, Enum):  # noqa: UP042 (str() of the value goes into reports)
 
     BATCHED = "batch_m"  # once, user leaves concatenated: one row per request
     PER_REQUEST = "per_request"  # once per request at batch 1 (the graph is not batch-polymorphic)
-
-
-class _Side(Enum):
-    USER = "user"
-    CANDIDATE = "candidate"
-    NONE = "none"  # parameters, constants, sizes that depend on neither
 
 
 @dataclass(frozen=True)
@@ -167,7 +164,7 @@ def segment_batch(
             _check(batched, examples, want)
             return batched
         except Exception as exc:  # a graph that is not batch-polymorphic fails here: try the next form
-            reasons.append(f"{user_side.value}: {_first_line(exc)}")
+            reasons.append(f"{user_side.value}: {first_line(exc)}")
     raise BatchingError("; ".join(reasons))
 
 
@@ -184,13 +181,11 @@ def _check(batched: SegmentBatched, examples: Sequence[Call], want: list[Any]) -
                                         f"{difference:.3g}")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
-
-
 class _Cut:
-    """Where a variant's graph splits into user-only values and the candidate side that reads them."""
+    """Where a variant's graph splits into user-only values and the candidate side that reads them.
+
+    The graph's metadata describes one request (M = 1): the user graph's values at one row, the candidate
+    graph's at N candidates; each node made here records its value at M = 1 (passes.py's rule)."""
 
     def __init__(self, graph_module: fx.GraphModule, layout: InputLayout, batch: sympy.Symbol) -> None:
         self.root = graph_module
@@ -205,31 +200,32 @@ class _Cut:
         self.gathers: list[Gather] = []
         self._gather_of: dict[tuple[fx.Node, tuple[int, ...], bool], int] = {}
         self._constants: dict[fx.Node, int] = {}
+        self._segmented = {node for node in graph.nodes if self._is_segmented_matmul(node)}
+        self._reads: dict[tuple[fx.Node, fx.Node], int] = {}  # (candidate op, user value it reads) -> its gather
         for node in graph.nodes:
-            if self.side.get(node) is _Side.CANDIDATE and node.op == "call_function":
+            if self.side.get(node) is Colour.CANDIDATE and node.op == "call_function":
                 for source in node.all_input_nodes:
-                    if self.side[source] is _Side.USER:
+                    if self.side[source] is Colour.USER:
                         self._plan_input(source, node)
 
     # -- analysis -----------------------------------------------------------------------------------
-    def _sides(self, graph: fx.Graph) -> dict[fx.Node, _Side]:
-        users = set(self.user_placeholders)
-        side: dict[fx.Node, _Side] = {}
+    def _sides(self, graph: fx.Graph) -> dict[fx.Node, Colour]:
+        """The engine's colouring (colour_graph), closed for the cut: what reads a candidate-side value or changes
+        with N (a tile of user data) is candidate-side, and a size takes the side of the value it measures (the
+        colouring leaves sizes uncoloured)."""
+        colours = colour_graph(graph, set(self.user_placeholders), self.batch)
+        side: dict[fx.Node, Colour] = {}
         for node in graph.nodes:
-            if node.op == "placeholder":
-                side[node] = _Side.USER if node in users else _Side.CANDIDATE
-            elif node.op == "output":
+            if node.op == "output":
                 continue
-            elif node.op != "call_function":
-                side[node] = _Side.NONE
+            inputs = {side[i] for i in node.all_input_nodes}
+            if colours[node] is Colour.CANDIDATE or Colour.CANDIDATE in inputs or \
+                    self._depends_on_batch(node.meta.get("val")):
+                side[node] = Colour.CANDIDATE
+            elif colours[node] is Colour.USER or Colour.USER in inputs:
+                side[node] = Colour.USER
             else:
-                inputs = {side[i] for i in node.all_input_nodes}
-                if _Side.CANDIDATE in inputs or self._depends_on_batch(node.meta.get("val")):
-                    side[node] = _Side.CANDIDATE
-                elif _Side.USER in inputs:
-                    side[node] = _Side.USER
-                else:
-                    side[node] = _Side.NONE
+                side[node] = Colour.NONE
         return side
 
     def _depends_on_batch(self, value: Any) -> bool:
@@ -249,7 +245,7 @@ class _Cut:
             value = node.meta.get("val") if isinstance(node, fx.Node) else None
             if not isinstance(value, Tensor) or value.dim() == 0 or symbolic_expr(value.shape[0]) != self.batch:
                 raise BatchingError(f"output {node} is not one row per candidate")
-            if self.side[node] is not _Side.CANDIDATE:
+            if self.side[node] is not Colour.CANDIDATE:
                 raise BatchingError(f"output {node.name} depends on user data only")
         return nodes
 
@@ -261,7 +257,7 @@ class _Cut:
             return
         if not isinstance(value, Tensor) or not all(isinstance(s, int) for s in value.shape):
             raise BatchingError(f"{reader.name} reads {source.name}, a user value of unknown shape")
-        self._gather_for(source, reader)
+        self._reads[(reader, source)] = self._gather_for(source, reader)
 
     def _tail(self, source: fx.Node, reader: fx.Node) -> tuple[int, ...]:
         """Per-candidate shape of `source` such that broadcasting against `reader`'s rows is what one request
@@ -271,7 +267,7 @@ class _Cut:
         if not isinstance(out, Tensor):
             raise BatchingError(f"{reader.name} reads user value {source.name} and returns no single tensor")
         rank = out.dim()
-        if self._is_segmented_matmul(reader):
+        if reader in self._segmented:
             return shape  # the request's own operand, as the matmul read it
         if len(shape) <= rank - 1:
             return (1,) * (rank - 1 - len(shape)) + shape
@@ -281,7 +277,7 @@ class _Cut:
                             f"{list(shape)} other than by broadcasting over candidates")
 
     def _gather_for(self, source: fx.Node, reader: fx.Node) -> int:
-        key = (source, self._tail(source, reader), self._is_segmented_matmul(reader))
+        key = (source, self._tail(source, reader), reader in self._segmented)
         if key not in self._gather_of:
             origin = self._before_reshapes(source)
             if origin not in self.boundary:
@@ -294,10 +290,10 @@ class _Cut:
         """The user value `source` is a reshape of, while that value has one leading row: the user graph
         returns it (its rows batch to M), and the gather's own reshape redoes the shape change per candidate."""
         node = source
-        while node.target in RESHAPE_OPS and isinstance(node.args[0], fx.Node):
+        while node.target in SHAPE_TARGETS and isinstance(node.args[0], fx.Node):
             parent = node.args[0]
             value = parent.meta.get("val")
-            if self.side.get(parent) is not _Side.USER or not isinstance(value, Tensor) or value.dim() == 0:
+            if self.side.get(parent) is not Colour.USER or not isinstance(value, Tensor) or value.dim() == 0:
                 break
             if not isinstance(value.shape[0], int) or value.shape[0] != 1:
                 break
@@ -307,12 +303,12 @@ class _Cut:
     def _is_segmented_matmul(self, node: fx.Node) -> bool:
         """A matmul of candidate rows by a user matrix (attention over a user sequence, UOI's shared operand):
         batched, each request's rows meet its own matrix (segmented_matmul) instead of a copy per candidate."""
-        if node.target not in MATMUL_OPS or len(node.args) != 2 or node.kwargs:
+        if node.target not in MATMUL_TARGETS or len(node.args) != 2 or node.kwargs:
             return False
         left, right = node.args
         if not isinstance(left, fx.Node) or not isinstance(right, fx.Node):
             return False
-        if self.side.get(left) is not _Side.CANDIDATE or self.side.get(right) is not _Side.USER:
+        if self.side.get(left) is not Colour.CANDIDATE or self.side.get(right) is not Colour.USER:
             return False
         right_value, left_value = right.meta.get("val"), left.meta.get("val")
         if not isinstance(right_value, Tensor) or not isinstance(left_value, Tensor) or left_value.dim() < 2:
@@ -335,13 +331,14 @@ class _Cut:
             env[node] = graph.placeholder(node.name)
             env[node].meta = dict(node.meta)
         rows: fx.Node | None = None
-        if batched and self.user_placeholders:
-            rows = graph.call_function(aten.sym_size.int, (env[self.user_placeholders[0]], 0))
+        if batched and self.user_placeholders:  # M, recorded as 1 (one request)
+            rows = NodeFactory(graph, fake_mode_of(self.root.graph)).call(
+                aten.sym_size.int, (env[self.user_placeholders[0]], 0))
         for node in self.root.graph.nodes:
-            if node.op in ("placeholder", "output") or self.side[node] is _Side.CANDIDATE:
+            if node.op in ("placeholder", "output") or self.side[node] is Colour.CANDIDATE:
                 continue
             copy = graph.node_copy(node, lambda n: env[n])
-            if rows is not None and self.side[node] is _Side.USER and node.target in SIZE_LIST_OPS:
+            if rows is not None and self.side[node] is Colour.USER and node.target in SIZE_LIST_TARGETS:
                 _batch_leading_size(copy, node, rows)
             env[node] = copy
         graph.output(tuple(env[node] for node in self.boundary))
@@ -356,32 +353,54 @@ class _Cut:
             if node not in self.user_placeholders:
                 env[node] = graph.placeholder(node.name)
                 env[node].meta = dict(node.meta)
-        gathered = [graph.placeholder(f"{self.boundary[g.index].name}_per_{'request' if g.per_request else 'row'}_{i}")
-                    for i, g in enumerate(self.gathers)]
+        candidates = self._candidates()
+        gathered = []
+        for i, gather in enumerate(self.gathers):
+            origin = self.boundary[gather.index]
+            name = f"{origin.name}_per_{'request' if gather.per_request else 'row'}_{i}"
+            gathered.append(graph.placeholder(name))
+            gathered[-1].meta["val"] = self._gathered_value(gather, candidates)
         candidates_per_request = graph.placeholder("candidates_per_request")
+        candidates_per_request.meta["val"] = [candidates]
         for node in self.root.graph.nodes:
-            if node.op in ("placeholder", "output") or self.side[node] is _Side.USER:
+            if node.op in ("placeholder", "output") or self.side[node] is Colour.USER:
                 continue
-
-            def read(source: fx.Node, reader: fx.Node = node) -> Argument:
-                if self.side[source] is not _Side.USER:
-                    return env[source]
-                if source in self._constants:
-                    return self._constants[source]
-                key = (source, self._tail(source, reader), self._is_segmented_matmul(reader))
-                return gathered[self._gather_of[key]]
-
-            if self._is_segmented_matmul(node):
+            read = functools.partial(self._read, env, gathered, reader=node)
+            if node in self._segmented:
                 left, right = node.args
                 assert isinstance(left, fx.Node) and isinstance(right, fx.Node)
                 factor = _rows_per_candidate(left, self.batch)
-                env[node] = graph.call_function(segmented_matmul,
-                                                (env[left], read(right), candidates_per_request, factor))
+                env[node] = graph.call_function(segmented_matmul, (env[left], read(right), candidates_per_request,
+                                                                   factor))
+                env[node].meta["val"] = node.meta["val"]  # one request: the matmul it replaces, value for value
             else:
                 env[node] = graph.node_copy(node, read)
         graph.output(tuple(env[node] for node in self.outputs))
         graph.eliminate_dead_code()
         return fx.GraphModule(self.root, graph)
+
+    def _read(self, env: dict[fx.Node, fx.Node], gathered: list[fx.Node], source: fx.Node, reader: fx.Node) -> Argument:
+        """What candidate op `reader` reads for `source` in the candidate graph (planned in __init__)."""
+        if self.side[source] is not Colour.USER:
+            return env[source]
+        if source in self._constants:
+            return self._constants[source]
+        return gathered[self._reads[(reader, source)]]
+
+    def _candidates(self) -> torch.SymInt | int:
+        """N as the candidate placeholders record it."""
+        for node in self.placeholders:
+            value = node.meta.get("val")
+            if node not in self.user_placeholders and isinstance(value, Tensor) and value.dim() and \
+                    symbolic_expr(value.shape[0]) == self.batch:
+                return value.shape[0]
+        raise BatchingError("no candidate input has N rows")
+
+    def _gathered_value(self, gather: Gather, candidates: torch.SymInt | int) -> Tensor:
+        """A gather's value at one request: one row per candidate, or the request's one operand."""
+        origin = self.boundary[gather.index].meta["val"]
+        with fake_mode_of(self.root.graph):
+            return torch.empty((1 if gather.per_request else candidates, *gather.tail), dtype=origin.dtype)
 
 
 def _rows_per_candidate(node: fx.Node, batch: sympy.Symbol) -> int:

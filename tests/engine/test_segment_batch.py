@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from service.engine import Variant, reparameterize
 from service.engine.segment_batch import BatchingError, SegmentBatched, UserSide, segment_batch
 from tests.engine.conftest import CASES, ReferenceCase, assert_equivalent, build_model, reference_scores
+from tests.engine.metadata_check import metadata_mismatches
 
 VARIANTS = [Variant.VANI, Variant.UOI, Variant.MARI]
 CHECK_SIZES = (1, 3, 5, 2)  # the build check's requests
@@ -152,3 +153,36 @@ def test_requests_with_different_feature_shapes_cannot_share_a_call():
     calls = [((torch.randn(1, 4), torch.randn(3, 5)), {}), ((torch.randn(2, 4), torch.randn(3, 5)), {})]
     with pytest.raises(ValueError, match="user input 'user'"):
         batched(calls)
+
+
+class _Checked(nn.Module):
+    """One of the cut's graphs, each call first run node by node against its recorded metadata."""
+
+    def __init__(self, graph_module: torch.fx.GraphModule, batch, n: int, found: list[str]) -> None:
+        super().__init__()
+        self.graph_module, self.batch, self.n, self.found = graph_module, batch, n, found
+
+    def forward(self, *inputs):
+        self.found.extend(metadata_mismatches(self.graph_module, list(inputs), self.batch, self.n))
+        return self.graph_module(*inputs)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.value)
+@pytest.mark.parametrize("case_name", list(CASES))
+def test_the_cut_graphs_record_each_value_at_one_request(case_name, variant):
+    """passes.py's metadata rule in the two graphs the cut makes: scoring one request (M = 1) of n candidates,
+    every node's recorded value has the shape the real run gives, the nodes the cut itself makes included."""
+    case, n = CASES[case_name], 3
+    generator = _generator("metadata", case_name, variant.value)
+    model = build_model(case, torch.float32, generator)
+    example = case.call_args(case.random_inputs(7, torch.float32, generator))
+    result = reparameterize(model, example, case.user_inputs, variant)
+    runner = result.module
+    checks = [(case.call_args(case.random_inputs(k, torch.float32, generator)), {}) for k in CHECK_SIZES]
+    batched = segment_batch(runner.graph_module, runner.layout, runner.out_spec, result.batch, runner, checks)
+    found: list[str] = []
+    batched.user_graph = _Checked(batched.user_graph, result.batch, n, found)
+    batched.candidate_graph = _Checked(batched.candidate_graph, result.batch, n, found)
+    with torch.no_grad():
+        batched([(case.call_args(case.random_inputs(n, torch.float32, generator)), {})])
+    assert found == []
