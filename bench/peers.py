@@ -6,9 +6,9 @@
 
 Servers (bench/peers_servers.py): "plain", FastAPI + uvicorn around the user's eager model (the afternoon
 baseline, bench/peers_plain_app.py); "kserve", KServe's ModelServer around the same eager model, V2 JSON
-(bench/peers_kserve.py); and this service: "vani" (RANKER_VARIANT=vani), "mari" (as shipped) and "mari_best"
-(BEST_ENV). One worker and one torch thread each; each server pinned to one core and the load generator to the
-others (--no-pin: not pinned).
+(bench/peers_kserve.py); and this service: "vani" (RANKER_VARIANT=vani), "mari" (as shipped: the auto default)
+and "mari_best" (BEST_ENV). One worker and one torch thread each; each server pinned to one core and the load
+generator to the others (--no-pin: not pinned).
 
 Models: "default" (--model, a `ranker train` MMoE) and "flat" (bench.conventions' DeepCTR-style flat-tensor
 model at production size, packaged into a temporary store). The peers run the same module eagerly, with the
@@ -65,7 +65,9 @@ from service.features.schema import FeatureSchema
 from service.store.artifact import read_manifest, resolve_version
 
 BEST_ENV = ["RANKER_COMPILE=inductor", "RANKER_BATCHING=true"]  # this service at its best: edit here
-OURS: dict[str, tuple[str, list[str]]] = {"vani": ("vani", []), "mari": ("mari", []), "mari_best": ("mari", BEST_ENV)}
+# "mari" is the service as shipped: RANKER_VARIANT=auto, the default (the form measured fastest per request size;
+# MaRI at every size of these mixes on the default model); "mari_best" names MaRI with BEST_ENV.
+OURS: dict[str, tuple[str, list[str]]] = {"vani": ("vani", []), "mari": ("auto", []), "mari_best": ("mari", BEST_ENV)}
 PEERS = ("plain", "kserve")
 SERVERS = (*PEERS, *OURS)
 MODELS = ("default", "flat")

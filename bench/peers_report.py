@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 PEERS = ("plain", "kserve")
-LABELS = {"plain": "plain FastAPI app", "kserve": "KServe", "vani": "ours, VanI", "mari": "ours, MaRI (default)",
+LABELS = {"plain": "plain FastAPI app", "kserve": "KServe", "vani": "ours, VanI", "mari": "ours, default (auto)",
           "mari_best": "ours, MaRI best"}
 COLOURS = {"plain": "tab:grey", "kserve": "tab:brown", "vani": "tab:blue", "mari": "tab:green",
            "mari_best": "tab:olive"}
@@ -81,7 +81,7 @@ def markdown(result: dict[str, Any], plots: list[Path], out: Path) -> str:
               "eager module under no_grad), **kserve** (bench/peers_kserve.py: KServe's ModelServer, a kserve.Model "
               "taking an Open Inference Protocol JSON request, one tensor per feature), both running the user's "
               "eager model with the artifact's weights (bench/peers_models.py); and this service's `ranker serve`: "
-              f"**vani** (RANKER_VARIANT=vani), **mari** (as shipped: {shipped}), **mari_best** "
+              f"**vani** (RANKER_VARIANT=vani), **mari** (as shipped: RANKER_VARIANT=auto, {shipped}), **mari_best** "
               f"({', '.join(ctx['best_env'])})"
               f"{'; every one of ours with ' + ', '.join(ctx['server_env']) if ctx['server_env'] else ''}. Run here: "
               f"{', '.join(ctx['servers'])}.", "",
