@@ -3,8 +3,6 @@ and the batch symbol, without building any variant."""
 
 from __future__ import annotations
 
-import copy
-import warnings
 from dataclasses import dataclass
 
 import sympy
@@ -12,6 +10,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from service.engine.capture import CapturedModel, capture, describe_inputs, user_placeholders
+from service.engine.pipeline import fresh_copy
 
 
 @dataclass
@@ -33,8 +32,5 @@ def capture_model(model: nn.Module, args: tuple[object, ...], user_inputs: list[
 def pass_input(model: nn.Module, args: tuple[Tensor, ...], user_inputs: list[str]) -> PassInput:
     """What build_variant hands a pass: a fresh copy of the captured graph (callable with the tensor leaves)."""
     captured = capture_model(model, args, user_inputs)
-    with warnings.catch_warnings():  # deep-copying the pytree codegen trips a torch deprecation notice
-        warnings.simplefilter("ignore", FutureWarning)
-        graph = copy.deepcopy(captured.graph_module.graph)
-    root = fx.GraphModule(captured.graph_module, graph)
+    root = fresh_copy(captured)
     return PassInput(root, user_placeholders(root, captured.layout), captured.batch)
