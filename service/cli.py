@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,10 +18,9 @@ if TYPE_CHECKING:  # the commands import what they need when they run: `ranker -
     from service.store.artifact import LoadedArtifact
 
 DEFAULT_STORE = "model_store"
-VALUE_ERROR_PREFIX = "Value error, "  # pydantic's prefix for a validator's ValueError
 
 
-def _settings_or_exit(command: str) -> Settings:
+def _settings_or_exit(command: str, overrides: dict[str, Any] | None = None) -> Settings:
     """Settings from RANKER_* and RANKER_CONFIG_FILE, or exit with one line naming each bad setting: never its
     value, which may be a secret (pydantic's own message quotes the input, e.g. a too-short admin token)."""
     from pydantic import ValidationError
@@ -30,7 +28,7 @@ def _settings_or_exit(command: str) -> Settings:
     from service.serving.settings import Settings
 
     try:
-        return Settings()
+        return Settings(**(overrides or {}))
     except ValidationError as exc:
         sys.exit(f"{command}: invalid settings: {_settings_problems(exc)}")
     except ValueError as exc:  # RANKER_CONFIG_FILE unreadable or not parseable, or a RANKER_* value not JSON
@@ -39,13 +37,14 @@ def _settings_or_exit(command: str) -> Settings:
 
 def _settings_problems(exc: ValidationError) -> str:
     from service.serving.settings import ENV_PREFIX
+    from service.serving.validation import field_path, problems
 
-    problems = []
-    for error in exc.errors(include_url=False, include_input=False, include_context=False):
-        name, *detail = [str(part) for part in error["loc"]]
-        where = f"{ENV_PREFIX}{name.upper()}" + (f" ({'.'.join(detail)})" if detail else "") if name else "settings"
-        problems.append(f"{where}: {error['msg'].removeprefix(VALUE_ERROR_PREFIX)}")
-    return "; ".join(problems)
+    lines = []
+    for problem in problems(exc):
+        name, detail = (str(problem.loc[0]), field_path(problem.loc[1:])) if problem.loc else ("", None)
+        where = f"{ENV_PREFIX}{name.upper()}" + (f" ({detail})" if detail else "") if name else "settings"
+        lines.append(f"{where}: {problem.message}")
+    return "; ".join(lines)
 
 
 def _load(artifact: str) -> LoadedArtifact:
@@ -156,15 +155,16 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from service.api.server import serve
     from service.serving.settings import ENV_PREFIX, model_location
 
-    if args.model is not None:  # the workers read their settings from the environment, as every setting
+    overrides: dict[str, Any] = {}
+    if args.model is not None:  # over the RANKER_MODEL_* settings; a model folder means its latest version
         try:
             location = model_location(Path(args.model))
         except ValueError as exc:
             sys.exit(f"ranker serve: --model: {exc}")
-        os.environ.pop(f"{ENV_PREFIX}MODEL_VERSION", None)  # a model folder means its latest version
-        os.environ.update(location)
-    _settings_or_exit("ranker serve")  # a bad setting stops start-up in one line, before any worker starts
-    serve(host=args.host, port=args.port, workers=args.workers)
+        overrides = {"model_version": None, **{key.removeprefix(ENV_PREFIX).lower(): value
+                                               for key, value in location.items()}}
+    settings = _settings_or_exit("ranker serve", overrides)  # a bad setting stops start-up in one line
+    serve(host=args.host, port=args.port, workers=args.workers, settings=settings)
 
 
 def cmd_example_request(args: argparse.Namespace) -> None:

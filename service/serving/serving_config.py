@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, f
 from service.engine import Variant
 from service.serving.routing import DefaultVariant, check_ab_split
 from service.serving.settings import Settings
+from service.serving.validation import problems
 from service.store.artifact import check_component, resolve_version
 from service.store.manifest import ArtifactError
 
@@ -151,13 +152,12 @@ def parse_serving_config(raw: bytes, source: Path | str) -> ServingConfig:
 
 
 def _config_error(exc: ValidationError, source: str) -> ServingConfigError:
-    first = exc.errors()[0]
-    if first["type"] == "json_invalid":
-        return ServingConfigError(f"{source}: not valid JSON ({first['msg']})")
-    location = [str(part) for part in first["loc"]]
-    where = ".".join(location) or "(the object)"
-    got = "" if first["type"] == "value_error" else f" (got {repr(first.get('input'))[:MAX_ECHO_CHARS]})"
-    return ServingConfigError(f"{source}: field {where}: {first['msg']}{got}", field=location[0] if location else None)
+    first = problems(exc, echo_chars=MAX_ECHO_CHARS)[0]  # the operator's own file: what it holds is shown
+    if first.is_json_error:
+        return ServingConfigError(f"{source}: not valid JSON ({first.message})")
+    got = "" if first.kind == "value_error" else f" (got {first.given})"
+    return ServingConfigError(f"{source}: field {first.field or '(the object)'}: {first.message}{got}",
+                              field=str(first.loc[0]) if first.loc else None)
 
 
 def generation_in(raw: bytes) -> int:

@@ -30,6 +30,7 @@ class Problem:
     kind: str
     loc: tuple[str | int, ...]
     message: str
+    given: str | None = None  # repr of the input, only when asked for (an operator's own file, never a request)
 
     @property
     def field(self) -> str | None:
@@ -45,10 +46,11 @@ class Problem:
         return not self.loc and self.kind in NOT_AN_OBJECT
 
 
-def problems(exc: ValidationError) -> list[Problem]:
-    """Every error of `exc`, in pydantic's order, without the input values."""
-    return [Problem(error["type"], tuple(error["loc"]), str(error["msg"]).removeprefix(VALUE_ERROR_PREFIX))
-            for error in exc.errors(include_url=False, include_input=False, include_context=False)]
+def problems(exc: ValidationError, echo_chars: int = 0) -> list[Problem]:
+    """Every error of `exc`, in pydantic's order; with `echo_chars`, the input's repr cut to that length."""
+    return [Problem(error["type"], tuple(error["loc"]), str(error["msg"]).removeprefix(VALUE_ERROR_PREFIX),
+                    repr(error.get("input"))[:echo_chars] if echo_chars else None)
+            for error in exc.errors(include_url=False, include_input=echo_chars > 0, include_context=False)]
 
 
 def field_path(loc: Sequence[Any]) -> str | None:
