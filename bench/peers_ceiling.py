@@ -4,7 +4,7 @@
 
 Run by bench.peers as a server would be: its own process, the RANKER_* settings of the "mari" server (same
 build, compile mode, torch threads), pinned to the servers' core. The model is built by the server's own
-build (service.serving.runtime.build_serving_model); the small mix's bodies (bench.capacity, same seed, made
+build (service.serving.loading.build_serving_model); the small mix's bodies (bench.capacity, same seed, made
 columnar as bench.peers sends them) are decoded and encoded by its codec beforehand; the MaRI variant is
 then called back to back (ServingModel.score, what a server's inference slot calls) for --seconds.
 """
@@ -21,7 +21,7 @@ import torch
 from bench.capacity import build_mixes
 from bench.peers_servers import columnar
 from service.engine import Variant
-from service.serving.runtime import build_serving_model
+from service.serving.loading import build_serving_model
 from service.serving.settings import Settings
 from service.store.artifact import resolve_version
 

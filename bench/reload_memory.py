@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
-from service.serving.runtime import build_serving_model, release_build_memory
+from service.serving.loading import build_serving_model
+from service.serving.memory import release_build_memory
 from service.serving.settings import Settings
 
 

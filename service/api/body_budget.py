@@ -17,7 +17,7 @@ import logging
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.serving.errors import Overloaded
-from service.serving.runtime import _malloc_trim as malloc_trim
+from service.serving.memory import malloc_trim
 
 logger = logging.getLogger(__name__)
 

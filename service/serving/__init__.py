@@ -4,7 +4,8 @@
     codec      body -> validated values -> tensors (one per loaded model)
     routing    user -> variant (default or A/B bucket)
     build      every variant of a model (the engine, on the schema's example call)
-    runtime    the loaded model with its variants checked and warmed; swapped whole on reload
+    loading    one version loaded: every variant built, checked against VanI and warmed (a ServingModel)
+    runtime    what serves now (model, routing, generation), swapped whole on reload; memory: a build's leftovers
     scorer     one request end to end, each stage timed
     shadow, admission, metrics, errors, example_request
 

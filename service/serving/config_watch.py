@@ -26,9 +26,10 @@ from typing import Any
 
 from service.serving.errors import ConfigNotWritten, InvalidRequest, ModelRejected, ReloadInProgress
 from service.serving.fleet_state import FleetState
+from service.serving.memory import release_build_memory
 from service.serving.metrics import ServiceMetrics
 from service.serving.routing import VariantRouter
-from service.serving.runtime import ActiveConfig, ModelRuntime, ServingModel, release_build_memory
+from service.serving.runtime import ActiveConfig, ModelRuntime
 from service.serving.serving_config import (
     LOCK_TIMEOUT_S,
     ServingConfig,
@@ -40,6 +41,7 @@ from service.serving.serving_config import (
     generation_in,
     parse_serving_config,
 )
+from service.serving.serving_model import ServingModel
 from service.serving.settings import Settings
 from service.serving.shadow import ShadowComparator
 

@@ -31,7 +31,8 @@ from service.serving.admission import InferencePool
 from service.serving.errors import InvalidRequest
 from service.serving.metrics import STAGES, ServiceMetrics
 from service.serving.routing import Auto
-from service.serving.runtime import ActiveConfig, ModelRuntime, ServingModel
+from service.serving.runtime import ActiveConfig, ModelRuntime
+from service.serving.serving_model import ServingModel
 from service.serving.shadow import ShadowComparator, ShadowJob
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from torch import Tensor
 from service.engine import Variant
 from service.engine.equivalence import compare
 from service.serving.metrics import ServiceMetrics
-from service.serving.runtime import ServingModel
+from service.serving.serving_model import ServingModel
 
 logger = logging.getLogger(__name__)
 

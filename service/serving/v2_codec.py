@@ -25,8 +25,8 @@ from typing_extensions import TypedDict
 from service.engine import Variant
 from service.serving.codec import REQUEST_ID_PATTERN, USER_ID_MAX_CHARS
 from service.serving.errors import InvalidRequest
-from service.serving.runtime import ServingModel
 from service.serving.scorer import Decoded, ResponseBody
+from service.serving.serving_model import ServingModel
 from service.serving.v2_metadata import check_model, output_names
 from service.serving.v2_tensors import (
     V2Tensor,

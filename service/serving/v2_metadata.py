@@ -16,7 +16,7 @@ from typing import Any
 
 from service.features.schema import FeatureSpec, Kind
 from service.serving.errors import ModelNotFound
-from service.serving.runtime import ServingModel
+from service.serving.serving_model import ServingModel
 
 SERVER_NAME = "mari-serve"
 PACKAGE = "mari-serve"

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from service.api.app import create_app
 from service.engine import Variant
-from service.serving.runtime import ServingModel
+from service.serving.serving_model import ServingModel
 from tests.api.conftest import make_settings, rank_body
 from tests.api.metrics_text import Samples, parse_metrics, total, value
 

@@ -19,11 +19,12 @@ from torch import nn
 from service.api.app import create_app
 from service.engine import Variant
 from service.features.schema import FeatureSchema, FeatureSpec, Kind
-from service.serving import runtime
+from service.serving import loading
 from service.serving.errors import InvalidRequest, ModelRejected
 from service.serving.example_request import example_request
-from service.serving.runtime import ServingModel, build_serving_model
+from service.serving.loading import build_serving_model
 from service.serving.scorer import check_finite
+from service.serving.serving_model import ServingModel
 from service.store import package
 from tests.api.conftest import make_settings
 from tests.api.v2_requests import feature_arrays, infer_inputs, request_body
@@ -153,8 +154,8 @@ class _NaNScores(nn.Module):
 
 
 def test_a_model_with_non_finite_warm_up_scores_is_refused(packaged: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_load = runtime.load_artifact
-    monkeypatch.setattr(runtime, "load_artifact",
+    real_load = loading.load_artifact
+    monkeypatch.setattr(loading, "load_artifact",
                         lambda path: dataclasses.replace(real_load(path), model=_NaNScores().eval()))
     with pytest.raises(ModelRejected, match="scores are not finite"):
         build_serving_model(make_settings(packaged, model_name="normalized"), packaged / "normalized" / "v1")

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from service.engine import Variant
+from service.serving.loading import build_serving_model
 from service.serving.metrics import ServiceMetrics
-from service.serving.runtime import build_serving_model
 from service.serving.scorer import RequestScorer, _Prepared
 from tests.api.conftest import make_settings
 

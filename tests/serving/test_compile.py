@@ -21,8 +21,9 @@ from service.features.schema import FeatureSchema
 from service.serving import compile as compile_module
 from service.serving.compile import NOT_ROUTED, CompiledVariant, compile_variant, is_faster
 from service.serving.example_request import example_request
-from service.serving.runtime import ServingModel, build_serving_model
+from service.serving.loading import build_serving_model
 from service.serving.serving_config import ServingConfig
+from service.serving.serving_model import ServingModel
 from service.serving.settings import Settings
 from tests.conftest import SMALL_MODEL_NAME
 

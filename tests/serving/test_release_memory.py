@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import weakref
 
-from service.serving.runtime import release_build_memory
+from service.serving.memory import release_build_memory
 
 
 class _Cycle:

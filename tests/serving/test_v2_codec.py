@@ -18,7 +18,7 @@ from service.features.schema import FeatureSchema, FeatureSpec
 from service.serving.codec import RequestCodec
 from service.serving.errors import InvalidRequest, MalformedRequest, ModelNotFound
 from service.serving.example_request import example_request
-from service.serving.runtime import final_scores
+from service.serving.serving_model import final_scores
 from service.serving.v2_codec import (
     RequestedOutput,
     V2Door,

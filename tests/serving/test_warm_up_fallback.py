@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from service.engine import Variant
-from service.serving import runtime
-from service.serving.runtime import build_serving_model
+from service.serving import loading
+from service.serving.loading import build_serving_model
 from service.serving.settings import Settings
 from tests.conftest import SMALL_MODEL_NAME
 
@@ -30,13 +30,13 @@ class _Shifted(nn.Module):
 def test_a_variant_refused_at_warm_up_is_reported_as_running_as_vani_everywhere(
     store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_compile = runtime.compile_variants
+    real_compile = loading.compile_variants
 
     def compile_with_a_drifted_mari(variants: dict[Variant, nn.Module], *args: Any) -> Any:
         compiled, report = real_compile(variants, *args)
         return {**compiled, Variant.MARI: _Shifted(compiled[Variant.MARI])}, report
 
-    monkeypatch.setattr(runtime, "compile_variants", compile_with_a_drifted_mari)
+    monkeypatch.setattr(loading, "compile_variants", compile_with_a_drifted_mari)
     settings = Settings(model_store=store, model_name=SMALL_MODEL_NAME, model_version="v1", compile="off",
                         warmup_candidates=(1, 8), analysis_candidates=100)
     serving = build_serving_model(settings, store / SMALL_MODEL_NAME / "v1")
