@@ -15,7 +15,7 @@ from pydantic.json_schema import models_json_schema
 from service.engine import Variant
 from service.features.schema import FeatureSchema, FeatureSpec, Kind
 from service.serving.codec import REQUEST_ID_PATTERN, USER_ID_MAX_CHARS, RequestCodec
-from service.serving.routing import MAX_AB_WEIGHT, check_ab_split
+from service.serving.routing import MAX_AB_WEIGHT, DefaultVariant, check_ab_split
 from service.store.manifest import COMPONENT  # the store's own rule for a version folder name
 
 COMPONENTS = "#/components/schemas/{model}"
@@ -114,7 +114,8 @@ class VariantSwitch(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    variant: Variant = Field(..., description="Default variant (serves everyone when ab_split is empty).")
+    variant: DefaultVariant = Field(..., description="Default variant (serves everyone when ab_split is empty); auto: "
+                                    "per request, the form measured fastest at its size.")
     ab_split: Annotated[dict[Variant, float] | None, WithJsonSchema(_AB_SPLIT_SCHEMA)] = Field(
         None, description=f"Weights per variant in [0, {MAX_AB_WEIGHT:g}], relative; empty or null: no A/B."
     )

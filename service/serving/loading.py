@@ -42,7 +42,7 @@ def build_serving_model(settings: Settings, path: Path, routed: frozenset[Varian
                         ) -> ServingModel:
     """Load, verify, build every variant, check each against VanI, warm it and time it for `auto`; ModelRejected
     if unusable. `routed`: what the serving config sends requests to (compile=auto compiles those, and under
-    `auto` the forms it would serve: fastest.compile_targets; None: all)."""
+    `auto` the one form it serves at the most warm-up sizes: fastest.compile_targets; None: all)."""
     started = time.perf_counter()
     try:
         artifact = load_artifact(path)

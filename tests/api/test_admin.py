@@ -75,6 +75,11 @@ def test_variant_switch_changes_the_serving_variant_and_validates_the_split(admi
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "ab_split"
     unknown = admin_client.post("/admin/variant", json={"variant": "turbo"}, headers=ADMIN_HEADERS)
     assert unknown.status_code == 422 and unknown.json()["error"]["field"] == "variant"
+    assert "auto" in unknown.json()["error"]["message"]  # the four choices are named
+    back = admin_client.post("/admin/variant", json={"variant": "auto"}, headers=ADMIN_HEADERS)
+    assert back.status_code == 200 and back.json()["default_variant"] == "auto"
+    assert admin_client.post("/rank", json=rank_body(schema, n=3)).headers["x-variant"] in ("vani", "uoi", "mari")
+    admin_client.post("/admin/variant", json={"variant": "mari"}, headers=ADMIN_HEADERS)  # as the next test expects
 
 
 def test_models_endpoint_reports_variants_routing_shadow_and_flops(admin_client: TestClient) -> None:

@@ -53,7 +53,7 @@ def test_compose_resolves_the_stack_with_the_required_variables_set(tmp_path: Pa
     assert set(config["services"]) == {"ranker", "prometheus", "grafana", "locust"}
     ranker = config["services"]["ranker"]
     assert ranker["environment"]["RANKER_ADMIN_TOKEN"] == TOKEN
-    assert ranker["environment"]["RANKER_VARIANT"] == "mari"  # a ${VAR:-default} resolved to its default
+    assert ranker["environment"]["RANKER_VARIANT"] == "auto"  # a ${VAR:-default} resolved to its default
     assert config["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == VALUES[
         "GRAFANA_ADMIN_PASSWORD"]
 
