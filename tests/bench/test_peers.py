@@ -72,6 +72,6 @@ def test_quick_run_of_plain_and_ours_reports_every_step(store: Path, tmp_path: P
         assert (common["cpu_s_per_1k_candidates"] is None) == (common["candidates"] == 0)
     assert model["ceiling"]["requests"] > 0 and model["ceiling"]["runs_as"] == "mari"
     page = (tmp_path / "peers.md").read_text()
-    assert "Quick smoke run" in page and "| plain FastAPI app |" in page and "| ours, MaRI (default) |" in page
+    assert "Quick smoke run" in page and "| plain FastAPI app |" in page and "| ours, default (auto) |" in page
     for name in ("peers_capacity.png", "peers_latency.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
