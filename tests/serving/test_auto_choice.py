@@ -6,15 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from pydantic import ValidationError
-from torch import Tensor, nn
 
 from service.engine import Variant
 from service.serving.fastest import compile_targets, measure_forms
 from service.serving.routing import Auto, VariantRouter
 from service.serving.serving_config import ServingConfig, ServingConfigError, parse_serving_config, validated
 from service.serving.settings import Settings, describe_settings
+from tests.serving.test_fastest import Marked, _example
 
 NO_SHADOW = {"variant": None, "sample_rate": 0.0}
 
@@ -70,19 +69,6 @@ def test_the_router_hands_auto_on_for_anonymous_users_and_real_arms_to_users_in_
 def test_routed_variants_name_auto_beside_the_arms_and_the_shadow() -> None:
     config = _config(ab_split={"vani": 1.0, "uoi": 0.0}, shadow={"variant": "uoi", "sample_rate": 0.5})
     assert config.routed_variants() == {Auto.AUTO, Variant.VANI, Variant.UOI}
-
-
-class Marked(nn.Module):
-    def __init__(self, mark: float) -> None:
-        super().__init__()
-        self.mark = mark
-
-    def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {"click": torch.full((features["item"].size(0),), self.mark)}
-
-
-def _example(n: int, generator: torch.Generator) -> dict[str, Tensor]:
-    return {"user": torch.randn(1, 2, generator=generator), "item": torch.randn(n, 3, generator=generator)}
 
 
 def test_compile_auto_compiles_the_named_variants_and_under_auto_the_form_it_serves_at_the_most_sizes() -> None:
