@@ -13,7 +13,7 @@ if TYPE_CHECKING:  # the commands import what they need when they run: `ranker -
 
     from service.engine import Variant
     from service.engine.pipeline import Reparameterized
-    from service.serving.serving_config import ServingConfigFile
+    from service.serving.fleet_config import FleetConfigFile
     from service.serving.settings import Settings
     from service.store.artifact import LoadedArtifact
 
@@ -181,22 +181,22 @@ def cmd_example_request(args: argparse.Namespace) -> None:
     print(json.dumps(body))
 
 
-def _serving_config_file(args: argparse.Namespace) -> ServingConfigFile:
-    from service.serving.serving_config import ServingConfigFile
+def _fleet_config_file(args: argparse.Namespace) -> FleetConfigFile:
+    from service.serving.fleet_config import FleetConfigFile
 
     if args.store is not None and args.name is not None:
-        return ServingConfigFile(Path(args.store) / args.name)
+        return FleetConfigFile(Path(args.store) / args.name)
     settings = _settings_or_exit("ranker config")
-    return ServingConfigFile(Path(args.store or settings.model_store) / (args.name or settings.model_name))
+    return FleetConfigFile(Path(args.store or settings.model_store) / (args.name or settings.model_name))
 
 
 def cmd_config_show(args: argparse.Namespace) -> None:
-    from service.serving.serving_config import ServingConfigError
+    from service.serving.fleet_config import FleetConfigError
 
-    config_file = _serving_config_file(args)
+    config_file = _fleet_config_file(args)
     try:
         config = config_file.read()
-    except ServingConfigError as exc:
+    except FleetConfigError as exc:
         sys.exit(f"ranker config show: {exc}")
     if config is None:
         print(f"no {config_file.path}: every process serves its RANKER_* settings (generation 0)", file=sys.stderr)
@@ -229,20 +229,20 @@ def _config_changes(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_config_set(args: argparse.Namespace) -> None:
-    from service.serving.serving_config import ServingConfig
+    from service.serving.fleet_config import FleetConfig
     from service.store.artifact import load_artifact
 
     changes = _config_changes(args)
-    config_file = _serving_config_file(args)
+    config_file = _fleet_config_file(args)
     settings = _settings_or_exit("ranker config set")
     try:
         with config_file.locked():
-            absent = ServingConfig.from_settings(settings)  # no file yet: what the processes serve now
+            absent = FleetConfig.from_settings(settings)  # no file yet: what the processes serve now
             config = config_file.next_config(changes, absent=absent, invalid=None)
             if config.version is not None:  # verified here, before any process builds it
                 load_artifact(config_file.model_dir / config.version)
             config_file.write(config)
-    except ValueError as exc:  # ServingConfigError, ArtifactError
+    except ValueError as exc:  # FleetConfigError, ArtifactError
         sys.exit(f"ranker config set: {exc}")
     sys.stdout.write(config.to_json().decode())
     print(f"wrote generation {config.generation} to {config_file.path}; every process applies it within "
@@ -321,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "RANKER_MODEL_NAME and RANKER_MODEL_VERSION")
     serve.set_defaults(func=cmd_serve)
 
-    config = sub.add_parser("config", help="show or change the fleet's serving config (<store>/<name>/serving.json)")
+    config = sub.add_parser("config", help="show or change the fleet config (<store>/<name>/serving.json)")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     show = config_sub.add_parser("show", help="print serving.json")
     set_ = config_sub.add_parser("set", help="write the next generation of serving.json; every process applies it")

@@ -88,7 +88,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.shadow.start()
     state.config.start()
     restore_sigterm = drain_on_sigterm(state, state.settings.drain_delay_s)
-    logger.info("ready: model %s/%s, routing %s, serving config %s", serving.name, serving.version,
+    logger.info("ready: model %s/%s, routing %s, fleet config %s", serving.name, serving.version,
                 state.runtime.router.to_dict(), state.config.status())
     try:
         yield

@@ -21,9 +21,9 @@ from service.api.http_limits import uvicorn_options
 from service.api.supervisor import WorkerSupervisor
 from service.api.worker_app import WorkerApp
 from service.serving.config_watch import FROM_ENVIRONMENT, starting_config
+from service.serving.fleet_config import FleetConfigError
 from service.serving.fleet_state import create_fleet_dir
 from service.serving.metrics import MULTIPROC_ENV
-from service.serving.serving_config import ServingConfigError
 from service.serving.settings import Settings
 from service.store.artifact import check_component, load_artifact, resolve_version
 from service.store.manifest import ArtifactError
@@ -80,7 +80,7 @@ def _check_model_exists(settings: Settings) -> None:
     try:
         version = starting_config(settings)[0].version
         load_artifact(resolve_version(model_dir / check_component("version", version) if version else model_dir))
-    except (ArtifactError, ServingConfigError) as exc:
+    except (ArtifactError, FleetConfigError) as exc:
         raise SystemExit(f"cannot serve: {exc}") from None
 
 
@@ -96,7 +96,7 @@ def _for_workers(settings: Settings, workers: int) -> Settings:
     if source == FROM_ENVIRONMENT and config.version is None:
         version = resolve_version(settings.model_store / settings.model_name).name
         update["model_version"] = version
-        logger.info("no serving config and no RANKER_MODEL_VERSION: every worker serves %s, the latest now", version)
+        logger.info("no fleet config and no RANKER_MODEL_VERSION: every worker serves %s, the latest now", version)
     return settings.model_copy(update=update)
 
 

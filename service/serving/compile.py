@@ -1,6 +1,6 @@
 """Compiled variants (RANKER_COMPILE): each built variant through torch.compile, at start-up.
 
-Modes: "auto" (the default) compiles the variants the serving config routes to (default, A/B arms, shadow; under
+Modes: "auto" (the default) compiles the variants the fleet config routes to (default, A/B arms, shadow; under
 the `auto` default, the form measured fastest uncompiled at the most warm-up sizes: fastest.compile_targets) and
 keeps each one only when it is equivalent to itself uncompiled AND faster at the warm-up sizes (interleaved
 medians, measured here); "inductor" compiles every built variant and keeps each one that is equivalent; "off"
@@ -60,7 +60,7 @@ SPEED_REPEATS = 11
 # inductor's settings while this module compiles (every compile happens in _compile_and_check, never while
 # serving): freezing, see the module docstring. A config patch, as torch.compile's `options` do not reach it.
 INDUCTOR_CONFIG: dict[str, Any] = {"freezing": True}
-NOT_ROUTED = ("not routed to by the serving config when this version was built, nor, under the auto default, "
+NOT_ROUTED = ("not routed to by the fleet config when this version was built, nor, under the auto default, "
               "measured fastest uncompiled at the most warm-up sizes (compile=auto compiles those only)")
 
 
@@ -114,7 +114,7 @@ def compile_variants(
     mode: CompileMode, routed: frozenset[Variant] | None = None,
 ) -> tuple[dict[Variant, nn.Module], CompileReport]:
     """Every variant compiled and warmed at `sizes` as `mode` says (see the module docstring), or as it was with
-    the reason. `routed`: the variants the serving config sends requests to ("auto" compiles only those; None:
+    the reason. `routed`: the variants the fleet config sends requests to ("auto" compiles only those; None:
     all).
 
     Variants that share one module (a fallback to VanI) are compiled once and stay shared.

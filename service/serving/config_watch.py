@@ -1,4 +1,4 @@
-"""Keep this process on the fleet's serving config (model_store/<name>/serving.json, serving_config.py).
+"""Keep this process on the fleet config (model_store/<name>/serving.json, fleet_config.py).
 
 At start-up the file wins over the RANKER_* settings when it exists. A background thread re-reads it every
 `config_poll_s` seconds and applies a new generation: a new model version is built, verified and warmed
@@ -8,7 +8,7 @@ counted, and this process keeps serving the last good one; it looks again only w
 admin call of this process writes the next generation and applies it here at once (`publish`).
 
 Whatever stands at serving.json, the poll never blocks: the file is read (outside the apply lock) only when it
-is a regular file of bounded size (serving_config.py); a FIFO, device or symlink there is refused like a
+is a regular file of bounded size (fleet_config.py); a FIFO, device or symlink there is refused like a
 broken generation. One generation is one version in every worker: a null version is resolved once for the
 replica (fleet_state.py), and a worker started later that cannot apply the file falls back to the generation
 its siblings last applied, or fails start-up (start_up).
@@ -25,22 +25,22 @@ from pathlib import Path
 from typing import Any
 
 from service.serving.errors import ConfigNotWritten, InvalidRequest, ModelRejected, ReloadInProgress
+from service.serving.fleet_config import (
+    LOCK_TIMEOUT_S,
+    FleetConfig,
+    FleetConfigBusy,
+    FleetConfigError,
+    FleetConfigFile,
+    FleetConfigIOError,
+    FleetConfigUnusable,
+    generation_in,
+    parse_fleet_config,
+)
 from service.serving.fleet_state import FleetState
 from service.serving.memory import release_build_memory
 from service.serving.metrics import ServiceMetrics
 from service.serving.routing import VariantRouter
-from service.serving.runtime import ActiveConfig, ModelRuntime
-from service.serving.serving_config import (
-    LOCK_TIMEOUT_S,
-    ServingConfig,
-    ServingConfigBusy,
-    ServingConfigError,
-    ServingConfigFile,
-    ServingConfigIOError,
-    ServingConfigUnusable,
-    generation_in,
-    parse_serving_config,
-)
+from service.serving.runtime import ModelRuntime, ServingNow
 from service.serving.serving_model import ServingModel
 from service.serving.settings import Settings
 from service.serving.shadow import ShadowComparator
@@ -55,8 +55,8 @@ MAX_REASON_CHARS = 500  # of a refusal's reason in the log line and /v1/models
 
 
 @dataclass(frozen=True)
-class AppliedConfig:
-    config: ServingConfig
+class AppliedGeneration:
+    config: FleetConfig
     source: str  # FROM_FILE or FROM_ENVIRONMENT
     applied_at: str
 
@@ -73,27 +73,27 @@ class Refusal:
 
 
 class ConfigWatcher:
-    """Applies the serving config to this process: at start-up, when the file changes, and after admin writes."""
+    """Applies the fleet config to this process: at start-up, when the file changes, and after admin writes."""
 
     def __init__(
         self, settings: Settings, runtime: ModelRuntime, shadow: ShadowComparator, metrics: ServiceMetrics
     ) -> None:
-        self.file = ServingConfigFile.for_settings(settings)
+        self.file = FleetConfigFile.for_settings(settings)
         self.poll_s = settings.config_poll_s
         self.runtime = runtime
         self.shadow = shadow
         self.metrics = metrics
-        self._environment = ServingConfig.from_settings(settings)
+        self._environment = FleetConfig.from_settings(settings)
         self._lock = threading.Lock()  # one apply at a time: the poll thread or an admin call
         self.fleet = FleetState.from_environment()  # what the sibling workers of this replica applied
         self._seen: Snapshot = None  # the file content last looked at; unchanged content is not re-applied
-        self._applied: AppliedConfig | None = None
+        self._applied: AppliedGeneration | None = None
         self.last_refusal: Refusal | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     @property
-    def applied(self) -> AppliedConfig:
+    def applied(self) -> AppliedGeneration:
         if self._applied is None:
             raise RuntimeError("start_up() has not applied a config yet")
         return self._applied
@@ -110,12 +110,12 @@ class ConfigWatcher:
         """
         with self._lock:
             snapshot: Snapshot = None
-            config: ServingConfig | None = None
+            config: FleetConfig | None = None
             try:
-                snapshot = self._snapshot()  # ServingConfigIOError (e.g. permissions): as unusable as broken JSON
+                snapshot = self._snapshot()  # FleetConfigIOError (e.g. permissions): as unusable as broken JSON
                 config, source = self._config_in(snapshot)
                 self._apply(config, source)
-            except (ServingConfigError, ModelRejected) as exc:
+            except (FleetConfigError, ModelRejected) as exc:
                 self._start_from_fleet(snapshot, config, exc)
             self._seen = snapshot
         return self.runtime.serving
@@ -153,14 +153,14 @@ class ConfigWatcher:
         self._activate(action.config, serving, FROM_FILE)
         return True
 
-    def publish(self, changes: dict[str, Any]) -> ActiveConfig:
+    def publish(self, changes: dict[str, Any]) -> ServingNow:
         """Write the next generation of serving.json with `changes` and apply it here at once (admin calls).
 
         A model version that cannot be built and verified here is refused (ModelRejected) before anything is
         written, so the fleet never sees it. A broken file is replaced, starting from this process's config.
         """
         if not self._lock.acquire(timeout=LOCK_TIMEOUT_S):
-            raise ReloadInProgress("another serving config change is still being applied")
+            raise ReloadInProgress("another fleet config change is still being applied")
         try:
             with self.file.locked():
                 current = self.applied.config
@@ -168,11 +168,11 @@ class ConfigWatcher:
                 serving = self._model_for(config)
                 self._seen = self.file.write(config)
             return self._activate(config, serving, FROM_FILE)
-        except ServingConfigBusy as exc:
+        except FleetConfigBusy as exc:
             raise ReloadInProgress(exc.message) from None
-        except ServingConfigIOError as exc:
+        except FleetConfigIOError as exc:
             raise ConfigNotWritten(exc.message) from None
-        except ServingConfigError as exc:
+        except FleetConfigError as exc:
             raise InvalidRequest(exc.message, field=exc.field, code="invalid_value") from None
         finally:
             self._lock.release()
@@ -215,37 +215,37 @@ class ConfigWatcher:
                 last_error = ""
             except Exception as exc:  # e.g. the store is unreadable: log once per distinct error, keep serving
                 if str(exc) != last_error:
-                    logger.warning("serving config not read: %s", _one_line(str(exc)))
+                    logger.warning("fleet config not read: %s", _one_line(str(exc)))
                 last_error = str(exc)
 
     def _snapshot(self) -> Snapshot:
         """The file's bytes, None without a file, or why it is not a usable file; never blocks."""
         try:
             return self.file.read_bytes()
-        except ServingConfigUnusable as exc:
+        except FleetConfigUnusable as exc:
             return exc.message
 
-    def _config_in(self, snapshot: Snapshot) -> tuple[ServingConfig, str]:
+    def _config_in(self, snapshot: Snapshot) -> tuple[FleetConfig, str]:
         return config_in(snapshot, self._environment, self.file.path)
 
-    def _resolved(self, config: ServingConfig) -> ServingConfig:
+    def _resolved(self, config: FleetConfig) -> FleetConfig:
         """`config` with a concrete version: a null one resolves to the folder every worker uses for its
         generation (the latest when the first of them applied it)."""
         if config.version is not None:
             return config
         return config.updated({"version": self.fleet.version_for(config.generation, self.latest_version)})
 
-    def _start_from_fleet(self, snapshot: Snapshot, failed: ServingConfig | None, exc: Exception) -> None:
+    def _start_from_fleet(self, snapshot: Snapshot, failed: FleetConfig | None, exc: Exception) -> None:
         """Start on the generation the siblings last applied, after `failed` (None: unreadable) could not."""
         reason = REFUSED_MODEL if isinstance(exc, ModelRejected) else REFUSED_INVALID
         generation = failed.generation if failed is not None else _generation_of(snapshot)
         fallback = self.fleet.last_applied()
         if fallback is None or (failed is not None and failed.generation == fallback.generation
                                 and failed.version in (None, fallback.version)):
-            logger.error("cannot start: serving config %s refused (%s): %s", _generation_name(generation), reason,
+            logger.error("cannot start: fleet config %s refused (%s): %s", _generation_name(generation), reason,
                          _one_line(str(exc)))
             raise exc
-        logger.warning("serving config %s refused at start-up (%s); starting on generation %d (version %s), "
+        logger.warning("fleet config %s refused at start-up (%s); starting on generation %d (version %s), "
                        "the last one this server's workers applied", _generation_name(generation), reason,
                        fallback.generation, fallback.version)
         try:
@@ -256,11 +256,11 @@ class ConfigWatcher:
             raise
         self._refuse(generation, reason, str(exc))
 
-    def _apply(self, config: ServingConfig, source: str) -> ActiveConfig:
+    def _apply(self, config: FleetConfig, source: str) -> ServingNow:
         config = self._resolved(config)
         return self._activate(config, self._model_for(config), source)
 
-    def _model_for(self, config: ServingConfig) -> ServingModel:
+    def _model_for(self, config: FleetConfig) -> ServingModel:
         """The serving model for the config's version: the current one, or a new one built and verified."""
         path = self.runtime.version_path(config.version)
         current = self.runtime.active.serving if self.runtime.ready else None
@@ -268,11 +268,11 @@ class ConfigWatcher:
             return current
         return self.runtime.build(path, config.routed_variants())  # ModelRejected when it cannot serve
 
-    def _activate(self, config: ServingConfig, serving: ServingModel, source: str) -> ActiveConfig:
+    def _activate(self, config: FleetConfig, serving: ServingModel, source: str) -> ServingNow:
         previous = self.runtime.active if self.runtime.ready else None
         self.shadow.configure(config.shadow.variant, config.shadow.sample_rate)
         active = self.runtime.activate(serving, VariantRouter(config.variant, config.ab_split), config.generation)
-        self._applied = AppliedConfig(config, source, _now())
+        self._applied = AppliedGeneration(config, source, _now())
         self._remember(config)
         self.metrics.set_config_generation(config.generation)  # after the swap: the gauge never runs ahead
         self.metrics.set_model(
@@ -283,7 +283,7 @@ class ConfigWatcher:
         swapped = previous is None or previous.serving is not serving
         if previous is not None and swapped:
             self.metrics.reloads.labels(outcome="ok").inc()
-        logger.info("serving config generation %d applied (from %s): model %s/%s, routing %s, shadow %s at %g",
+        logger.info("fleet config generation %d applied (from %s): model %s/%s, routing %s, shadow %s at %g",
                     config.generation, source, serving.name, serving.version, active.router.to_dict(),
                     config.shadow.variant.value if config.shadow.variant else None, config.shadow.sample_rate)
         if swapped:
@@ -291,7 +291,7 @@ class ConfigWatcher:
             release_build_memory()
         return active
 
-    def _remember(self, config: ServingConfig) -> None:
+    def _remember(self, config: FleetConfig) -> None:
         try:
             self.fleet.remember(config)
         except OSError as exc:  # the record only helps a later worker start; serving goes on without it
@@ -304,24 +304,24 @@ class ConfigWatcher:
         if reason == REFUSED_MODEL:
             self.metrics.reloads.labels(outcome="refused").inc()
             release_build_memory()  # what the refused build left
-        logger.warning("serving config %s refused (%s), still serving generation %d: %s",
+        logger.warning("fleet config %s refused (%s), still serving generation %d: %s",
                        _generation_name(generation), reason, self.applied.config.generation, message)
 
 
-def config_in(snapshot: Snapshot, environment: ServingConfig, path: Path) -> tuple[ServingConfig, str]:
+def config_in(snapshot: Snapshot, environment: FleetConfig, path: Path) -> tuple[FleetConfig, str]:
     """Which config wins, the one rule: serving.json when there is one, else the RANKER_* settings (`environment`,
-    generation 0); with where it came from. ServingConfigError when a file is there but cannot be used."""
+    generation 0); with where it came from. FleetConfigError when a file is there but cannot be used."""
     if snapshot is None:
         return environment, FROM_ENVIRONMENT
     if isinstance(snapshot, str):
-        raise ServingConfigUnusable(snapshot)
-    return parse_serving_config(snapshot, path), FROM_FILE
+        raise FleetConfigUnusable(snapshot)
+    return parse_fleet_config(snapshot, path), FROM_FILE
 
 
-def starting_config(settings: Settings) -> tuple[ServingConfig, str]:
+def starting_config(settings: Settings) -> tuple[FleetConfig, str]:
     """The config a process with `settings` starts on now (`config_in` on the file as it stands)."""
-    file = ServingConfigFile.for_settings(settings)
-    return config_in(file.read_bytes(), ServingConfig.from_settings(settings), file.path)
+    file = FleetConfigFile.for_settings(settings)
+    return config_in(file.read_bytes(), FleetConfig.from_settings(settings), file.path)
 
 
 @dataclass(frozen=True)
@@ -344,18 +344,18 @@ class Refuse:
 class Apply:
     """A new config to build (its version, when new) and switch to."""
 
-    config: ServingConfig
+    config: FleetConfig
 
 
 Action = Keep | Refuse | Apply
 
 
 def decide(
-    snapshot: Snapshot, seen: Snapshot, applied: ServingConfig, read: Callable[[bytes | str], ServingConfig],
+    snapshot: Snapshot, seen: Snapshot, applied: FleetConfig, read: Callable[[bytes | str], FleetConfig],
 ) -> Action:
     """What a poll does with what it found at serving.json, given what it saw last time and what serves now.
 
-    `read` turns the file's content into a config with a concrete version (ServingConfigError when it does not
+    `read` turns the file's content into a config with a concrete version (FleetConfigError when it does not
     parse or validate, ModelRejected when a null version finds no version folder). Deciding does nothing
     else, so every rule of the watch is here and testable without files, threads or models."""
     if snapshot is None:
@@ -364,7 +364,7 @@ def decide(
         return Keep("unchanged since the last look")
     try:
         config = read(snapshot)
-    except ServingConfigError as exc:
+    except FleetConfigError as exc:
         return Refuse(_generation_of(snapshot), REFUSED_INVALID, exc.message)
     except ModelRejected as exc:
         return Refuse(_generation_of(snapshot), REFUSED_MODEL, str(exc))

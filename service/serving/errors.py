@@ -92,7 +92,7 @@ class ModelRejected(ServiceError):
 
 
 class ReloadInProgress(ServiceError):
-    """Another reload or serving config change is still being applied."""
+    """Another reload or fleet config change is still being applied."""
 
     code = "reload_in_progress"
 

@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from service.serving.serving_config import ServingConfig, ServingConfigError, parse_serving_config
+from service.serving.fleet_config import FleetConfig, FleetConfigError, parse_fleet_config
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class FleetState:
             temp.unlink(missing_ok=True)
         return version
 
-    def remember(self, config: ServingConfig) -> None:
+    def remember(self, config: FleetConfig) -> None:
         """Record `config` (its version concrete) as the replica's last applied, unless a newer one is."""
         if self.folder is None or config.version is None:
             return
@@ -76,7 +76,7 @@ class FleetState:
                 return
             os.replace(self._temp_with(config.to_json()), self.folder / LAST_APPLIED_FILE)
 
-    def last_applied(self) -> ServingConfig | None:
+    def last_applied(self) -> FleetConfig | None:
         """The newest generation a worker of this replica applied, or None (none yet, or no shared folder)."""
         if self.folder is None:
             return None
@@ -84,8 +84,8 @@ class FleetState:
         if not raw:
             return None
         try:
-            return parse_serving_config(raw.encode(), self.folder / LAST_APPLIED_FILE)
-        except ServingConfigError as exc:  # written by this code only: cannot happen short of a broken disk
+            return parse_fleet_config(raw.encode(), self.folder / LAST_APPLIED_FILE)
+        except FleetConfigError as exc:  # written by this code only: cannot happen short of a broken disk
             logger.warning("fleet record ignored: %s", exc.message)
             return None
 

@@ -41,7 +41,7 @@ WARMUP_SEED = CAPTURE_SEED + 1  # fixed warm-up inputs, other than the capture e
 def build_serving_model(settings: Settings, path: Path, routed: frozenset[Variant | Auto] | None = None
                         ) -> ServingModel:
     """Load, verify, build every variant, check each against VanI, warm it and time it for `auto`; ModelRejected
-    if unusable. `routed`: what the serving config sends requests to (compile=auto compiles those, and under
+    if unusable. `routed`: what the fleet config sends requests to (compile=auto compiles those, and under
     `auto` the one form it serves at the most warm-up sizes: fastest.compile_targets; None: all)."""
     started = time.perf_counter()
     try:

@@ -170,7 +170,7 @@ class ServiceMetrics:
             if self._config_generation is None:
                 self._config_generation = Gauge(
                     f"{PREFIX}_config_generation",
-                    "Serving config generation this process applies (0: its RANKER_* settings).",
+                    "Fleet config generation this process applies (0: its RANKER_* settings).",
                     [] if self.multiprocess else ["pid"], multiprocess_mode="liveall", registry=self.registry,
                 )
             gauge = self._config_generation

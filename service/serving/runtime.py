@@ -22,7 +22,7 @@ from service.store.artifact import check_component
 
 
 @dataclass(frozen=True)
-class ActiveConfig:
+class ServingNow:
     """What serves requests now, swapped as one reference: the model, the routing and the config generation."""
 
     serving: ServingModel
@@ -34,14 +34,14 @@ class ActiveConfig:
 class ModelRuntime:
     """What the service serves now (swapped atomically), and how to build a version of the configured model.
 
-    The runtime does not decide what to serve: service/serving/config_watch.py applies the serving config.
+    The runtime does not decide what to serve: service/serving/config_watch.py applies the fleet config.
     """
 
     settings: Settings
-    _active: ActiveConfig | None = None
+    _active: ServingNow | None = None
 
     @property
-    def active(self) -> ActiveConfig:
+    def active(self) -> ServingNow:
         active = self._active
         if active is None:
             raise NotReady("no model is loaded yet")
@@ -69,11 +69,11 @@ class ModelRuntime:
 
     def build(self, path: Path, routed: frozenset[Variant | Auto] | None = None) -> ServingModel:
         """Build, verify and warm the version at `path` beside the one serving; requests see nothing yet.
-        `routed`: the variants the serving config sends requests to (what compile=auto compiles)."""
+        `routed`: the variants the fleet config sends requests to (what compile=auto compiles)."""
         return build_serving_model(self.settings, path, routed)
 
-    def activate(self, serving: ServingModel, router: VariantRouter, generation: int) -> ActiveConfig:
+    def activate(self, serving: ServingModel, router: VariantRouter, generation: int) -> ServingNow:
         """Swap what serves: one reference assignment, so a request sees the old or the new config, whole."""
-        active = ActiveConfig(serving, router, generation)
+        active = ServingNow(serving, router, generation)
         self._active = active
         return active

@@ -31,7 +31,7 @@ from service.serving.admission import InferencePool
 from service.serving.errors import InvalidRequest
 from service.serving.metrics import STAGES, ServiceMetrics
 from service.serving.routing import Auto
-from service.serving.runtime import ActiveConfig, ModelRuntime
+from service.serving.runtime import ModelRuntime, ServingNow
 from service.serving.serving_model import ServingModel
 from service.serving.shadow import ShadowComparator, ShadowJob
 
@@ -233,7 +233,7 @@ def _largest_dense_input(serving: ServingModel, features: dict[str, torch.Tensor
     return None if best is None else best[1]
 
 
-def _prepare(active: ActiveConfig, door: Door[Any], body: bytes, header_request_id: str | None) -> _Prepared:
+def _prepare(active: ServingNow, door: Door[Any], body: bytes, header_request_id: str | None) -> _Prepared:
     decoded = door.decode(active.serving, body)
     choice = active.router.route(decoded.user_id)
     variant = choice if isinstance(choice, Variant) else active.serving.fastest.variant_for(decoded.n_candidates)

@@ -3,7 +3,7 @@
 Values come from (highest priority first): keyword arguments, environment variables prefixed `RANKER_`,
 an optional TOML or JSON file named by `RANKER_CONFIG_FILE`, then the defaults below. Structured values
 (`RANKER_AB_SPLIT`, `RANKER_WARMUP_CANDIDATES`) are JSON in the environment. Unsafe values are refused at
-start-up with a message naming the setting. The fleet's serving config (service/serving/serving_config.py,
+start-up with a message naming the setting. The fleet config (service/serving/fleet_config.py,
 model_store/<name>/serving.json) overrides model_version, variant, ab_split and shadow_* when it exists.
 """
 

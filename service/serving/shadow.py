@@ -40,7 +40,7 @@ class ShadowJob:
 class ShadowComparator:
     """Samples requests onto a bounded queue; a background thread scores them on the shadow variant.
 
-    The variant and the sample rate change with the serving config (`configure`); the thread runs from
+    The variant and the sample rate change with the fleet config (`configure`); the thread runs from
     `start` to `stop` whether or not sampling is on, and each job names the variant it was sampled for.
     """
 

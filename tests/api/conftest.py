@@ -31,7 +31,7 @@ def make_settings(store: Path, **overrides: Any) -> Settings:
 
 
 def private_store(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the session's store for tests that change the serving config: admin calls write its
+    """A copy of the session's store for tests that change the fleet config: admin calls write its
     serving.json, which every later app on the same store would follow."""
     root = tmp_path_factory.mktemp("private_store")
     shutil.copytree(store / MODEL_NAME, root / MODEL_NAME, ignore=shutil.ignore_patterns("serving.json", ".*"))

@@ -1,4 +1,4 @@
-"""Fleet-wide serving config, for real: two `ranker serve` processes on one store (one of them with 2 uvicorn
+"""Fleet-wide fleet config, for real: two `ranker serve` processes on one store (one of them with 2 uvicorn
 workers) follow model_store/<name>/serving.json while a closed-loop client keeps ranking on both."""
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import httpx
 import pytest
 
 from service.engine import Variant
+from service.serving.fleet_config import FleetConfigFile
 from service.serving.routing import VariantRouter
-from service.serving.serving_config import ServingConfigFile
 from tests.api.conftest import ADMIN_HEADERS, ADMIN_TOKEN, MODEL_NAME, rank_body
 from tests.api.live_server import REPO_ROOT, LiveServer
 from tests.api.metrics_text import parse_metrics, total
@@ -41,7 +41,7 @@ USERS = 40  # distinct user ids (and bodies): the A/B split routes some of them 
 THINK_S = 0.05
 SPLIT = {"mari": 0.5, "vani": 0.5}
 BUILT = re.compile(rf"model {MODEL_NAME}/(\S+) built and warmed in ([\d.]+)s")
-APPLIED = re.compile(r"^(\S+ \S+) INFO service.serving.config_watch: serving config generation (\d+) applied", re.M)
+APPLIED = re.compile(r"^(\S+ \S+) INFO service.serving.config_watch: fleet config generation (\d+) applied", re.M)
 LOG_TIME = "%Y-%m-%d %H:%M:%S,%f"  # logging's asctime, local time
 
 
@@ -189,7 +189,7 @@ class Change:
 
 def written(model_dir: Path, generation: int) -> float:
     """serving.json's mtime, once it holds `generation` (the writer has returned: it is there)."""
-    config = ServingConfigFile(model_dir).read()
+    config = FleetConfigFile(model_dir).read()
     assert config is not None and config.generation == generation, config
     return (model_dir / "serving.json").stat().st_mtime
 
@@ -259,7 +259,7 @@ def test_three_config_changes_reach_every_worker_of_both_servers_with_no_failed_
 def test_a_bad_generation_is_refused_and_counted_by_every_worker_and_the_last_good_keeps_serving(
     fleet: Fleet, schema
 ) -> None:
-    config_file = ServingConfigFile(fleet.model_dir)
+    config_file = FleetConfigFile(fleet.model_dir)
     if config_file.read() is None:  # run alone: the first test has not written one
         httpx.post(f"{fleet.servers['single'].url}/admin/variant", json={"variant": "uoi"}, headers=ADMIN_HEADERS)
     good = config_file.read()
@@ -305,7 +305,7 @@ def test_a_bad_generation_is_refused_and_counted_by_every_worker_and_the_last_go
     fleet.converge(fixed.generation)
 
 
-def test_ranker_serve_refuses_to_start_on_an_unusable_serving_config(store: Path, tmp_path: Path) -> None:
+def test_ranker_serve_refuses_to_start_on_an_unusable_fleet_config(store: Path, tmp_path: Path) -> None:
     from service.api.server import _check_model_exists
     from service.serving.settings import Settings
 

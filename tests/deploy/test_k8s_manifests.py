@@ -548,7 +548,7 @@ def test_overlay_namespaces_retags_scales_and_splits_consistently(overlay: Rende
 
 
 def cli_has_config() -> bool:
-    """Whether this tree's `ranker` has the fleet config's `config` command (service/serving/serving_config.py)."""
+    """Whether this tree's `ranker` has the fleet config's `config` command (service/serving/fleet_config.py)."""
     from service.cli import build_parser
 
     parser = build_parser()

@@ -151,7 +151,7 @@ def _send_load(url: str, store: Path) -> dict[int, int]:
     return statuses
 
 
-def _refuse_a_serving_config(url: str, store: Path) -> None:
+def _refuse_a_fleet_config(url: str, store: Path) -> None:
     """A serving.json naming an unknown variant: every worker refuses it (ranker_config_rejections_total)."""
     (store / MODEL_NAME / "serving.json").write_text(json.dumps({"generation": 1, "variant": "no-such-variant"}))
     deadline = time.monotonic() + SERIES_TIMEOUT_S
@@ -194,7 +194,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         ranker_url = f"http://127.0.0.1:{ranker_port}"
         _wait_first_scrape(prometheus_url)  # counters seen before the load, so rate() sees it arrive
         statuses = _send_load(ranker_url, store)
-        _refuse_a_serving_config(ranker_url, store)
+        _refuse_a_fleet_config(ranker_url, store)
         yield Stack(ranker_url, prometheus_url, statuses)
     finally:
         if server is not None:
@@ -271,7 +271,7 @@ def test_every_metric_the_expressions_name_has_series_of_its_own(stack: Stack) -
     assert _empty_expressions(stack, [(f"metric {name}", name) for name in sorted(names)]) == []
 
 
-def test_the_refused_serving_config_fires_RankerConfigRefused_and_the_rest_stay_quiet(stack: Stack) -> None:
+def test_the_refused_fleet_config_fires_RankerConfigRefused_and_the_rest_stay_quiet(stack: Stack) -> None:
     deadline = time.monotonic() + SERIES_TIMEOUT_S
     while True:
         alerts = httpx.get(f"{stack.prometheus_url}/api/v1/alerts", timeout=10.0).json()["data"]["alerts"]

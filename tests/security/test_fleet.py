@@ -24,20 +24,20 @@ import pytest
 
 from service.api.supervisor import START_RETRY_MAX_S, start_retry_delay
 from service.engine import Variant
-from service.serving.fleet_state import FLEET_DIR_ENV
-from service.serving.serving_config import (
+from service.serving.fleet_config import (
     MAX_FILE_BYTES,
-    ServingConfig,
-    ServingConfigFile,
-    ServingConfigUnusable,
+    FleetConfig,
+    FleetConfigFile,
+    FleetConfigUnusable,
 )
+from service.serving.fleet_state import FLEET_DIR_ENV
 from tests.api.conftest import ADMIN_HEADERS, rank_body
 from tests.api.live_server import LiveServer
 from tests.api.metrics_text import total
 from tests.conftest import SMALL_MODEL_NAME
 from tests.faults.conftest import fault_env, store_with
 from tests.faults.traffic import scrape, worker_pids
-from tests.serving.test_serving_config import make_watcher
+from tests.serving.test_fleet_config_file import make_watcher
 
 WORKERS = 2
 REQUEST_TIMEOUT_S = 15.0  # one small request; an admin call that hangs fails here, not at the suite's timeout
@@ -135,7 +135,7 @@ def test_a_fifo_in_place_of_serving_json_is_refused_once_and_blocks_no_later_cha
     put_fifo(model_dir)
     refused_by_every_worker(0)
     assert rank(server.url, body) == ("200", "v1", "1")
-    ServingConfigFile(model_dir).write(ServingConfig.model_validate({**GENERATION_1, "generation": 2,
+    FleetConfigFile(model_dir).write(FleetConfig.model_validate({**GENERATION_1, "generation": 2,
                                                                      "version": "v1", "variant": "uoi"}))
     wait_until(lambda: generations(server.url) == {2.0}, APPLIED_WITHIN_S, "generation 2 applied", server)
 
@@ -220,7 +220,7 @@ def _too_large(path: Path) -> None:
 def test_the_serving_json_reader_refuses_all_but_a_bounded_regular_file_without_blocking(
     tmp_path: Path, make: Callable[[Path], None]
 ) -> None:
-    config_file = ServingConfigFile(tmp_path)
+    config_file = FleetConfigFile(tmp_path)
     make(config_file.path)
     outcome: list[object] = []
     reader = threading.Thread(target=lambda: outcome.append(_read_or_error(config_file)), daemon=True)
@@ -230,11 +230,11 @@ def test_the_serving_json_reader_refuses_all_but_a_bounded_regular_file_without_
         with open(os.open(config_file.path, os.O_WRONLY | os.O_NONBLOCK), "wb"):
             pass
         pytest.fail("the reader blocked on what stands at serving.json")
-    assert isinstance(outcome[0], ServingConfigUnusable), outcome
+    assert isinstance(outcome[0], FleetConfigUnusable), outcome
     assert str(config_file.path) in str(outcome[0]) and "expected" in str(outcome[0])
 
 
-def _read_or_error(config_file: ServingConfigFile) -> object:
+def _read_or_error(config_file: FleetConfigFile) -> object:
     try:
         return config_file.read_bytes()
     except Exception as exc:
@@ -243,8 +243,8 @@ def _read_or_error(config_file: ServingConfigFile) -> object:
 
 def test_a_writer_stores_the_latest_version_never_null(store: Path, tmp_path: Path) -> None:
     model_dir = store_with(store, tmp_path, ("v1", "v2")) / SMALL_MODEL_NAME
-    config_file = ServingConfigFile(model_dir)
-    current = ServingConfig.model_validate({**GENERATION_1, "version": "v1"})
+    config_file = FleetConfigFile(model_dir)
+    current = FleetConfig.model_validate({**GENERATION_1, "version": "v1"})
     with config_file.locked():
         written = config_file.next_config({"version": None, "variant": "uoi"}, absent=current, invalid=current)
     assert written.version == "v2" and written.generation == 2  # what "latest" is now, stored as such
@@ -256,8 +256,8 @@ def test_a_worker_starting_on_a_truncated_serving_json_serves_the_generation_its
     model_dir = store_with(store, tmp_path / "store", ("v1", "v2")) / SMALL_MODEL_NAME
     (tmp_path / "fleet").mkdir()
     monkeypatch.setenv(FLEET_DIR_ENV, str(tmp_path / "fleet"))  # as `ranker serve --workers 2` sets it
-    good = ServingConfig.model_validate({**GENERATION_1, "generation": 4, "version": "v2", "variant": "uoi"})
-    ServingConfigFile(model_dir).write(good)
+    good = FleetConfig.model_validate({**GENERATION_1, "generation": 4, "version": "v2", "variant": "uoi"})
+    FleetConfigFile(model_dir).write(good)
     sibling, _ = make_watcher(model_dir)
     assert sibling.start_up().version == "v2"
     (model_dir / "serving.json").write_bytes(good.to_json()[:20])  # a writer that does not rename, mid-write

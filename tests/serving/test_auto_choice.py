@@ -10,15 +10,15 @@ from pydantic import ValidationError
 
 from service.engine import Variant
 from service.serving.fastest import compile_targets, measure_forms
+from service.serving.fleet_config import FleetConfig, FleetConfigError, parse_fleet_config, validated
 from service.serving.routing import Auto, VariantRouter
-from service.serving.serving_config import ServingConfig, ServingConfigError, parse_serving_config, validated
 from service.serving.settings import Settings, describe_settings
 from tests.serving.test_fastest import Marked, _example
 
 NO_SHADOW = {"variant": None, "sample_rate": 0.0}
 
 
-def _config(**fields: object) -> ServingConfig:
+def _config(**fields: object) -> FleetConfig:
     return validated({"generation": 1, "version": "v1", "variant": "auto", "ab_split": {}, "shadow": NO_SHADOW,
                       **fields}, "test")
 
@@ -37,22 +37,22 @@ def test_the_default_is_auto_and_a_named_variant_stays_that_variant(monkeypatch:
 def test_an_unknown_default_is_refused_naming_the_four_choices() -> None:
     with pytest.raises(ValidationError, match="must be one of vani, uoi, mari, auto, got 'fastest'"):
         Settings(variant="fastest")
-    with pytest.raises(ServingConfigError, match="field variant: .*vani, uoi, mari, auto"):
+    with pytest.raises(FleetConfigError, match="field variant: .*vani, uoi, mari, auto"):
         _config(variant="MaRI")
 
 
 def test_serving_json_spells_auto_as_a_string_and_reads_it_back() -> None:
-    config = ServingConfig.from_settings(Settings())
+    config = FleetConfig.from_settings(Settings())
     assert json.loads(config.to_json())["variant"] == "auto"
-    assert parse_serving_config(config.to_json(), "serving.json").variant is Auto.AUTO
+    assert parse_fleet_config(config.to_json(), "serving.json").variant is Auto.AUTO
     assert config.updated({"variant": "mari"}).variant is Variant.MARI
     assert config.updated({"variant": "mari"}).updated({"variant": "auto"}).variant is Auto.AUTO
 
 
 def test_ab_arms_and_the_shadow_must_name_real_variants() -> None:
-    with pytest.raises(ServingConfigError, match="ab_split"):
+    with pytest.raises(FleetConfigError, match="ab_split"):
         _config(ab_split={"auto": 1.0})
-    with pytest.raises(ServingConfigError, match="shadow"):
+    with pytest.raises(FleetConfigError, match="shadow"):
         _config(shadow={"variant": "auto", "sample_rate": 0.1})
     with pytest.raises(ValidationError):
         Settings(shadow_variant="auto", shadow_sample_rate=0.1)

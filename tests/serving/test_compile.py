@@ -21,8 +21,8 @@ from service.features.schema import FeatureSchema
 from service.serving import compile as compile_module
 from service.serving.compile import NOT_ROUTED, CompiledVariant, compile_variant, is_faster
 from service.serving.example_request import example_request
+from service.serving.fleet_config import FleetConfig
 from service.serving.loading import build_serving_model
-from service.serving.serving_config import ServingConfig
 from service.serving.serving_model import ServingModel
 from service.serving.settings import Settings
 from tests.conftest import SMALL_MODEL_NAME
@@ -190,7 +190,7 @@ def test_faster_means_a_geometric_mean_ratio_below_one_over_the_warm_up_sizes() 
 
 
 def test_the_routed_variants_are_the_default_the_weighted_arms_and_a_sampled_shadow() -> None:
-    config = ServingConfig(generation=1, version=None, variant=Variant.MARI, ab_split={Variant.UOI: 1.0,
+    config = FleetConfig(generation=1, version=None, variant=Variant.MARI, ab_split={Variant.UOI: 1.0,
                            Variant.VANI: 0.0}, shadow={"variant": Variant.VANI, "sample_rate": 0.0})
     assert config.routed_variants() == {Variant.MARI, Variant.UOI}
     shadowed = config.updated({"shadow": {"sample_rate": 0.1}})

@@ -8,11 +8,11 @@ import pytest
 
 from service.serving.config_watch import REFUSED_INVALID, REFUSED_MODEL, Apply, Keep, Refuse, decide
 from service.serving.errors import ModelRejected
-from service.serving.serving_config import (
-    ServingConfig,
-    ServingConfigError,
-    ServingConfigUnusable,
-    parse_serving_config,
+from service.serving.fleet_config import (
+    FleetConfig,
+    FleetConfigError,
+    FleetConfigUnusable,
+    parse_fleet_config,
 )
 
 
@@ -21,19 +21,19 @@ def fields(generation: int, version: str | None, variant: str) -> dict[str, obje
             "shadow": {"variant": None, "sample_rate": 0.0}}
 
 
-def config(generation: int, version: str = "v1", variant: str = "mari") -> ServingConfig:
-    return ServingConfig.model_validate(fields(generation, version, variant))
+def config(generation: int, version: str = "v1", variant: str = "mari") -> FleetConfig:
+    return FleetConfig.model_validate(fields(generation, version, variant))
 
 
 def raw(generation: int, version: str | None = "v1", variant: str = "mari") -> bytes:
     return json.dumps(fields(generation, version, variant)).encode()
 
 
-def read(snapshot: bytes | str) -> ServingConfig:
+def read(snapshot: bytes | str) -> FleetConfig:
     """What the watcher's reader does, with a null version resolved to v9 and a version 'gone' missing."""
     if isinstance(snapshot, str):
-        raise ServingConfigUnusable(snapshot)
-    parsed = parse_serving_config(snapshot, "serving.json")
+        raise FleetConfigUnusable(snapshot)
+    parsed = parse_fleet_config(snapshot, "serving.json")
     if parsed.version == "gone":
         raise ModelRejected("no version folder gone")
     return parsed if parsed.version is not None else parsed.updated({"version": "v9"})
@@ -85,5 +85,5 @@ def test_the_file_wins_over_the_settings_when_there_is_one(tmp_path) -> None:
     started, source = starting_config(settings)
     assert (source, started.generation, started.version, started.variant.value) == (FROM_FILE, 2, "v3", "vani")
     (tmp_path / "m" / "serving.json").write_bytes(b"{broken")
-    with pytest.raises(ServingConfigError):
+    with pytest.raises(FleetConfigError):
         starting_config(settings)

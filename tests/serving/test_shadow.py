@@ -22,7 +22,7 @@ def test_only_requests_served_by_another_variant_are_sampled() -> None:
     assert not off.enabled and off.sample(Variant.MARI) is None
 
 
-def test_a_new_serving_config_switches_the_shadow_variant_and_rate() -> None:
+def test_a_new_fleet_config_switches_the_shadow_variant_and_rate() -> None:
     comparator = ShadowComparator(None, 0.0, queue_size=2, tolerance=1e-5, metrics=ServiceMetrics())
     comparator.configure(Variant.UOI, 1.0)
     assert comparator.enabled and comparator.sample(Variant.MARI) is Variant.UOI

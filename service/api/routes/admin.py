@@ -1,6 +1,6 @@
 """Admin actions behind the bearer token: roll out a model version, switch the variant / A/B split.
 
-Both write the next generation of the fleet's serving config (model_store/<name>/serving.json), which every
+Both write the next generation of the fleet config (model_store/<name>/serving.json), which every
 worker of every replica applies within RANKER_CONFIG_POLL_S, and apply it in the answering process at once.
 """
 

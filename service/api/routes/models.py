@@ -16,7 +16,7 @@ router = APIRouter(tags=["models"])
 
 @router.get("/v1/models", responses={503: ERROR_RESPONSES[503]})
 async def get_models(state: ServiceState = Depends(get_state)) -> dict[str, Any]:
-    """The loaded model, its variants (engine reports), serving config, A/B and shadow, the `auto` choice per
+    """The loaded model, its variants (engine reports), fleet config, A/B and shadow, the `auto` choice per
     request size with every form's measured time, and the FLOPs report."""
     active = state.runtime.active  # model and routing of one config generation
     serving = active.serving

@@ -1,4 +1,5 @@
-"""The fleet's serving config: model_store/<name>/serving.json, the one file every worker of every replica follows.
+"""The fleet config (`FleetConfig`): model_store/<name>/serving.json, the one file every worker of every replica
+follows. Process settings (service/serving/settings.py) are the other kind of config, one per process.
 
     {"generation": 7, "version": "v2", "variant": "auto", "ab_split": {"mari": 0.9, "vani": 0.1},
      "shadow": {"variant": "vani", "sample_rate": 0.05}}
@@ -39,7 +40,7 @@ from service.serving.validation import problems
 from service.store.artifact import check_component, resolve_version
 from service.store.manifest import ArtifactError
 
-SERVING_CONFIG_FILE = "serving.json"
+FLEET_CONFIG_FILE = "serving.json"
 LOCK_FILE = ".serving.json.lock"  # hidden, and not a folder: never taken for a model version
 LOCK_TIMEOUT_S = 300.0  # a writer may hold the lock while it builds and verifies a new model version
 LOCK_RETRY_S = 0.05
@@ -48,7 +49,7 @@ MAX_FILE_BYTES = 64 * 1024  # a real config is a few hundred bytes; more is refu
 READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC  # a FIFO's open() must not wait
 
 
-class ServingConfigError(ValueError):
+class FleetConfigError(ValueError):
     """serving.json (or a change to it) is unusable; the message names the file and the field at fault."""
 
     def __init__(self, message: str, field: str | None = None) -> None:
@@ -57,15 +58,15 @@ class ServingConfigError(ValueError):
         self.field = field
 
 
-class ServingConfigIOError(ServingConfigError):
+class FleetConfigIOError(FleetConfigError):
     """The file or its lock cannot be opened, read or written (a missing model folder, a read-only store)."""
 
 
-class ServingConfigBusy(ServingConfigError):
+class FleetConfigBusy(FleetConfigError):
     """Another writer held the lock for longer than LOCK_TIMEOUT_S."""
 
 
-class ServingConfigUnusable(ServingConfigError):
+class FleetConfigUnusable(FleetConfigError):
     """Something other than a bounded regular file stands at serving.json (a FIFO, a device, a symlink, a
     huge file): refused like a broken generation, and replaced by the next write."""
 
@@ -85,8 +86,8 @@ class ShadowConfig(BaseModel):
         return self
 
 
-class ServingConfig(BaseModel):
-    """One generation of the fleet's serving config: model version, variant, A/B split and shadow."""
+class FleetConfig(BaseModel):
+    """One generation of the fleet config: model version, variant, A/B split and shadow."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -108,7 +109,7 @@ class ServingConfig(BaseModel):
         return check_ab_split(split)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ServingConfig:
+    def from_settings(cls, settings: Settings) -> FleetConfig:
         """Generation 0: what a process serves from its RANKER_* settings while there is no serving.json."""
         return validated({
             "generation": 0, "version": settings.model_version, "variant": settings.variant,
@@ -123,7 +124,7 @@ class ServingConfig(BaseModel):
             routed.add(self.shadow.variant)
         return frozenset(routed)
 
-    def updated(self, changes: Mapping[str, Any]) -> ServingConfig:
+    def updated(self, changes: Mapping[str, Any]) -> FleetConfig:
         """A copy with `changes` (top-level fields; `shadow` may name only some of its own), validated whole."""
         current = self.model_dump()
         shadow = changes.get("shadow")
@@ -135,28 +136,28 @@ class ServingConfig(BaseModel):
         return (json.dumps(self.model_dump(mode="json"), indent=2) + "\n").encode()
 
 
-def validated(data: Any, source: str) -> ServingConfig:
-    """ServingConfig from plain data; ServingConfigError naming the first field at fault."""
+def validated(data: Any, source: str) -> FleetConfig:
+    """FleetConfig from plain data; FleetConfigError naming the first field at fault."""
     try:
-        return ServingConfig.model_validate(data)
+        return FleetConfig.model_validate(data)
     except ValidationError as exc:
         raise _config_error(exc, source) from None
 
 
-def parse_serving_config(raw: bytes, source: Path | str) -> ServingConfig:
-    """ServingConfig from the bytes of serving.json; ServingConfigError for broken JSON or a bad field."""
+def parse_fleet_config(raw: bytes, source: Path | str) -> FleetConfig:
+    """FleetConfig from the bytes of serving.json; FleetConfigError for broken JSON or a bad field."""
     try:
-        return ServingConfig.model_validate_json(raw)
+        return FleetConfig.model_validate_json(raw)
     except ValidationError as exc:
         raise _config_error(exc, str(source)) from None
 
 
-def _config_error(exc: ValidationError, source: str) -> ServingConfigError:
+def _config_error(exc: ValidationError, source: str) -> FleetConfigError:
     first = problems(exc, echo_chars=MAX_ECHO_CHARS)[0]  # the operator's own file: what it holds is shown
     if first.is_json_error:
-        return ServingConfigError(f"{source}: not valid JSON ({first.message})")
+        return FleetConfigError(f"{source}: not valid JSON ({first.message})")
     got = "" if first.kind == "value_error" else f" (got {first.given})"
-    return ServingConfigError(f"{source}: field {first.field or '(the object)'}: {first.message}{got}",
+    return FleetConfigError(f"{source}: field {first.field or '(the object)'}: {first.message}{got}",
                               field=str(first.loc[0]) if first.loc else None)
 
 
@@ -171,12 +172,12 @@ def generation_in(raw: bytes) -> int:
 
 def _check_regular(path: Path, status: os.stat_result) -> None:
     if stat.S_ISLNK(status.st_mode):
-        raise ServingConfigUnusable(f"{path}: a symbolic link; expected a regular file (writers replace it by rename)")
+        raise FleetConfigUnusable(f"{path}: a symbolic link; expected a regular file (writers replace it by rename)")
     if not stat.S_ISREG(status.st_mode):
-        raise ServingConfigUnusable(f"{path}: not a regular file (mode {stat.filemode(status.st_mode)}); "
+        raise FleetConfigUnusable(f"{path}: not a regular file (mode {stat.filemode(status.st_mode)}); "
                                     "expected a regular file (writers replace it by rename)")
     if status.st_size > MAX_FILE_BYTES:
-        raise ServingConfigUnusable(f"{path}: {status.st_size} bytes; expected at most {MAX_FILE_BYTES}")
+        raise FleetConfigUnusable(f"{path}: {status.st_size} bytes; expected at most {MAX_FILE_BYTES}")
 
 
 def _read_bounded(path: Path, descriptor: int) -> bytes:
@@ -187,7 +188,7 @@ def _read_bounded(path: Path, descriptor: int) -> bytes:
         chunks.append(chunk)
         size += len(chunk)
         if size > MAX_FILE_BYTES:
-            raise ServingConfigUnusable(f"{path}: over {MAX_FILE_BYTES} bytes; expected at most {MAX_FILE_BYTES}")
+            raise FleetConfigUnusable(f"{path}: over {MAX_FILE_BYTES} bytes; expected at most {MAX_FILE_BYTES}")
     return b"".join(chunks)
 
 
@@ -199,21 +200,21 @@ def _try_lock(descriptor: int) -> bool:
         return False
 
 
-class ServingConfigFile:
+class FleetConfigFile:
     """model_store/<name>/serving.json: read without locking; read-modify-write under an exclusive lock."""
 
     def __init__(self, model_dir: Path) -> None:
         self.model_dir = model_dir
-        self.path = model_dir / SERVING_CONFIG_FILE
+        self.path = model_dir / FLEET_CONFIG_FILE
         self._lock_path = model_dir / LOCK_FILE
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> ServingConfigFile:
+    def for_settings(cls, settings: Settings) -> FleetConfigFile:
         return cls(settings.model_store / settings.model_name)
 
     def read_bytes(self) -> bytes | None:
-        """The file's content; None when there is no file. Never blocks: ServingConfigUnusable for anything but
-        a regular file of at most MAX_FILE_BYTES, ServingConfigIOError when it cannot be opened or read."""
+        """The file's content; None when there is no file. Never blocks: FleetConfigUnusable for anything but
+        a regular file of at most MAX_FILE_BYTES, FleetConfigIOError when it cannot be opened or read."""
         try:
             _check_regular(self.path, os.lstat(self.path))  # a device is refused before open() could touch it
             descriptor = os.open(self.path, READ_FLAGS)
@@ -221,19 +222,19 @@ class ServingConfigFile:
             return None
         except OSError as exc:
             if exc.errno == errno.ELOOP:  # replaced by a symlink between lstat and open
-                raise ServingConfigUnusable(f"{self.path}: a symbolic link; expected a regular file") from None
-            raise ServingConfigIOError(f"{self.path}: cannot read the file ({exc})") from exc
+                raise FleetConfigUnusable(f"{self.path}: a symbolic link; expected a regular file") from None
+            raise FleetConfigIOError(f"{self.path}: cannot read the file ({exc})") from exc
         try:
             _check_regular(self.path, os.fstat(descriptor))  # what was opened, whatever was swapped in since
             return _read_bounded(self.path, descriptor)
         except OSError as exc:
-            raise ServingConfigIOError(f"{self.path}: cannot read the file ({exc})") from exc
+            raise FleetConfigIOError(f"{self.path}: cannot read the file ({exc})") from exc
         finally:
             os.close(descriptor)
 
-    def read(self) -> ServingConfig | None:
+    def read(self) -> FleetConfig | None:
         raw = self.read_bytes()
-        return None if raw is None else parse_serving_config(raw, self.path)
+        return None if raw is None else parse_fleet_config(raw, self.path)
 
     @contextlib.contextmanager
     def locked(self, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
@@ -241,20 +242,20 @@ class ServingConfigFile:
         try:
             descriptor = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise ServingConfigIOError(f"{self._lock_path}: cannot open the writers' lock ({exc})") from exc
+            raise FleetConfigIOError(f"{self._lock_path}: cannot open the writers' lock ({exc})") from exc
         try:
             deadline = time.monotonic() + timeout_s
             while not _try_lock(descriptor):
                 if time.monotonic() > deadline:
-                    raise ServingConfigBusy(f"{self.path}: another writer held the lock over {timeout_s:g} s")
+                    raise FleetConfigBusy(f"{self.path}: another writer held the lock over {timeout_s:g} s")
                 time.sleep(LOCK_RETRY_S)
             yield
         finally:
             os.close(descriptor)  # releases the lock
 
     def next_config(
-        self, changes: Mapping[str, Any], *, absent: ServingConfig, invalid: ServingConfig | None
-    ) -> ServingConfig:
+        self, changes: Mapping[str, Any], *, absent: FleetConfig, invalid: FleetConfig | None
+    ) -> FleetConfig:
         """The current file with `changes` and the next generation; call it holding `locked()`.
 
         `absent` is the base when there is no file; `invalid` the base when the file is unusable (None: refuse).
@@ -262,12 +263,12 @@ class ServingConfigFile:
         raw: bytes | None = None
         try:
             raw = self.read_bytes()
-            base = absent if raw is None else parse_serving_config(raw, self.path)
-        except ServingConfigIOError:
+            base = absent if raw is None else parse_fleet_config(raw, self.path)
+        except FleetConfigIOError:
             raise
-        except ServingConfigError as exc:  # broken, or not a regular file (then raw stays None)
+        except FleetConfigError as exc:  # broken, or not a regular file (then raw stays None)
             if invalid is None:
-                raise ServingConfigError(f"{exc.message}; fix or delete the file first", exc.field) from None
+                raise FleetConfigError(f"{exc.message}; fix or delete the file first", exc.field) from None
             base = invalid.updated({"generation": max(invalid.generation, generation_in(raw or b""))})
         config = base.updated({**changes, "generation": base.generation + 1})
         return config if config.version is not None else config.updated({"version": self.latest_version()})
@@ -277,16 +278,16 @@ class ServingConfigFile:
         try:
             return resolve_version(self.model_dir).name
         except ArtifactError as exc:
-            raise ServingConfigError(f"{self.path}: field version: null means the latest, and there is none "
+            raise FleetConfigError(f"{self.path}: field version: null means the latest, and there is none "
                                      f"({exc})", field="version") from None
 
-    def write(self, config: ServingConfig) -> bytes:
+    def write(self, config: FleetConfig) -> bytes:
         """Replace the file atomically with `config` (temp file, fsync, rename, fsync of the folder)."""
         data = config.to_json()
         try:
-            descriptor, temp = tempfile.mkstemp(prefix=f".{SERVING_CONFIG_FILE}.", suffix=".tmp", dir=self.model_dir)
+            descriptor, temp = tempfile.mkstemp(prefix=f".{FLEET_CONFIG_FILE}.", suffix=".tmp", dir=self.model_dir)
         except OSError as exc:
-            raise ServingConfigIOError(f"{self.model_dir}: cannot write {SERVING_CONFIG_FILE} ({exc})") from exc
+            raise FleetConfigIOError(f"{self.model_dir}: cannot write {FLEET_CONFIG_FILE} ({exc})") from exc
         try:
             with os.fdopen(descriptor, "wb") as handle:
                 handle.write(data)
@@ -296,7 +297,7 @@ class ServingConfigFile:
             os.replace(temp, self.path)
         except OSError as exc:
             Path(temp).unlink(missing_ok=True)
-            raise ServingConfigIOError(f"{self.path}: cannot write the file ({exc})") from exc
+            raise FleetConfigIOError(f"{self.path}: cannot write the file ({exc})") from exc
         folder = os.open(self.model_dir, os.O_RDONLY)
         try:
             os.fsync(folder)  # the rename itself survives a crash

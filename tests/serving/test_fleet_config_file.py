@@ -1,4 +1,4 @@
-"""The fleet's serving config: the file (validation, atomic writes, generations, the writers' lock) and the
+"""The fleet config: the file (validation, atomic writes, generations, the writers' lock) and the
 watcher that applies it to one process (polled by hand here; over HTTP in tests/api/test_fleet_config.py)."""
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import pytest
 from service.engine import Variant
 from service.serving.config_watch import ConfigWatcher
 from service.serving.errors import InvalidRequest, ModelRejected
+from service.serving.fleet_config import (
+    FleetConfig,
+    FleetConfigError,
+    FleetConfigFile,
+    parse_fleet_config,
+)
 from service.serving.metrics import ServiceMetrics
 from service.serving.runtime import ModelRuntime
-from service.serving.serving_config import (
-    ServingConfig,
-    ServingConfigError,
-    ServingConfigFile,
-    parse_serving_config,
-)
 from service.serving.settings import Settings
 from service.serving.shadow import ShadowComparator
 from tests.conftest import SMALL_MODEL_NAME as NAME
@@ -37,10 +37,10 @@ def as_bytes(change: dict, drop: str | None = None) -> bytes:
 
 
 def test_a_good_file_parses_and_round_trips() -> None:
-    config = parse_serving_config(as_bytes({}), "serving.json")
+    config = parse_fleet_config(as_bytes({}), "serving.json")
     assert config.generation == 3 and config.version == "v1" and config.variant is Variant.UOI
     assert config.ab_split == {Variant.MARI: 0.9, Variant.VANI: 0.1} and config.shadow.variant is Variant.VANI
-    assert parse_serving_config(config.to_json(), "again") == config
+    assert parse_fleet_config(config.to_json(), "again") == config
 
 
 BAD_FILES = [
@@ -67,16 +67,16 @@ BAD_FILES = [
 
 @pytest.mark.parametrize("raw, field", [case[1:] for case in BAD_FILES], ids=[case[0] for case in BAD_FILES])
 def test_a_bad_file_is_refused_naming_the_field(raw: bytes, field: str | None) -> None:
-    with pytest.raises(ServingConfigError) as refused:
-        parse_serving_config(raw, "model_store/default/serving.json")
+    with pytest.raises(FleetConfigError) as refused:
+        parse_fleet_config(raw, "model_store/default/serving.json")
     assert refused.value.field == field
     assert "model_store/default/serving.json" in str(refused.value) and "\n" not in str(refused.value)
 
 
 def test_every_write_bumps_the_generation_and_the_first_starts_from_the_settings(tmp_path: Path) -> None:
-    config_file = ServingConfigFile(tmp_path)
+    config_file = FleetConfigFile(tmp_path)
     settings = Settings(model_store=tmp_path.parent, model_name=tmp_path.name, variant="uoi", model_version="v1")
-    from_settings = ServingConfig.from_settings(settings)
+    from_settings = FleetConfig.from_settings(settings)
     assert from_settings.generation == 0 and from_settings.variant is Variant.UOI and from_settings.version == "v1"
     with config_file.locked():
         first = config_file.next_config({"ab_split": {"mari": 1, "vani": 1}}, absent=from_settings, invalid=None)
@@ -91,10 +91,10 @@ def test_every_write_bumps_the_generation_and_the_first_starts_from_the_settings
 
 
 def test_a_broken_file_is_refused_as_a_base_or_replaced_past_its_generation(tmp_path: Path) -> None:
-    config_file = ServingConfigFile(tmp_path)
+    config_file = FleetConfigFile(tmp_path)
     config_file.path.write_text('{"generation": 41, "variant": "turbo"}')
-    last_good = parse_serving_config(as_bytes({}), "x")
-    with config_file.locked(), pytest.raises(ServingConfigError, match="fix or delete"):
+    last_good = parse_fleet_config(as_bytes({}), "x")
+    with config_file.locked(), pytest.raises(FleetConfigError, match="fix or delete"):
         config_file.next_config({}, absent=last_good, invalid=None)
     with config_file.locked():
         repaired = config_file.next_config({"variant": "mari"}, absent=last_good, invalid=last_good)
@@ -102,8 +102,8 @@ def test_a_broken_file_is_refused_as_a_base_or_replaced_past_its_generation(tmp_
 
 
 def test_a_reader_never_sees_a_partial_file_while_a_writer_replaces_it(tmp_path: Path) -> None:
-    config_file = ServingConfigFile(tmp_path)
-    config = parse_serving_config(as_bytes({"generation": 0}), "x")
+    config_file = FleetConfigFile(tmp_path)
+    config = parse_fleet_config(as_bytes({"generation": 0}), "x")
     config_file.write(config)
     done = threading.Event()
     reads: list[int] = []
@@ -127,8 +127,8 @@ def test_a_reader_never_sees_a_partial_file_while_a_writer_replaces_it(tmp_path:
 
 
 def test_concurrent_writers_hold_the_lock_and_lose_no_generation(tmp_path: Path) -> None:
-    config_file = ServingConfigFile(tmp_path)
-    base = parse_serving_config(as_bytes({"generation": 0}), "x")
+    config_file = FleetConfigFile(tmp_path)
+    base = parse_fleet_config(as_bytes({"generation": 0}), "x")
     errors: list[BaseException] = []
 
     def write_many(variant: str) -> None:
@@ -170,10 +170,10 @@ def make_watcher(model_dir: Path, **settings: object) -> tuple[ConfigWatcher, Se
     return ConfigWatcher(resolved, runtime, shadow, metrics), metrics
 
 
-def write_config(model_dir: Path, **fields: object) -> ServingConfig:
-    config = ServingConfig.model_validate({**GOOD, "ab_split": {}, "shadow": {"variant": None, "sample_rate": 0},
+def write_config(model_dir: Path, **fields: object) -> FleetConfig:
+    config = FleetConfig.model_validate({**GOOD, "ab_split": {}, "shadow": {"variant": None, "sample_rate": 0},
                                            **fields})
-    ServingConfigFile(model_dir).write(config)
+    FleetConfigFile(model_dir).write(config)
     return config
 
 
@@ -245,7 +245,7 @@ def test_publish_writes_and_applies_at_once_and_never_publishes_a_version_that_c
     watcher.start_up()
     active = watcher.publish({"variant": Variant.UOI, "ab_split": {}})
     assert active.generation == 1 and watcher.runtime.router.default is Variant.UOI
-    assert ServingConfigFile(model_dir).read() == watcher.applied.config
+    assert FleetConfigFile(model_dir).read() == watcher.applied.config
     before = (model_dir / "serving.json").read_bytes()
     with pytest.raises(ModelRejected):
         watcher.publish({"version": "v9"})
