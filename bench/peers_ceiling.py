@@ -45,7 +45,7 @@ def measure(model: Path, seconds: float, seed: int, bodies: int) -> dict[str, ob
         count, candidates = count + 1, candidates + n
     return {"requests_per_s": round(count / elapsed, 2), "candidates_per_s": round(candidates / elapsed),
             "requests": count, "seconds": round(elapsed, 2), "mix": MIX, "torch_threads": torch.get_num_threads(),
-            "compile": settings.compile, "runs_as": serving.reports[Variant.MARI].get("variant", "mari")}
+            "compile": settings.compile, "runs_as": serving.statuses[Variant.MARI].runs_as.value}
 
 
 def main(argv: list[str] | None = None) -> None:

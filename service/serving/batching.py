@@ -8,7 +8,7 @@ as VanI; one that cannot batch scores requests one at a time, and its report say
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -17,6 +17,7 @@ from service.engine import Reparameterized, Variant
 from service.engine.pipeline import GraphRunner
 from service.engine.segment_batch import BatchingError, Call, segment_batch
 from service.serving.build import CAPTURE_SEED, ExampleBatch
+from service.serving.variant_status import Batching
 
 logger = logging.getLogger(__name__)
 
@@ -25,19 +26,21 @@ CHECK_SIZES = (1, 5, 2, 9)  # candidates of the check's requests, one user each
 
 
 def build_batched(
-    built: dict[Variant, Reparameterized], reports: dict[Variant, dict[str, Any]], example_batch: ExampleBatch
-) -> dict[Variant, nn.Module]:
-    """Variant -> its segment-batched module; records {"batching": ...} in each variant's report."""
+    built: dict[Variant, Reparameterized], runs_as: Mapping[Variant, Variant], example_batch: ExampleBatch
+) -> tuple[dict[Variant, nn.Module], dict[Variant, Batching]]:
+    """Variant -> its segment-batched module, and every variant's Batching (why not, when it does not batch).
+    `runs_as`: what each variant serves as after the warm-up check (one serving as VanI batches as VanI)."""
     generator = torch.Generator().manual_seed(CHECK_SEED)
     examples: list[Call] = [((example_batch(n, generator),), {}) for n in CHECK_SIZES]
     forms: dict[Variant, nn.Module] = {}
+    batching: dict[Variant, Batching] = {}
     for variant in (Variant.VANI, Variant.UOI, Variant.MARI):
         if variant not in built:
             continue
-        serves_as_vani = variant != Variant.VANI and reports[variant].get("variant") == Variant.VANI.value
+        serves_as_vani = variant != Variant.VANI and runs_as.get(variant) is Variant.VANI
         if serves_as_vani and Variant.VANI in forms:
             forms[variant] = forms[Variant.VANI]
-            reports[variant]["batching"] = reports[Variant.VANI]["batching"]
+            batching[variant] = batching[Variant.VANI]
             continue
         result = built[variant]
         runner = result.module
@@ -47,9 +50,8 @@ def build_batched(
             form = segment_batch(runner.graph_module, runner.layout, runner.out_spec, result.batch, runner, examples)
         except BatchingError as exc:
             logger.warning("variant %s scores requests one at a time: %s", variant.value, exc)
-            reports[variant]["batching"] = {"batched": False, "reason": str(exc)}
+            batching[variant] = Batching(False, reason=str(exc))
             continue
         forms[variant] = form
-        reports[variant]["batching"] = {"batched": True, "user_side": form.user_side.value,
-                                        "user_values_gathered": len(form.gathers)}
-    return forms
+        batching[variant] = Batching(True, user_side=form.user_side.value, user_values_gathered=len(form.gathers))
+    return forms, batching

@@ -31,6 +31,7 @@ from service.serving.fastest import compile_targets, measure_forms
 from service.serving.routing import Auto
 from service.serving.serving_model import ServingModel, final_scores
 from service.serving.settings import Settings
+from service.serving.variant_status import VariantStatus
 from service.store import ArtifactError, load_artifact
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def build_serving_model(settings: Settings, path: Path, routed: frozenset[Varian
         built = build_variants(artifact.model, manifest.user_features, schema.example_batch,
                                candidates=settings.trace_candidates)
         variants = {variant: result.module for variant, result in built.items()}
-        reports = {variant: result.report.to_dict() for variant, result in built.items()}
+        statuses = {variant: VariantStatus.built(result.report) for variant, result in built.items()}
         use_compile_cache(settings.compile_cache_dir)
         uncompiled = dict(variants)
         measured = None  # under compile=auto and the auto default: which forms are worth compiling
@@ -69,12 +70,16 @@ def build_serving_model(settings: Settings, path: Path, routed: frozenset[Varian
         targets = compile_targets(routed, measured)
         variants, compilation = compile_variants(variants, schema.example_batch, settings.warmup_candidates,
                                                  settings.tolerance, settings.compile, targets)
-        _warm_and_check(variants, reports, schema, lambda scores: final_scores(scores, tasks, task_weights),
-                        settings)
+        statuses = _warm_and_check(variants, statuses, schema,
+                                   lambda scores: final_scores(scores, tasks, task_weights), settings)
         if measured is None or any(variants[v] is not uncompiled[v] for v in variants):  # compiled or fell back
             measured = measure_forms(variants, schema.example_batch, settings.warmup_candidates)
         fastest = measured
-        batched = build_batched(built, reports, schema.example_batch) if settings.batching else {}
+        batched: dict[Variant, nn.Module] = {}
+        if settings.batching:
+            batched, batching = build_batched(built, {v: s.runs_as for v, s in statuses.items()},
+                                              schema.example_batch)
+            statuses = {v: s.with_batching(batching[v]) if v in batching else s for v, s in statuses.items()}
     except Exception as exc:  # a model that cannot even run as VanI is refused, never served
         raise ModelRejected(f"{artifact.path}: variants could not be built or warmed: {exc}") from exc
     codec = RequestCodec(schema, max_candidates=settings.max_candidates, max_id=settings.max_id,
@@ -89,8 +94,8 @@ def build_serving_model(settings: Settings, path: Path, routed: frozenset[Varian
         task_weights=task_weights,
         codec=codec,
         variants=variants,
-        reports=reports,
-        analysis=_as_served(Analysis(settings.analysis_candidates, built).to_dict(), reports),
+        statuses=statuses,
+        analysis=_as_served(Analysis(settings.analysis_candidates, built).to_dict(), statuses),
         manifest=manifest.to_dict(),
         loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
         fastest=fastest,
@@ -103,12 +108,13 @@ def build_serving_model(settings: Settings, path: Path, routed: frozenset[Varian
     return serving
 
 
-
 def _warm_and_check(
-    variants: dict[Variant, nn.Module], reports: dict[Variant, dict[str, Any]], schema: FeatureSchema,
+    variants: dict[Variant, nn.Module], statuses: dict[Variant, VariantStatus], schema: FeatureSchema,
     rank_by: Callable[[dict[str, Tensor]], Tensor], settings: Settings,
-) -> None:
-    """Run every variant at each warm-up size; one not equivalent to VanI (section 3) serves as VanI instead."""
+) -> dict[Variant, VariantStatus]:
+    """Run every variant at each warm-up size; one not equivalent to VanI (section 3) serves as VanI instead
+    (`variants` is changed in place, the statuses that say so are returned)."""
+    statuses = dict(statuses)
     generator = torch.Generator().manual_seed(WARMUP_SEED)
     for n in settings.warmup_candidates:
         batch = schema.example_batch(n, generator)
@@ -122,16 +128,17 @@ def _warm_and_check(
                               f"{'agree' if result.rankings_agree else 'differ'} (tolerance {settings.tolerance})")
                     logger.warning("variant %s falls back to VanI: %s", variant.value, reason)
                     variants[variant] = variants[Variant.VANI]
-                    reports[variant] = {**reports[variant], "variant": "vani", "fallback_reason": reason}
+                    statuses[variant] = statuses[variant].served_as_vani(reason)
+    return statuses
 
 
-def _as_served(analysis: dict[str, Any], reports: dict[Variant, dict[str, Any]]) -> dict[str, Any]:
+def _as_served(analysis: dict[str, Any], statuses: dict[Variant, VariantStatus]) -> dict[str, Any]:
     """The analysis with each variant's FLOPs row saying what it runs as after the warm-up: the engine's reports
-    predate it, and a variant the warm-up found not equivalent serves as VanI (`reports` says so)."""
-    for variant, report in reports.items():
+    predate it, and a variant the warm-up found not equivalent serves as VanI (its status says so)."""
+    for variant, status in statuses.items():
         row = analysis["flops"].get(variant.value)
         if row is not None:
-            row.update(runs_as=report["variant"], fallback_reason=report.get("fallback_reason"))
+            row.update(runs_as=status.runs_as.value, fallback_reason=status.fallback_reason)
     return analysis
 
 

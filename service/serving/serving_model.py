@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from service.engine import Variant
 from service.serving.codec import RequestCodec
 from service.serving.fastest import FastestForms
+from service.serving.variant_status import VariantStatus
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class ServingModel:
     task_weights: Tensor  # [T], float32, in `tasks` order
     codec: RequestCodec
     variants: dict[Variant, nn.Module]
-    reports: dict[Variant, dict[str, Any]]
+    statuses: dict[Variant, VariantStatus]  # what each variant runs as, and whether it batches
     analysis: dict[str, Any]
     manifest: dict[str, Any]
     loaded_at: str

@@ -29,8 +29,8 @@ def _requests(serving, seed: int) -> list[dict[str, torch.Tensor]]:
 
 @pytest.mark.parametrize("variant", list(Variant), ids=lambda v: v.value)
 def test_every_variant_batches_and_scores_each_request_as_alone(serving, variant) -> None:
-    report = serving.reports[variant]["batching"]
-    assert report["batched"] is True and report["user_side"] == "batch_m"
+    batching = serving.statuses[variant].batching
+    assert batching is not None and batching.batched and batching.user_side == "batch_m"
     requests = _requests(serving, seed=3)
     together = serving.score_batch(variant, requests)
     for features, scores, n in zip(requests, together, SIZES):

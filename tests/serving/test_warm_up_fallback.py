@@ -42,9 +42,9 @@ def test_a_variant_refused_at_warm_up_is_reported_as_running_as_vani_everywhere(
     serving = build_serving_model(settings, store / SMALL_MODEL_NAME / "v1")
 
     assert serving.variants[Variant.MARI] is serving.variants[Variant.VANI]
-    assert serving.reports[Variant.MARI]["variant"] == "vani"
+    assert serving.statuses[Variant.MARI].runs_as is Variant.VANI
     row = serving.analysis["flops"]["mari"]
     assert row["runs_as"] == "vani"
-    assert row["fallback_reason"] == serving.reports[Variant.MARI]["fallback_reason"]
+    assert row["fallback_reason"] == serving.statuses[Variant.MARI].fallback_reason
     assert "warm-up at N=1" in row["fallback_reason"]
     assert serving.analysis["flops"]["uoi"]["runs_as"] == "uoi"  # the others are untouched

@@ -181,11 +181,11 @@ def test_a_packaged_model_batches_requests_of_different_users_equal_to_its_eager
             store=tmp_path, name="user_model")
     loaded = load_artifact(tmp_path / "user_model")
     built = reparameterize_all(loaded.model, (schema.example_batch(8, generator),), loaded.user_features)
-    reports = {variant: result.report.to_dict() for variant, result in built.items()}
-    forms = build_batched(built, reports, schema.example_batch)
+    forms, batching = build_batched(built, {variant: result.report.variant for variant, result in built.items()},
+                                    schema.example_batch)
     requests = [schema.example_batch(n, generator) for n in BATCH_SIZES]
     for variant in Variant:
-        assert reports[variant]["batching"]["batched"], (name, variant, reports[variant]["batching"])
+        assert batching[variant].batched, (name, variant, batching[variant])
         with torch.no_grad():
             together = forms[variant]([((features,), {}) for features in requests])
             for features, scores, n in zip(requests, together, BATCH_SIZES):

@@ -34,7 +34,7 @@ async def get_models(state: ServiceState = Depends(get_state)) -> dict[str, Any]
         "task_weights": serving.manifest["task_weights"],
         "feature_schema": serving.manifest["feature_schema"],
         "training_metrics": serving.manifest.get("metrics", {}),
-        "variants": {variant.value: report for variant, report in serving.reports.items()},
+        "variants": {variant.value: status.to_dict() for variant, status in serving.statuses.items()},
         "config": state.config.status(),
         "routing": active.router.to_dict(),
         "auto": {
