@@ -13,7 +13,7 @@ if TYPE_CHECKING:  # the commands import what they need when they run: `ranker -
 
     from service.engine import Variant
     from service.engine.pipeline import Reparameterized
-    from service.serving.fleet_config import FleetConfigFile
+    from service.serving.fleet_config import FleetConfig, FleetConfigFile
     from service.serving.settings import Settings
     from service.store.artifact import LoadedArtifact
 
@@ -244,6 +244,19 @@ def _number(text: str) -> float:
         sys.exit(f"ranker config set: --compare-min-overlap takes a number in [0, 1] or 'none', got {text!r}")
 
 
+def _primary(args: argparse.Namespace, config_file: FleetConfigFile, absent: FleetConfig) -> str:
+    """The primary version a --canary or --rollback keeps: --version, else the file's; without a file, the
+    RANKER_MODEL_VERSION of this command (the latest folder is no guess: it is usually the canary itself)."""
+    if args.version not in (None, "latest"):
+        return str(args.version)
+    current = config_file.read()
+    version = (current or absent).version
+    if version is None:
+        sys.exit(f"ranker config set: {config_file.path} names no version yet: name the primary with --version "
+                 "(the version every process serves now)")
+    return version
+
+
 def _canary_changes(args: argparse.Namespace, primary: str, model_dir: Path) -> dict[str, Any]:
     """The fields of --canary, --promote or --rollback, given the primary version serving now."""
     if args.promote is not None:
@@ -279,9 +292,8 @@ def cmd_config_set(args: argparse.Namespace) -> None:
         with config_file.locked():
             absent = FleetConfig.from_settings(settings)  # no file yet: what the processes serve now
             if args.canary is not None or args.promote is not None or args.rollback:
-                current = config_file.read() or absent
-                primary = current.version or config_file.latest_version()
-                changes = {**changes, **_canary_changes(args, primary, config_file.model_dir)}
+                changes = {**changes, **_canary_changes(args, _primary(args, config_file, absent),
+                                                        config_file.model_dir)}
             config = config_file.next_config(changes, absent=absent, invalid=None)
             for version in config.serving_versions():  # verified here, before any process builds them
                 load_artifact(config_file.model_dir / version)
