@@ -91,7 +91,10 @@ class ResponseBody:
 
 
 class Door(Protocol[Reply]):
-    """One protocol's request bytes -> model inputs, and scores -> its response bytes (both on the codec thread)."""
+    """One protocol's request bytes -> model inputs, and scores -> its response bytes (both on the codec thread).
+    `version`: the model version the request names (a V2 URL's), which pins it; None: the user's version."""
+
+    version: str | None
 
     def decode(self, serving: ServingModel, body: bytes) -> Decoded[Reply]: ...
 
@@ -255,11 +258,21 @@ def _version_job(active: ServingNow, prepared: _Prepared, other: ServingModel, s
 def _prepare(active: ServingNow, door: Door[Any], body: bytes, header_request_id: str | None) -> _Prepared:
     """Decode with the primary's codec (which reads the user id), pick the user's version, decode again only when
     that version's feature schema differs, then route the variant inside that version."""
+    if door.version is not None:  # named by the request: that version if it serves (the door refuses others)
+        pinned = active.serving_versions().get(door.version, active.serving)
+        decoded = door.decode(pinned, body)
+        return _routed(active, pinned, decoded, header_request_id)
     decoded = door.decode(active.serving, body)
     serving = active.serving_for(decoded.user_id)
     if serving is not active.serving and serving.codec.schema != active.serving.codec.schema:
         first, again = decoded, door.decode(serving, body)
         decoded = dataclasses.replace(again, decode=first.decode + again.decode, encode=first.encode + again.encode)
+    return _routed(active, serving, decoded, header_request_id)
+
+
+def _routed(active: ServingNow, serving: ServingModel, decoded: Decoded[Any], header_request_id: str | None
+            ) -> _Prepared:
+    """The variant inside the version that serves: the user's A/B arm, the default, or `auto`'s pick."""
     choice = active.router.route(decoded.user_id)
     variant = choice if isinstance(choice, Variant) else serving.fastest.variant_for(decoded.n_candidates)
     request_id = decoded.request_id or header_request_id or uuid.uuid4().hex
@@ -269,6 +282,8 @@ def _prepare(active: ServingNow, door: Door[Any], body: bytes, header_request_id
 
 class RankDoor:
     """POST /rank: the service's own JSON (service/serving/codec.py); the reply is the request's top_k."""
+
+    version = None  # /rank names no version: the user's version serves
 
     def decode(self, serving: ServingModel, body: bytes) -> Decoded[int | None]:
         read = serving.codec.read(body)

@@ -101,3 +101,30 @@ def test_every_sampled_request_is_compared_with_the_other_version_in_metrics_and
     summary = described["compare"]["summary"]["v1 vs v2"]
     assert summary["count"] == compared and 0 <= summary["mean_topk_overlap"] <= 1
     assert -1 <= summary["mean_kendall_tau"] <= 1 and summary["last_score_difference_p90"] >= 0
+
+
+def test_a_v2_url_that_names_a_serving_version_pins_it_and_one_that_does_not_serve_is_404(
+    canary: TestClient, schema
+) -> None:
+    from tests.api.v2_requests import feature_arrays, infer_inputs, request_body
+
+    versions = VersionRouter("v1", WEIGHTS)
+    user = next(u for u in (uuid.uuid4().hex for _ in range(200)) if versions.route(u) == "v1")
+    body, json_size = request_body(infer_inputs(schema, feature_arrays(schema, rank_body(schema, n=6))),
+                                   user_id=user)
+    headers = {"Inference-Header-Content-Length": str(json_size)}
+    for version in ("v1", "v2"):  # the user's own version is v1: the URL wins
+        answer = canary.post(f"/v2/models/{MODEL_NAME}/versions/{version}/infer", content=body, headers=headers)
+        assert answer.status_code == 200, answer.text
+        assert v2_header(answer)["model_version"] == answer.headers["x-model-version"] == version
+        assert canary.get(f"/v2/models/{MODEL_NAME}/versions/{version}/ready").status_code == 200
+    assert v2_header(canary.post(f"/v2/models/{MODEL_NAME}/infer", content=body, headers=headers))[
+        "model_version"] == "v1"
+    missing = canary.post(f"/v2/models/{MODEL_NAME}/versions/v9/infer", content=body, headers=headers)
+    assert missing.status_code == 404 and "v9" in missing.text
+
+
+def v2_header(answer) -> dict:
+    """The JSON part of a V2 response (binary output data may follow it)."""
+    length = answer.headers.get("inference-header-content-length")
+    return json.loads(answer.content[:int(length)] if length else answer.content)
