@@ -124,6 +124,18 @@ def test_a_v2_url_that_names_a_serving_version_pins_it_and_one_that_does_not_ser
     assert missing.status_code == 404 and "v9" in missing.text
 
 
+def test_an_admin_reload_during_a_canary_serves_that_one_version_everywhere(canary: TestClient, schema) -> None:
+    """Last in this file: it ends the module app's canary."""
+    from tests.api.conftest import ADMIN_HEADERS
+
+    reloaded = canary.post("/admin/reload", json={"version": "v2"}, headers=ADMIN_HEADERS)
+    assert reloaded.status_code == 200, reloaded.text
+    assert canary.get("/v1/models").json()["versions"]["serving"].keys() == {"v2"}
+    for _ in range(10):
+        answer = canary.post("/rank", json=rank_body(schema, n=4, user_id=uuid.uuid4().hex))
+        assert answer.headers["x-model-version"] == "v2"
+
+
 def v2_header(answer) -> dict:
     """The JSON part of a V2 response (binary output data may follow it)."""
     length = answer.headers.get("inference-header-content-length")
