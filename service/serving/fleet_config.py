@@ -142,7 +142,8 @@ class FleetConfig(BaseModel):
     def _check_split(self) -> FleetConfig:
         if self.versions and self.version not in self.versions:
             raise ValueError(f"versions must name the primary version {self.version!r} (what anonymous requests "
-                             f"get and the others are compared with), got {sorted(self.versions)}")
+                             f"get and the others are compared with), got {sorted(self.versions)}; to serve it "
+                             f"alone, empty versions (ranker config set --promote {self.version})")
         serving = self.serving_versions()
         for label, version in self.labels.items():
             check_component("labels", label)
