@@ -283,7 +283,7 @@ def _routed(active: ServingNow, serving: ServingModel, decoded: Decoded[Any], he
 class RankDoor:
     """POST /rank: the service's own JSON (service/serving/codec.py); the reply is the request's top_k."""
 
-    version = None  # /rank names no version: the user's version serves
+    version: str | None = None  # /rank names no version: the user's version serves
 
     def decode(self, serving: ServingModel, body: bytes) -> Decoded[int | None]:
         read = serving.codec.read(body)
