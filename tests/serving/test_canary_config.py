@@ -144,3 +144,16 @@ def test_ranker_config_set_refuses_a_canary_that_cannot_serve_and_writes_nothing
         ranker_config("set", *where, *args)
     assert message in str(refused.value.code) + capsys.readouterr().err
     assert (model_dir / "serving.json").read_bytes() == before
+
+
+def test_ranker_config_set_canary_without_a_file_needs_the_primary_named(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RANKER_MODEL_VERSION", raising=False)  # the processes' version is unknown here
+    where = ["--store", str(model_dir.parent), "--name", NAME]
+    with pytest.raises(SystemExit) as refused:
+        ranker_config("set", *where, "--canary", "v2=0.1")
+    assert "name the primary with --version" in str(refused.value.code)
+    assert not (model_dir / "serving.json").exists()  # not the latest folder, v2 itself, taken as the primary
+    ranker_config("set", *where, "--version", "v1", "--canary", "v2=0.1")
+    assert config_in(model_dir)["versions"] == {"v1": 0.9, "v2": 0.1}
