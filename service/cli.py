@@ -13,7 +13,7 @@ if TYPE_CHECKING:  # the commands import what they need when they run: `ranker -
 
     from service.engine import Variant
     from service.engine.pipeline import Reparameterized
-    from service.serving.fleet_config import FleetConfigFile
+    from service.serving.fleet_config import FleetConfig, FleetConfigFile
     from service.serving.settings import Settings
     from service.store.artifact import LoadedArtifact
 
@@ -225,7 +225,60 @@ def _config_changes(args: argparse.Namespace) -> dict[str, Any]:
         shadow["sample_rate"] = args.shadow_sample_rate
     if shadow:
         changes["shadow"] = shadow
+    compare: dict[str, Any] = {}
+    if args.compare_sample_rate is not None:
+        compare["sample_rate"] = args.compare_sample_rate
+    if args.compare_top_k is not None:
+        compare["top_k"] = args.compare_top_k
+    if args.compare_min_overlap is not None:
+        compare["min_overlap"] = None if args.compare_min_overlap == "none" else _number(args.compare_min_overlap)
+    if compare:
+        changes["compare"] = compare
     return changes
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        sys.exit(f"ranker config set: --compare-min-overlap takes a number in [0, 1] or 'none', got {text!r}")
+
+
+def _primary(args: argparse.Namespace, config_file: FleetConfigFile, absent: FleetConfig) -> str:
+    """The primary version a --canary or --rollback keeps: --version, else the file's; without a file, the
+    RANKER_MODEL_VERSION of this command (the latest folder is no guess: it is usually the canary itself)."""
+    if args.version not in (None, "latest"):
+        return str(args.version)
+    current = config_file.read()
+    version = (current or absent).version
+    if version is None:
+        sys.exit(f"ranker config set: {config_file.path} names no version yet: name the primary with --version "
+                 "(the version every process serves now)")
+    return version
+
+
+def _canary_changes(args: argparse.Namespace, primary: str, model_dir: Path) -> dict[str, Any]:
+    """The fields of --canary, --promote or --rollback, given the primary version serving now."""
+    if args.promote is not None:
+        return {"version": args.promote, "versions": {}, "labels": {"stable": args.promote}}
+    if args.rollback:
+        return {"version": primary, "versions": {}, "labels": {"stable": primary}}
+    if args.canary is None:
+        return {}
+    version, _, weight_text = args.canary.partition("=")
+    try:
+        weight = float(weight_text)
+    except ValueError:
+        weight = -1.0
+    if not 0 < weight < 1:
+        sys.exit(f"ranker config set: --canary takes VERSION=WEIGHT with 0 < WEIGHT < 1, got {args.canary!r}")
+    if version == primary:
+        sys.exit(f"ranker config set: --canary {version}: that is the primary version already serving; name "
+                 "another version folder")
+    if not (model_dir / version).is_dir():
+        sys.exit(f"ranker config set: --canary {version}: no version folder {model_dir / version}")
+    return {"version": primary, "versions": {primary: round(1 - weight, 12), version: weight},
+            "labels": {"stable": primary, "canary": version}}
 
 
 def cmd_config_set(args: argparse.Namespace) -> None:
@@ -238,9 +291,12 @@ def cmd_config_set(args: argparse.Namespace) -> None:
     try:
         with config_file.locked():
             absent = FleetConfig.from_settings(settings)  # no file yet: what the processes serve now
+            if args.canary is not None or args.promote is not None or args.rollback:
+                changes = {**changes, **_canary_changes(args, _primary(args, config_file, absent),
+                                                        config_file.model_dir)}
             config = config_file.next_config(changes, absent=absent, invalid=None)
-            if config.version is not None:  # verified here, before any process builds it
-                load_artifact(config_file.model_dir / config.version)
+            for version in config.serving_versions():  # verified here, before any process builds them
+                load_artifact(config_file.model_dir / version)
             config_file.write(config)
     except ValueError as exc:  # FleetConfigError, ArtifactError
         sys.exit(f"ranker config set: {exc}")
@@ -334,6 +390,17 @@ def build_parser() -> argparse.ArgumentParser:
     set_.add_argument("--ab-split", default=None, help='JSON weights, e.g. {"mari": 0.9, "vani": 0.1}; {} ends the A/B')
     set_.add_argument("--shadow-variant", default=None, choices=["vani", "uoi", "mari", "none"])
     set_.add_argument("--shadow-sample-rate", type=float, default=None)
+    canary = set_.add_mutually_exclusive_group()
+    canary.add_argument("--canary", default=None, metavar="VERSION=WEIGHT",
+                        help="serve VERSION to WEIGHT of the users (e.g. v8=0.05), the primary version to the rest")
+    canary.add_argument("--promote", default=None, metavar="VERSION",
+                        help="VERSION becomes the primary and serves every request (ends the canary)")
+    canary.add_argument("--rollback", action="store_true", help="end the canary: the primary serves every request")
+    set_.add_argument("--compare-sample-rate", type=float, default=None,
+                      help="share of requests also scored on the other version to compare rankings")
+    set_.add_argument("--compare-top-k", type=int, default=None, help="top-k of the comparison (default 10)")
+    set_.add_argument("--compare-min-overlap", default=None, metavar="SHARE",
+                      help="count a disagreement below this top-k overlap share; 'none': never")
     show.set_defaults(func=cmd_config_show)
     set_.set_defaults(func=cmd_config_set)
 

@@ -26,6 +26,7 @@ from service.serving.runtime import ModelRuntime
 from service.serving.scorer import RequestScorer
 from service.serving.settings import Settings
 from service.serving.shadow import ShadowComparator
+from service.serving.version_compare import VersionComparator
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +48,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                      settings.batch_max_candidates))
     shadow = ShadowComparator(settings.shadow_variant, settings.shadow_sample_rate, settings.shadow_queue_size,
                               settings.tolerance, service_metrics)
-    scorer = RequestScorer(runtime, pool, shadow, service_metrics)
+    versions = VersionComparator(settings.shadow_queue_size, service_metrics)
+    scorer = RequestScorer(runtime, pool, shadow, service_metrics, versions)
     config = ConfigWatcher(settings, runtime, shadow, service_metrics)
-    state = ServiceState(settings, runtime, pool, shadow, service_metrics, scorer, config)
+    state = ServiceState(settings, runtime, pool, shadow, service_metrics, scorer, config, versions)
 
     app = FastAPI(title=TITLE, description=DESCRIPTION, version="1", lifespan=_lifespan, docs_url=None,
                   redoc_url=None)  # /docs from local assets (routes/docs.py)
@@ -86,6 +88,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     # serving.json when it exists, else the RANKER_* settings; raises: start-up fails, the process exits
     serving = await asyncio.to_thread(state.config.start_up)
     state.shadow.start()
+    state.versions.start()
     state.config.start()
     restore_sigterm = drain_on_sigterm(state, state.settings.drain_delay_s)
     logger.info("ready: model %s/%s, routing %s, fleet config %s", serving.name, serving.version,
@@ -97,6 +100,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         restore_sigterm()
         state.config.stop()
         state.shadow.stop()
+        state.versions.stop()
         state.pool.shutdown()
         mark_process_dead()
 

@@ -29,6 +29,7 @@ from service.serving.scorer import RankResult, RequestScorer
 from service.serving.settings import Settings
 from service.serving.shadow import ShadowComparator
 from service.serving.validation import request_error
+from service.serving.version_compare import VersionComparator
 
 _REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 JSON_MEDIA_TYPE = "application/json"
@@ -50,6 +51,7 @@ class ServiceState:
     metrics: ServiceMetrics
     scorer: RequestScorer
     config: ConfigWatcher
+    versions: VersionComparator  # the comparison of model versions on live traffic (a canary)
     draining: bool = field(default=False)
 
 

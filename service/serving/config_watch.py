@@ -2,7 +2,9 @@
 
 At start-up the file wins over the RANKER_* settings when it exists. A background thread re-reads it every
 `config_poll_s` seconds and applies a new generation: a new model version is built, verified and warmed
-beside the old one before the swap, then routing and shadow switch with it. A generation that cannot be
+beside the old one before the swap, then routing and shadow switch with it. A version canary (several versions
+with weights) is one generation: every version it names is built, verified and warmed before the swap, or the
+whole generation is refused. A generation that cannot be
 applied (broken JSON, unknown variant, missing version, corrupt artifact) is refused, logged in one line and
 counted, and this process keeps serving the last good one; it looks again only when the file changes. An
 admin call of this process writes the next generation and applies it here at once (`publish`).
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,8 +41,8 @@ from service.serving.fleet_config import (
 from service.serving.fleet_state import FleetState
 from service.serving.memory import release_build_memory
 from service.serving.metrics import ServiceMetrics
-from service.serving.routing import VariantRouter
-from service.serving.runtime import ModelRuntime, ServingNow
+from service.serving.routing import VariantRouter, VersionRouter
+from service.serving.runtime import ModelRuntime, ServingNow, VersionSplit
 from service.serving.serving_model import ServingModel
 from service.serving.settings import Settings
 from service.serving.shadow import ShadowComparator
@@ -144,13 +146,13 @@ class ConfigWatcher:
             self._refuse(action.generation, action.reason, action.message)
             return False
         try:
-            serving = self._model_for(action.config)
-        except Exception as exc:  # whatever the new version does wrong, the last good one keeps serving
+            models = self._models_for(action.config)
+        except Exception as exc:  # whatever a new version does wrong, the last good generation keeps serving
             self._refuse(action.config.generation, REFUSED_MODEL, str(exc))
             return False
         if self._stop.is_set():
             return False  # shutting down while it built: this process's metrics are already marked dead
-        self._activate(action.config, serving, FROM_FILE)
+        self._activate(action.config, models, FROM_FILE)
         return True
 
     def publish(self, changes: dict[str, Any]) -> ServingNow:
@@ -165,9 +167,9 @@ class ConfigWatcher:
             with self.file.locked():
                 current = self.applied.config
                 config = self.file.next_config(changes, absent=current, invalid=current)
-                serving = self._model_for(config)
+                models = self._models_for(config)
                 self._seen = self.file.write(config)
-            return self._activate(config, serving, FROM_FILE)
+            return self._activate(config, models, FROM_FILE)
         except FleetConfigBusy as exc:
             raise ReloadInProgress(exc.message) from None
         except FleetConfigIOError as exc:
@@ -258,20 +260,30 @@ class ConfigWatcher:
 
     def _apply(self, config: FleetConfig, source: str) -> ServingNow:
         config = self._resolved(config)
-        return self._activate(config, self._model_for(config), source)
+        return self._activate(config, self._models_for(config), source)
 
-    def _model_for(self, config: FleetConfig) -> ServingModel:
-        """The serving model for the config's version: the current one, or a new one built and verified."""
-        path = self.runtime.version_path(config.version)
-        current = self.runtime.active.serving if self.runtime.ready else None
-        if current is not None and current.path.resolve() == path.resolve():
-            return current
-        return self.runtime.build(path, config.routed_variants())  # ModelRejected when it cannot serve
+    def _models_for(self, config: FleetConfig) -> dict[str, ServingModel]:
+        """The serving model of every version the config serves (the primary first), each the one serving now
+        or a new one built, verified and warmed; ModelRejected when any cannot serve: nothing is swapped."""
+        current = self.runtime.active.serving_versions().values() if self.runtime.ready else ()
+        built = {model.path.resolve(): model for model in current}
+        models: dict[str, ServingModel] = {}
+        for version in config.serving_versions():
+            path = self.runtime.version_path(version).resolve()
+            if path not in built:
+                built[path] = self.runtime.build(path, config.routed_variants())  # ModelRejected: cannot serve
+            models[version] = built[path]
+        return models
 
-    def _activate(self, config: FleetConfig, serving: ServingModel, source: str) -> ServingNow:
+    def _activate(self, config: FleetConfig, models: dict[str, ServingModel], source: str) -> ServingNow:
         previous = self.runtime.active if self.runtime.ready else None
+        serving = models[config.serving_versions()[0]]
+        split = None if len(models) == 1 else VersionSplit(
+            models, VersionRouter(serving.version, {v: config.versions.get(v, 0.0) for v in models}),
+            config.labels, config.compare)
         self.shadow.configure(config.shadow.variant, config.shadow.sample_rate)
-        active = self.runtime.activate(serving, VariantRouter(config.variant, config.ab_split), config.generation)
+        active = self.runtime.activate(serving, VariantRouter(config.variant, config.ab_split), config.generation,
+                                       split)
         self._applied = AppliedGeneration(config, source, _now())
         self._remember(config)
         self.metrics.set_config_generation(config.generation)  # after the swap: the gauge never runs ahead
@@ -280,14 +292,15 @@ class ConfigWatcher:
                                            previous.router.default.value),
             (serving.name, serving.version, config.variant.value),
         )
-        swapped = previous is None or previous.serving is not serving
+        swapped = previous is None or _ids(previous.serving_versions().values()) != _ids(models.values())
         if previous is not None and swapped:
             self.metrics.reloads.labels(outcome="ok").inc()
-        logger.info("fleet config generation %d applied (from %s): model %s/%s, routing %s, shadow %s at %g",
-                    config.generation, source, serving.name, serving.version, active.router.to_dict(),
+        logger.info("fleet config generation %d applied (from %s): model %s/%s, versions %s, routing %s, "
+                    "shadow %s at %g", config.generation, source, serving.name, serving.version,
+                    "-" if split is None else split.router.shares, active.router.to_dict(),
                     config.shadow.variant.value if config.shadow.variant else None, config.shadow.sample_rate)
         if swapped:
-            del previous  # the old model goes with the last reference to it, then the capture's garbage
+            del previous  # the old models go with the last reference to them, then the capture's garbage
             release_build_memory()
         return active
 
@@ -376,6 +389,10 @@ def decide(
 def _generation_of(snapshot: Snapshot) -> int | None:
     """The generation a broken file still states (0 when none); None when it could not be read at all."""
     return generation_in(snapshot) if isinstance(snapshot, bytes) else None
+
+
+def _ids(models: Iterable[ServingModel]) -> set[int]:
+    return {id(model) for model in models}
 
 
 def _generation_name(generation: int | None) -> str:

@@ -4,6 +4,13 @@ follows. Process settings (service/serving/settings.py) are the other kind of co
     {"generation": 7, "version": "v2", "variant": "auto", "ab_split": {"mari": 0.9, "vani": 0.1},
      "shadow": {"variant": "vani", "sample_rate": 0.05}}
 
+A version canary adds `versions` (weights per version folder; users hashed onto one, `version` is the primary,
+what anonymous requests get and what the others are compared with), `labels` (e.g. stable, canary -> a version)
+and `compare` (the sampled comparison of versions on live traffic, service/serving/version_compare.py):
+
+    {..., "version": "v7", "versions": {"v7": 0.95, "v8": 0.05}, "labels": {"stable": "v7", "canary": "v8"},
+     "compare": {"sample_rate": 0.01, "top_k": 10, "min_overlap": 0.5}}
+
 `variant` is vani, uoi, mari or auto (service/serving/fastest.py); A/B arms and the shadow name real variants.
 
 Writers (`POST /admin/*`, `ranker config set`) hold an exclusive lock on a sibling lock file, read the current
@@ -34,7 +41,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 from service.engine import Variant
-from service.serving.routing import DefaultVariant, check_ab_split
+from service.serving.routing import DefaultVariant, check_ab_split, check_weights
 from service.serving.settings import Settings
 from service.serving.validation import problems
 from service.store.artifact import check_component, resolve_version
@@ -45,6 +52,7 @@ LOCK_FILE = ".serving.json.lock"  # hidden, and not a folder: never taken for a 
 LOCK_TIMEOUT_S = 300.0  # a writer may hold the lock while it builds and verifies a new model version
 LOCK_RETRY_S = 0.05
 MAX_ECHO_CHARS = 200  # of a bad value quoted in an error message (one log line)
+MAX_COMPARE_TOP_K = 10_000  # the largest top-k a comparison ranks (a request holds at most max_candidates)
 MAX_FILE_BYTES = 64 * 1024  # a real config is a few hundred bytes; more is refused, never read whole
 READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC  # a FIFO's open() must not wait
 
@@ -86,6 +94,21 @@ class ShadowConfig(BaseModel):
         return self
 
 
+CANARY_FIELDS = ("versions", "labels", "compare")  # written only when not their defaults (FleetConfig.to_json)
+
+
+class CompareConfig(BaseModel):
+    """The sampled comparison of two model versions on live traffic: how far their top-k rankings agree."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sample_rate: float = Field(default=0.0, ge=0.0, le=1.0, allow_inf_nan=False)
+    top_k: StrictInt = Field(default=10, ge=1, le=MAX_COMPARE_TOP_K)
+    min_overlap: float | None = Field(default=None, ge=0.0, le=1.0, allow_inf_nan=False,
+                                      description="Below this top-k overlap share a comparison counts as a "
+                                                  "disagreement (and is logged); null: never.")
+
+
 class FleetConfig(BaseModel):
     """One generation of the fleet config: model version, variant, A/B split and shadow."""
 
@@ -97,11 +120,45 @@ class FleetConfig(BaseModel):
                                     "measured fastest at the request's size).")
     ab_split: dict[Variant, float] = Field(description="Weights per variant; users bucketed by user id.")
     shadow: ShadowConfig
+    versions: dict[str, float] = Field(default_factory=dict, description="Weights per version folder (a canary); "
+                                       "users bucketed by user id. Empty: `version` serves every request.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Names for versions that serve, e.g. "
+                                   "{\"stable\": \"v7\", \"canary\": \"v8\"}.")
+    compare: CompareConfig = Field(default_factory=CompareConfig)
 
     @field_validator("version")
     @classmethod
     def _check_version(cls, version: str | None) -> str | None:
         return None if version is None else check_component("version", version)
+
+    @field_validator("versions")
+    @classmethod
+    def _check_versions(cls, versions: dict[str, float]) -> dict[str, float]:
+        for name in versions:
+            check_component("versions", name)
+        return check_weights(versions, "versions")
+
+    @model_validator(mode="after")
+    def _check_split(self) -> FleetConfig:
+        if self.versions and self.version not in self.versions:
+            raise ValueError(f"versions must name the primary version {self.version!r} (what anonymous requests "
+                             f"get and the others are compared with), got {sorted(self.versions)}; to serve it "
+                             f"alone, empty versions (ranker config set --promote {self.version})")
+        serving = self.serving_versions()
+        for label, version in self.labels.items():
+            check_component("labels", label)
+            if self.version is not None and version not in serving:  # a null version: checked once resolved
+                raise ValueError(f"labels: {label!r} names {version!r}, which does not serve (serving: "
+                                 f"{sorted(serving)})")
+        return self
+
+    def serving_versions(self) -> tuple[str, ...]:
+        """The versions that serve: the primary first, then each other version of positive weight (sorted);
+        empty while the version is null (not resolved yet)."""
+        if self.version is None:
+            return ()
+        others = sorted(v for v, weight in self.versions.items() if weight > 0 and v != self.version)
+        return (self.version, *others)
 
     @field_validator("ab_split")
     @classmethod
@@ -125,15 +182,22 @@ class FleetConfig(BaseModel):
         return frozenset(routed)
 
     def updated(self, changes: Mapping[str, Any]) -> FleetConfig:
-        """A copy with `changes` (top-level fields; `shadow` may name only some of its own), validated whole."""
+        """A copy with `changes` (top-level fields; `shadow` and `compare` may name only some of their own),
+        validated whole."""
         current = self.model_dump()
-        shadow = changes.get("shadow")
-        if isinstance(shadow, Mapping):
-            changes = {**changes, "shadow": {**current["shadow"], **shadow}}
+        for part in ("shadow", "compare"):
+            partial = changes.get(part)
+            if isinstance(partial, Mapping):
+                changes = {**changes, part: {**current[part], **partial}}
         return validated({**current, **changes}, "the change")
 
     def to_json(self) -> bytes:
-        return (json.dumps(self.model_dump(mode="json"), indent=2) + "\n").encode()
+        """The file's bytes; the canary fields only when set, so a config without a canary reads as before."""
+        data = self.model_dump(mode="json")
+        for name in CANARY_FIELDS:
+            if getattr(self, name) == FleetConfig.model_fields[name].get_default(call_default_factory=True):
+                del data[name]
+        return (json.dumps(data, indent=2) + "\n").encode()
 
 
 def validated(data: Any, source: str) -> FleetConfig:

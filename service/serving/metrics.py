@@ -35,6 +35,9 @@ STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05
 CANDIDATE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
 BATCH_REQUEST_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 SHADOW_DIFF_BUCKETS = (1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+# Agreement of two model versions' top-k (overlap share in [0, 1]; Kendall tau and Spearman rho in [-1, 1]).
+AGREEMENT_BUCKETS = (-0.5, 0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+VERSION_DIFF_BUCKETS = (1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 STAGES = ("queue", "decode", "encode", "infer", "respond")  # label values of ranker_stage_duration_seconds
 # prometheus_client's file of one live gauge mode of one process (livesum, liveall, livemax, ...)
 LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
@@ -126,6 +129,40 @@ class ServiceMetrics:
         )
         self._largest_difference = 0.0
         self._request_children: dict[str, tuple[Any, ...]] = {}  # see observe_request
+        self._add_version_metrics(registry)
+
+    def _add_version_metrics(self, registry: CollectorRegistry | None) -> None:
+        """The comparison of two model versions on live traffic (service/serving/version_compare.py): how far
+        they agree, not whether they match; labelled by the version that served and the one compared."""
+        pair = ["primary_version", "other_version"]
+        self.version_comparisons = Counter(
+            f"{PREFIX}_version_comparisons", "Sampled requests scored on a second model version and compared.",
+            pair, registry=registry,
+        )
+        self.version_disagreements = Counter(
+            f"{PREFIX}_version_disagreements", "Version comparisons whose top-k overlap fell below compare.min_overlap "
+            "(only counted when that bound is configured).", pair, registry=registry,
+        )
+        self.version_compare_dropped = Counter(
+            f"{PREFIX}_version_compare_dropped", "Sampled requests not compared because the comparison queue was full.",
+            registry=registry,
+        )
+        self.version_topk_overlap = Histogram(
+            f"{PREFIX}_version_topk_overlap", "Share of the primary version's top-k also in the other's top-k.",
+            pair, buckets=AGREEMENT_BUCKETS, registry=registry,
+        )
+        self.version_kendall_tau = Histogram(
+            f"{PREFIX}_version_kendall_tau", "Kendall tau-b of two versions' scores over the primary's top-k.",
+            pair, buckets=AGREEMENT_BUCKETS, registry=registry,
+        )
+        self.version_spearman = Histogram(
+            f"{PREFIX}_version_spearman", "Spearman rho of two versions' scores over the primary's top-k.",
+            pair, buckets=AGREEMENT_BUCKETS, registry=registry,
+        )
+        self.version_score_difference = Histogram(
+            f"{PREFIX}_version_score_abs_difference", "p90 over a request's candidates of |primary - other| final "
+            "score.", pair, buckets=VERSION_DIFF_BUCKETS, registry=registry,
+        )
 
     def observe_request(self, variant: str, stage_seconds: tuple[float, ...], total: float, candidates: int,
                         auto: bool = False) -> None:

@@ -8,13 +8,15 @@ service/serving/memory.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.engine import Variant
 from service.serving.errors import ModelRejected, NotReady
+from service.serving.fleet_config import CompareConfig
 from service.serving.loading import build_serving_model
-from service.serving.routing import Auto, VariantRouter
+from service.serving.routing import Auto, VariantRouter, VersionRouter
 from service.serving.serving_model import ServingModel
 from service.serving.settings import Settings
 from service.store import ArtifactError, resolve_version
@@ -23,11 +25,29 @@ from service.store.artifact import check_component
 
 @dataclass(frozen=True)
 class ServingNow:
-    """What serves requests now, swapped as one reference: the model, the routing and the config generation."""
+    """What serves requests now, swapped as one reference: the model, the routing and the config generation.
 
-    serving: ServingModel
+    With a version canary, `versions` holds every version that serves (the primary `serving` among them) and
+    `version_router` picks one per user; the variant routing then applies inside that version.
+    """
+
+    serving: ServingModel  # the primary: anonymous requests, and what the other versions are compared with
     router: VariantRouter
     generation: int
+    versions: Mapping[str, ServingModel] = field(default_factory=dict)  # empty: only `serving`
+    version_router: VersionRouter | None = None  # None: only `serving`
+    labels: Mapping[str, str] = field(default_factory=dict)  # label -> version (stable, canary)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+
+    def serving_versions(self) -> Mapping[str, ServingModel]:
+        """Every version that serves, by name (the primary alone without a canary)."""
+        return self.versions or {self.serving.version: self.serving}
+
+    def serving_for(self, user_id: str | None) -> ServingModel:
+        """The version that serves this user (anonymous: the primary)."""
+        if self.version_router is None:
+            return self.serving
+        return self.serving_versions().get(self.version_router.route(user_id), self.serving)
 
 
 @dataclass
@@ -72,8 +92,24 @@ class ModelRuntime:
         `routed`: the variants the fleet config sends requests to (what compile=auto compiles)."""
         return build_serving_model(self.settings, path, routed)
 
-    def activate(self, serving: ServingModel, router: VariantRouter, generation: int) -> ServingNow:
-        """Swap what serves: one reference assignment, so a request sees the old or the new config, whole."""
-        active = ServingNow(serving, router, generation)
+    def activate(self, serving: ServingModel, router: VariantRouter, generation: int,
+                 split: VersionSplit | None = None) -> ServingNow:
+        """Swap what serves: one reference assignment, so a request sees the old or the new config, whole.
+        `split`: the versions of a canary (None: `serving` alone)."""
+        if split is None:
+            active = ServingNow(serving, router, generation)
+        else:
+            active = ServingNow(serving, router, generation, dict(split.versions), split.router, dict(split.labels),
+                                split.compare)
         self._active = active
         return active
+
+
+@dataclass(frozen=True)
+class VersionSplit:
+    """The versions of a canary, built and warmed, and how users are split across them."""
+
+    versions: Mapping[str, ServingModel]  # the primary included
+    router: VersionRouter
+    labels: Mapping[str, str]
+    compare: CompareConfig

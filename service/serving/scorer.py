@@ -2,7 +2,9 @@
 
 A door is one protocol's way in and out: POST /rank's JSON (`RankDoor`, the default) or the Open Inference
 Protocol (service/serving/v2_codec.py). Admission, routing, batching, the finite-scores check, shadow and
-metrics are the same whichever door a request came through.
+metrics are the same whichever door a request came through. With a version canary the user's version is picked
+first (service/serving/runtime.py ServingNow), then the variant inside it; a sample is compared with another
+version (service/serving/version_compare.py).
 
 Every stage is timed. Decoding, encoding and the response body run on the codec thread (small ones on the event
 loop, where a thread hop would cost more than the work); scoring on an inference slot
@@ -14,6 +16,7 @@ accounts for: waiting for the codec thread, for admission and for a slot (the ba
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -34,6 +37,7 @@ from service.serving.routing import Auto
 from service.serving.runtime import ModelRuntime, ServingNow
 from service.serving.serving_model import ServingModel
 from service.serving.shadow import ShadowComparator, ShadowJob
+from service.serving.version_compare import VersionComparator, VersionJob
 
 logger = logging.getLogger(__name__)
 # Below these, decoding (about 0.3 ms for a 64 KiB columnar body) and writing the response are cheaper than the two
@@ -87,7 +91,10 @@ class ResponseBody:
 
 
 class Door(Protocol[Reply]):
-    """One protocol's request bytes -> model inputs, and scores -> its response bytes (both on the codec thread)."""
+    """One protocol's request bytes -> model inputs, and scores -> its response bytes (both on the codec thread).
+    `version`: the model version the request names (a V2 URL's), which pins it; None: the user's version."""
+
+    version: str | None
 
     def decode(self, serving: ServingModel, body: bytes) -> Decoded[Reply]: ...
 
@@ -113,6 +120,7 @@ class _Prepared:
     """A decoded, encoded and routed request, ready for an inference slot."""
 
     request_id: str
+    serving: ServingModel  # the version that serves it: the primary, or the one a canary split picked
     variant: Variant  # the form that runs: an A/B arm, the default, or what `auto` picked for n_candidates
     features: dict[str, torch.Tensor]
     n_candidates: int
@@ -126,12 +134,14 @@ class RequestScorer:
     """Scores one request end to end on the current model; stateless apart from its collaborators."""
 
     def __init__(
-        self, runtime: ModelRuntime, pool: InferencePool, shadow: ShadowComparator, metrics: ServiceMetrics
+        self, runtime: ModelRuntime, pool: InferencePool, shadow: ShadowComparator, metrics: ServiceMetrics,
+        versions: VersionComparator,
     ) -> None:
         self.runtime = runtime
         self.pool = pool
         self.shadow = shadow
         self.metrics = metrics
+        self.versions = versions
 
     async def score(self, body: bytes, header_request_id: str | None, door: Door[Any] | None = None) -> RankResult:
         """Score a body that came in by `door` (None: POST /rank's); raises the serving core's errors (invalid,
@@ -142,10 +152,10 @@ class RequestScorer:
         """
         started = time.perf_counter()
         active = self.runtime.active  # one model and routing for the whole request, even if a new config swaps it
-        serving = active.serving
         by: Door[Any] = door or RANK_DOOR
         prepared = await self._codec_work(len(body) <= INLINE_BODY_BYTES,
                                           lambda: _prepare(active, by, body, header_request_id))
+        serving = prepared.serving
         ticket = await self.pool.submit((id(serving), prepared.variant), prepared.n_candidates, prepared,
                                         lambda batch: self._score_on_slot(serving, batch))
         scores: dict[str, torch.Tensor] = ticket.result
@@ -157,6 +167,9 @@ class RequestScorer:
         if shadow is not None:
             self.shadow.submit(ShadowJob(prepared.request_id, serving, prepared.variant, shadow, prepared.features,
                                          scores))
+        other = self.versions.sample(active, serving)
+        if other is not None:
+            self.versions.submit(_version_job(active, prepared, other, scores, by, body))
         total = time.perf_counter() - started
         infer = ticket.batch_seconds
         queue = max(0.0, total - prepared.decode - prepared.encode - infer - respond)
@@ -233,17 +246,44 @@ def _largest_dense_input(serving: ServingModel, features: dict[str, torch.Tensor
     return None if best is None else best[1]
 
 
+def _version_job(active: ServingNow, prepared: _Prepared, other: ServingModel, scores: dict[str, torch.Tensor],
+                 door: Door[Any], body: bytes) -> VersionJob:
+    """A request to score on `other` as well; its body is kept only when `other` reads other features."""
+    same_schema = other.codec.schema == prepared.serving.codec.schema
+    return VersionJob(prepared.request_id, active.serving.version, prepared.serving, other, prepared.variant,
+                      prepared.features, scores, active.compare,
+                      None if same_schema else lambda model: door.decode(model, body).features)
+
+
 def _prepare(active: ServingNow, door: Door[Any], body: bytes, header_request_id: str | None) -> _Prepared:
+    """Decode with the primary's codec (which reads the user id), pick the user's version, decode again only when
+    that version's feature schema differs, then route the variant inside that version."""
+    if door.version is not None:  # named by the request: that version if it serves (the door refuses others)
+        pinned = active.serving_versions().get(door.version, active.serving)
+        decoded = door.decode(pinned, body)
+        return _routed(active, pinned, decoded, header_request_id)
     decoded = door.decode(active.serving, body)
+    serving = active.serving_for(decoded.user_id)
+    if serving is not active.serving and serving.codec.schema != active.serving.codec.schema:
+        first, again = decoded, door.decode(serving, body)
+        decoded = dataclasses.replace(again, decode=first.decode + again.decode, encode=first.encode + again.encode)
+    return _routed(active, serving, decoded, header_request_id)
+
+
+def _routed(active: ServingNow, serving: ServingModel, decoded: Decoded[Any], header_request_id: str | None
+            ) -> _Prepared:
+    """The variant inside the version that serves: the user's A/B arm, the default, or `auto`'s pick."""
     choice = active.router.route(decoded.user_id)
-    variant = choice if isinstance(choice, Variant) else active.serving.fastest.variant_for(decoded.n_candidates)
+    variant = choice if isinstance(choice, Variant) else serving.fastest.variant_for(decoded.n_candidates)
     request_id = decoded.request_id or header_request_id or uuid.uuid4().hex
-    return _Prepared(request_id, variant, decoded.features, decoded.n_candidates, decoded.reply, decoded.decode,
-                     decoded.encode, choice is Auto.AUTO)
+    return _Prepared(request_id, serving, variant, decoded.features, decoded.n_candidates, decoded.reply,
+                     decoded.decode, decoded.encode, choice is Auto.AUTO)
 
 
 class RankDoor:
     """POST /rank: the service's own JSON (service/serving/codec.py); the reply is the request's top_k."""
+
+    version: str | None = None  # /rank names no version: the user's version serves
 
     def decode(self, serving: ServingModel, body: bytes) -> Decoded[int | None]:
         read = serving.codec.read(body)

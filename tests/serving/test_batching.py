@@ -47,7 +47,8 @@ def test_a_request_that_fails_in_a_batch_fails_alone(serving) -> None:
     requests = _requests(serving, seed=4)[:3]
     broken = dict(requests[1])
     broken.pop(next(iter(broken)))  # a feature missing: the model cannot run on it
-    batch = [_Prepared(f"r{i}", Variant.MARI, features, next(iter(features.values())).shape[0], None, 0.0, 0.0)
+    batch = [_Prepared(f"r{i}", serving, Variant.MARI, features, next(iter(features.values())).shape[0], None, 0.0,
+                       0.0)
              for i, features in enumerate([requests[0], broken, requests[2]])]
     outcomes = scorer._score_on_slot(serving, batch)
     assert isinstance(outcomes[1], Exception)

@@ -32,7 +32,8 @@ async def reload_model(request: Request, state: ServiceState = Depends(get_state
         raw = await _read(request, state, optional=True)
         body = parse_body(raw, ReloadRequest) if raw else ReloadRequest(version=None)
         version = body.version or state.config.latest_version()  # pinned for the fleet
-        active = await asyncio.to_thread(state.config.publish, {"version": version})
+        # the fleet serves this one version: a canary in progress ends (as `ranker config set --promote`)
+        active = await asyncio.to_thread(state.config.publish, {"version": version, "versions": {}, "labels": {}})
     except ServiceError:
         state.metrics.reloads.labels(outcome="refused").inc()
         raise

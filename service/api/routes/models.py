@@ -10,14 +10,16 @@ from fastapi.encoders import jsonable_encoder
 from service.api.deps import ServiceState, get_state
 from service.api.schemas import ERROR_RESPONSES
 from service.serving.routing import Auto
+from service.serving.runtime import ServingNow
 
 router = APIRouter(tags=["models"])
 
 
 @router.get("/v1/models", responses={503: ERROR_RESPONSES[503]})
 async def get_models(state: ServiceState = Depends(get_state)) -> dict[str, Any]:
-    """The loaded model, its variants (engine reports), fleet config, A/B and shadow, the `auto` choice per
-    request size with every form's measured time, and the FLOPs report."""
+    """The loaded model, its variants (engine reports), fleet config, A/B and shadow, the versions serving (a
+    canary) and how they agree, the `auto` choice per request size with every form's measured time, and the
+    FLOPs report."""
     active = state.runtime.active  # model and routing of one config generation
     serving = active.serving
     settings = state.settings
@@ -48,6 +50,7 @@ async def get_models(state: ServiceState = Depends(get_state)) -> dict[str, Any]
             "queue_size": settings.shadow_queue_size,
             "tolerance": settings.tolerance,
         },
+        "versions": _versions(active, state),
         "limits": {
             "max_candidates": settings.max_candidates,
             "max_body_bytes": settings.max_body_bytes,
@@ -58,3 +61,17 @@ async def get_models(state: ServiceState = Depends(get_state)) -> dict[str, Any]
         "compile": serving.compilation,
     })
     return described
+
+
+def _versions(active: ServingNow, state: ServiceState) -> dict[str, Any]:
+    """Every version serving (the primary alone without a canary) with its share of users and labels, and the
+    running comparison of the versions (this worker process's sample)."""
+    shares = active.version_router.shares if active.version_router is not None else {active.serving.version: 1.0}
+    return {
+        "primary": active.serving.version,
+        "serving": {name: {"weight": shares.get(name, 0.0), "path": str(model.path), "loaded_at": model.loaded_at,
+                           "labels": sorted(label for label, version in active.labels.items() if version == name)}
+                    for name, model in active.serving_versions().items()},
+        "compare": {**active.compare.model_dump(), "queue_size": state.settings.shadow_queue_size,
+                    "summary": state.versions.summary()},
+    }

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from service.api.deps import JSON_MEDIA_TYPE, ServiceState, client_request_id, get_state, read_body, result_headers
 from service.api.errors import status_of
 from service.serving.errors import NotReady, ServiceError, UnsupportedMediaType
+from service.serving.serving_model import ServingModel
 from service.serving.v2_codec import V2Door
 from service.serving.v2_metadata import check_model, model_metadata, server_metadata
 
@@ -68,7 +69,7 @@ async def get_model_ready(name: str, state: ServiceState = Depends(get_state)) -
 async def get_version_ready(name: str, version: str, state: ServiceState = Depends(get_state)) -> Response:
     """200 when the server is ready and serves this model at this version."""
     _check_ready(state)
-    check_model(state.runtime.serving, name, version)
+    check_model(_version_serving(state, version), name, version)
     return Response(status_code=200)
 
 
@@ -92,8 +93,15 @@ def _check_ready(state: ServiceState) -> None:
         raise NotReady("no model is loaded yet")
 
 
+def _version_serving(state: ServiceState, version: str | None) -> ServingModel:
+    """The loaded model of `version` when it serves (a canary's versions too), else the primary (which then
+    refuses the version by name)."""
+    active = state.runtime.active
+    return active.serving if version is None else active.serving_versions().get(version, active.serving)
+
+
 def _metadata(state: ServiceState, name: str, version: str | None) -> dict[str, Any]:
-    serving = state.runtime.serving
+    serving = _version_serving(state, version)
     check_model(serving, name, version)
     return model_metadata(serving)
 
