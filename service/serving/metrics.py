@@ -1,7 +1,8 @@
 """Prometheus metrics of the ranking service (docs/ARCHITECTURE.md section 4), base unit seconds, prefix `ranker_`.
 
 Labels stay low-cardinality (variant, status, stage, model name/version, pid of a worker); never a user or
-request id.
+request id. A `model` label holds a served model's name only (UNKNOWN_MODEL for a request naming none), never
+a client's string.
 With several uvicorn workers, prometheus_client's multiprocess mode is used: `PROMETHEUS_MULTIPROC_DIR`
 (set by `service.api.server.serve` before any worker starts) holds one file per process, and /metrics
 sums them. Without it, each app instance keeps its own registry (so in-process tests do not collide).
@@ -26,6 +27,7 @@ from prometheus_client import (
 )
 
 PREFIX = "ranker"
+UNKNOWN_MODEL = "unknown"  # the `model` label of a request for a model this server does not serve
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own switch, read here and nowhere else
 
 # End-to-end server time: a few ms for small N, tens to hundreds of ms at N = 1000 on 2 cores.
@@ -53,39 +55,42 @@ class ServiceMetrics:
         self.registry = None if self.multiprocess else CollectorRegistry()
         registry = self.registry
         self.requests = Counter(
-            f"{PREFIX}_requests", "Rank requests by variant and HTTP status.", ["variant", "status"], registry=registry
+            f"{PREFIX}_requests", "Rank requests by model, variant and HTTP status.", ["model", "variant", "status"],
+            registry=registry,
         )
         self.v2_requests = Counter(
-            f"{PREFIX}_v2_requests", "Open Inference Protocol (KServe V2) infer requests by variant and HTTP status; "
-            "their stages, latency and candidates are in the same histograms as /rank's.", ["variant", "status"],
+            f"{PREFIX}_v2_requests", "Open Inference Protocol (KServe V2) infer requests by model, variant and HTTP "
+            "status; their stages, latency and candidates are in the same histograms as /rank's.",
+            ["model", "variant", "status"],
             registry=registry,
         )
         self.request_seconds = Histogram(
             f"{PREFIX}_request_duration_seconds", "Server-side time of a rank request (queue to response body).",
-            ["variant"], buckets=LATENCY_BUCKETS, registry=registry,
+            ["model", "version", "variant"], buckets=LATENCY_BUCKETS, registry=registry,
         )
         self.stage_seconds = Histogram(
             f"{PREFIX}_stage_duration_seconds", "Time of one stage of a rank request.",
-            ["stage", "variant"], buckets=STAGE_BUCKETS, registry=registry,
+            ["model", "stage", "variant"], buckets=STAGE_BUCKETS, registry=registry,
         )
         self.candidates_per_request = Histogram(
             f"{PREFIX}_candidates_per_request", "Candidates in a scored request.", buckets=CANDIDATE_BUCKETS,
             registry=registry,
         )
         self.candidates_scored = Counter(
-            f"{PREFIX}_candidates_scored", "Candidates scored (rate() gives throughput).", ["variant"],
+            f"{PREFIX}_candidates_scored", "Candidates scored (rate() gives throughput).",
+            ["model", "version", "variant"],
             registry=registry,
         )
         self.auto_requests = Counter(
             f"{PREFIX}_auto_requests", "Requests the default `auto` choice served, by the form it ran (vani, uoi, "
-            "mari); every other metric counts them under that form too.", ["variant"], registry=registry,
+            "mari); every other metric counts them under that form too.", ["model", "variant"], registry=registry,
         )
         self.batch_requests = Histogram(
             f"{PREFIX}_batch_requests", "Requests scored in one inference call (1 when batching is off).",
-            ["variant"], buckets=BATCH_REQUEST_BUCKETS, registry=registry,
+            ["model", "variant"], buckets=BATCH_REQUEST_BUCKETS, registry=registry,
         )
         self.batch_candidates = Histogram(
-            f"{PREFIX}_batch_candidates", "Candidates scored in one inference call.", ["variant"],
+            f"{PREFIX}_batch_candidates", "Candidates scored in one inference call.", ["model", "variant"],
             buckets=CANDIDATE_BUCKETS, registry=registry,
         )
         self.in_flight = Gauge(
@@ -125,20 +130,21 @@ class ServiceMetrics:
             ["reason"], registry=registry,
         )
         self._largest_difference = 0.0
-        self._request_children: dict[str, tuple[Any, ...]] = {}  # see observe_request
+        self._request_children: dict[tuple[str, str, str], tuple[Any, ...]] = {}  # see observe_request
 
-    def observe_request(self, variant: str, stage_seconds: tuple[float, ...], total: float, candidates: int,
-                        auto: bool = False) -> None:
-        """One scored request: the form that ran, its STAGES' seconds (in that order), its total and its candidates;
-        `auto`: the default `auto` picked the form. Runs per request on the event loop, so each variant's labelled
-        children are looked up once and kept."""
-        children = self._request_children.get(variant)
+    def observe_request(self, model: str, version: str, variant: str, stage_seconds: tuple[float, ...], total: float,
+                        candidates: int, auto: bool = False) -> None:
+        """One scored request: the model and version that served it, the form that ran, its STAGES' seconds (in
+        that order), its total and its candidates; `auto`: the default `auto` picked the form. Runs per request on
+        the event loop, so each (model, version, variant)'s labelled children are looked up once and kept."""
+        key = (model, version, variant)
+        children = self._request_children.get(key)
         if children is None:
-            children = self._request_children[variant] = (
-                tuple(self.stage_seconds.labels(stage=stage, variant=variant) for stage in STAGES),
-                self.request_seconds.labels(variant=variant),
-                self.candidates_scored.labels(variant=variant),
-                self.auto_requests.labels(variant=variant),
+            children = self._request_children[key] = (
+                tuple(self.stage_seconds.labels(model=model, stage=stage, variant=variant) for stage in STAGES),
+                self.request_seconds.labels(model=model, version=version, variant=variant),
+                self.candidates_scored.labels(model=model, version=version, variant=variant),
+                self.auto_requests.labels(model=model, variant=variant),
             )
         stages, request_seconds, candidates_scored, auto_requests = children
         if auto:
