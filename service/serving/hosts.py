@@ -23,7 +23,8 @@ from service.serving.serving_model import ServingModel
 from service.serving.settings import EVERY_MODEL, Settings, check_model_count
 from service.serving.shadow import ShadowComparator
 from service.store import ArtifactError
-from service.store.artifact import MANIFEST_FILE, check_component
+from service.store.artifact import check_component
+from service.store.manifest import MANIFEST_FILE
 
 logger = logging.getLogger(__name__)
 
