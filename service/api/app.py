@@ -104,7 +104,8 @@ ADMIN_SECURITY_SCHEMES = {"adminBearer": {"type": "http", "scheme": "bearer", "d
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
     """Generated schema plus the request bodies read by hand: the loaded model's own POST /rank request (made
-    again when a reload changes the model) and the admin bodies, behind the admin bearer scheme."""
+    again when a reload changes the model) and the admin bodies, behind the admin bearer scheme; the served
+    models as the values of POST /rank/{model}'s path."""
     state: ServiceState = app.state.service
     codec = state.runtime.active.serving.codec if state.runtime.ready else None
     cached = getattr(app.state, "openapi", None)
@@ -115,6 +116,14 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             {**model_components(ReloadRequest, VariantSwitch), **rank_request_components(codec)}
         )
         components["securitySchemes"] = ADMIN_SECURITY_SCHEMES
+        _name_served_models(schema, list(state.hosts.by_name))
         app.state.openapi = (codec, schema)
     schema_now: dict[str, Any] = app.state.openapi[1]
     return schema_now
+
+
+def _name_served_models(schema: dict[str, Any], names: list[str]) -> None:
+    """POST /rank/{model}: the served names are the path's values (anything else is the documented 404)."""
+    for parameter in schema["paths"]["/rank/{model}"]["post"]["parameters"]:
+        if parameter["name"] == "model":
+            parameter["schema"]["enum"] = names

@@ -199,7 +199,8 @@ class Settings(BaseSettings):
         """RANKER_MODELS as `a,b`, `*` or a JSON list."""
         if isinstance(value, str):
             text = value.strip()
-            return json.loads(text) if text.startswith("[") else [name.strip() for name in text.split(",") if name]
+            return json.loads(text) if text.startswith("[") else [name for part in text.split(",")
+                                                                  if (name := part.strip())]
         return value
 
     @field_validator("models")

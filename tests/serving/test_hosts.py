@@ -22,7 +22,7 @@ def _store(root: Path, *models: str) -> Path:
     return root
 
 
-@pytest.mark.parametrize("written", ["a,b", '["a", "b"]', " a , b "])
+@pytest.mark.parametrize("written", ["a,b", '["a", "b"]', " a , b ", "a,,b,"])
 def test_models_are_read_as_a_comma_list_or_json(written: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RANKER_MODELS", written)
     monkeypatch.setenv("RANKER_MODEL_NAME", "a")
