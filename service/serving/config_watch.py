@@ -275,7 +275,8 @@ class ConfigWatcher:
         active = self.runtime.activate(serving, VariantRouter(config.variant, config.ab_split), config.generation)
         self._applied = AppliedGeneration(config, source, _now())
         self._remember(config)
-        self.metrics.set_config_generation(config.generation)  # after the swap: the gauge never runs ahead
+        # after the swap: the gauge never runs ahead
+        self.metrics.set_config_generation(self.runtime.settings.model_name, config.generation)
         self.metrics.set_model(
             None if previous is None else (previous.serving.name, previous.serving.version,
                                            previous.router.default.value),

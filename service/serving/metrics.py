@@ -121,7 +121,8 @@ class ServiceMetrics:
             ["name", "version", "variant"], multiprocess_mode="livemax", registry=registry,
         )
         self.reloads = Counter(f"{PREFIX}_reloads", "Model version swaps by outcome.", ["outcome"], registry=registry)
-        # One series per process (multiprocess "liveall" adds the pid label itself): converged when all agree.
+        # One series per process and served model (multiprocess "liveall" adds the pid label itself): converged
+        # when all of a model agree.
         # Made by the first set_config_generation: a process still starting shows no series rather than 0.
         self._config_generation: Gauge | None = None
         self._config_generation_lock = threading.Lock()
@@ -171,16 +172,19 @@ class ServiceMetrics:
             self.model_info.labels(*previous).set(0)
         self.model_info.labels(*current).set(1)
 
-    def set_config_generation(self, generation: int) -> None:
+    def set_config_generation(self, model: str, generation: int) -> None:
+        """The fleet config generation this process applies to `model` (each served model has its own file)."""
         with self._config_generation_lock:
             if self._config_generation is None:
                 self._config_generation = Gauge(
                     f"{PREFIX}_config_generation",
-                    "Fleet config generation this process applies (0: its RANKER_* settings).",
-                    [] if self.multiprocess else ["pid"], multiprocess_mode="liveall", registry=self.registry,
+                    "Fleet config generation this process applies to a model (0: its RANKER_* settings).",
+                    ["model"] if self.multiprocess else ["model", "pid"], multiprocess_mode="liveall",
+                    registry=self.registry,
                 )
             gauge = self._config_generation
-        (gauge if self.multiprocess else gauge.labels(pid=str(os.getpid()))).set(generation)
+        labels = {"model": model} if self.multiprocess else {"model": model, "pid": str(os.getpid())}
+        gauge.labels(**labels).set(generation)
 
     def exposition(self) -> tuple[bytes, str]:
         """The text format of every metric (summed over worker processes in multiprocess mode)."""

@@ -170,8 +170,12 @@ def test_an_admin_change_names_its_model_and_leaves_the_others_alone(live: LiveS
     assert switched.status_code == 200, switched.text
     assert switched.json()["model"] == BETA and switched.json()["default_variant"] == "vani"
     models = httpx.get(f"{live.url}/v1/models", timeout=30).json()["models"]
-    assert models[BETA]["routing"]["default_variant"] == "vani"
-    assert models[ALPHA]["routing"]["default_variant"] == "mari"
+    assert models[BETA]["routing"]["default_variant"] == "vani" and models[BETA]["config"]["generation"] == 1
+    assert models[ALPHA]["routing"]["default_variant"] == "mari" and models[ALPHA]["config"]["generation"] == 0
+    samples = parse_metrics(httpx.get(f"{live.url}/metrics", timeout=30).text)
+    generations = {dict(labels)["model"]: generation for (name, labels), generation in samples.items()
+                   if name == "ranker_config_generation"}
+    assert generations == {ALPHA: 0, BETA: 1}  # one series per model: each serving.json converges on its own
 
 
 def test_a_full_queue_of_one_model_does_not_refuse_another(two_models: Path, schema_of_both: FeatureSchema) -> None:

@@ -20,7 +20,7 @@ metrics = ServiceMetrics()
 metrics.requests.labels(model="default", variant="mari", status="200").inc()
 metrics.in_flight.inc(3)
 metrics.set_model(None, ("default", "v1", "mari"))
-metrics.set_config_generation(4)
+metrics.set_config_generation("default", 4)
 os.kill(os.getpid(), signal.SIGKILL)
 """
 

@@ -9,6 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from service.api.app import create_app
+from service.serving.fleet_config import FleetConfig
+from service.serving.fleet_state import FleetState
 from service.serving.hosts import served_model_names, store_models
 from service.serving.settings import Settings
 
@@ -76,3 +78,14 @@ def test_each_model_gets_the_servers_settings_and_only_the_default_keeps_its_pin
     settings = Settings(model_name="a", model_version="v7", models=["a", "b"], max_queued_requests=3)
     assert (settings.for_model("a").model_version, settings.for_model("b").model_version) == ("v7", None)
     assert settings.for_model("b").model_name == "b" and settings.for_model("b").max_queued_requests == 3
+
+
+def test_the_replicas_fleet_record_is_kept_per_model(tmp_path: Path) -> None:
+    """Two models in the workers of one replica: what a worker applied to one never answers for the other."""
+    fleet = FleetState(tmp_path)
+    alpha, beta = fleet.of_model("alpha"), fleet.of_model("beta")
+    applied = FleetConfig.from_settings(Settings(model_version="v3")).model_copy(update={"generation": 2})
+    alpha.remember(applied)
+    assert alpha.last_applied() == applied and beta.last_applied() is None
+    assert beta.version_for(2, lambda: "v9") == "v9" and alpha.version_for(2, lambda: "v1") == "v1"
+    assert FleetState(None).of_model("alpha").folder is None  # a single process: no record at all
