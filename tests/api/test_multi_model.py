@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from tests.ports import free_port
 ALPHA, BETA = "alpha", "beta"  # alpha is the default model (RANKER_MODEL_NAME)
 TOLERANCE = 1e-5  # docs/ARCHITECTURE.md section 3, fp32: MaRI against the eager model
 WAIT_S = 30.0  # a bound on waiting for the blocked slot, not a claim about speed
+CONVERGE_S = 180.0  # a bound on a second worker building both models and polling serving.json
 JSON = {"content-type": "application/json"}
 
 
@@ -220,3 +223,33 @@ def test_serve_refuses_more_models_than_max_models_in_one_line(two_models: Path)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert "RANKER_MAX_MODELS=1" in result.stderr and "RANKER_MODELS" in result.stderr
+
+
+def test_two_workers_serve_both_models_and_follow_each_models_own_fleet_config(
+    two_models: Path, schema_of_both: FeatureSchema, tmp_path: Path
+) -> None:
+    """`ranker serve --workers 2`: the metrics of both workers are summed per model, and `ranker config set --name
+    beta` moves beta's generation in every worker while alpha's stays."""
+    store = tmp_path / "store"  # this test's own serving.json files
+    shutil.copytree(two_models, store, ignore=shutil.ignore_patterns("serving.json", ".*"))
+    env = {"RANKER_MODEL_STORE": str(store), "RANKER_MODEL_NAME": ALPHA, "RANKER_MODELS": f"{ALPHA},{BETA}",
+           "RANKER_VARIANT": "mari", "RANKER_WARMUP_CANDIDATES": "[1, 16]", "RANKER_ANALYSIS_CANDIDATES": "100",
+           "RANKER_TORCH_THREADS": "1", "RANKER_CONFIG_POLL_S": "0.2"}
+    body = json.dumps(rank_body(schema_of_both, n=4)).encode()
+    with LiveServer(env, workers=2, log_path=tmp_path / "workers.log") as server:
+        for _ in range(8):  # a fresh connection each time: the kernel spreads them over the workers
+            with httpx.Client(timeout=60, headers=JSON) as http:
+                assert http.post(f"{server.url}/rank/{BETA}", content=body).status_code == 200
+        written = run_cli(["config", "set", "--store", str(store), "--name", BETA, "--variant", "vani"], {})
+        assert written.returncode == 0, written.stderr
+        deadline = time.monotonic() + CONVERGE_S
+        while True:  # both workers (the second may still be starting) apply beta's generation 1
+            samples = parse_metrics(httpx.get(f"{server.url}/metrics", timeout=30).text)
+            generations = {(dict(labels)["model"], dict(labels)["pid"]): generation
+                           for (name, labels), generation in samples.items() if name == "ranker_config_generation"}
+            if sorted(generations.values()) == [0, 0, 1, 1] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    assert value(samples, "ranker_requests_total", model=BETA, variant="mari", status="200") == 8
+    assert len({pid for _, pid in generations}) == 2, generations
+    assert {model: generation for (model, _), generation in generations.items()} == {ALPHA: 0, BETA: 1}
