@@ -153,6 +153,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     from service.api.server import serve
+    from service.serving.hosts import served_model_names
     from service.serving.settings import ENV_PREFIX, model_location
 
     overrides: dict[str, Any] = {}
@@ -164,6 +165,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
         overrides = {"model_version": None, **{key.removeprefix(ENV_PREFIX).lower(): value
                                                for key, value in location.items()}}
     settings = _settings_or_exit("ranker serve", overrides)  # a bad setting stops start-up in one line
+    try:
+        served_model_names(settings)  # RANKER_MODELS=*: the store's models, no more than RANKER_MAX_MODELS
+    except ValueError as exc:
+        sys.exit(f"ranker serve: invalid settings: {exc}")
     serve(host=args.host, port=args.port, workers=args.workers, settings=settings)
 
 

@@ -19,14 +19,9 @@ from service.api.errors import install_error_handlers
 from service.api.routes import admin, health, metrics, models, rank, v2
 from service.api.routes.docs import install_docs
 from service.api.schemas import ReloadRequest, VariantSwitch, model_components, rank_request_components
-from service.serving.admission import BatchPolicy, InferencePool
-from service.serving.config_watch import ConfigWatcher
+from service.serving.hosts import ModelHost, ModelHosts
 from service.serving.metrics import ServiceMetrics, mark_process_dead, reap_dead_processes
-from service.serving.runtime import ModelRuntime
-from service.serving.scorer import RequestScorer
 from service.serving.settings import Settings
-from service.serving.shadow import ShadowComparator
-from service.serving.version_compare import VersionComparator
 
 logger = logging.getLogger(__name__)
 
@@ -41,17 +36,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """The FastAPI app for `settings` (read from the environment/config file when None)."""
     settings = settings or Settings()
     service_metrics = ServiceMetrics()
-    runtime = ModelRuntime(settings)
-    pool = InferencePool(settings.inference_concurrency, settings.max_queued_requests,
-                         settings.max_queued_candidates, settings.queue_timeout_s, settings.retry_after_s,
-                         BatchPolicy(settings.batching, settings.batch_window_ms / 1e3, settings.batch_max_requests,
-                                     settings.batch_max_candidates))
-    shadow = ShadowComparator(settings.shadow_variant, settings.shadow_sample_rate, settings.shadow_queue_size,
-                              settings.tolerance, service_metrics)
-    versions = VersionComparator(settings.shadow_queue_size, service_metrics)
-    scorer = RequestScorer(runtime, pool, shadow, service_metrics, versions)
-    config = ConfigWatcher(settings, runtime, shadow, service_metrics)
-    state = ServiceState(settings, runtime, pool, shadow, service_metrics, scorer, config, versions)
+    # ValueError naming RANKER_MODELS / RANKER_MAX_MODELS when more models than allowed would be served
+    state = ServiceState(settings, ModelHosts.create(settings, service_metrics), service_metrics)
 
     app = FastAPI(title=TITLE, description=DESCRIPTION, version="1", lifespan=_lifespan, docs_url=None,
                   redoc_url=None)  # /docs from local assets (routes/docs.py)
@@ -86,23 +72,31 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if reaped:
         logger.info("dropped the live gauges of dead worker processes %s", reaped)
     # serving.json when it exists, else the RANKER_* settings; raises: start-up fails, the process exits
-    serving = await asyncio.to_thread(state.config.start_up)
-    state.shadow.start()
-    state.versions.start()
-    state.config.start()
+    for host in state.hosts:  # every model built before any thread starts: a failure leaves none running
+        await asyncio.to_thread(_start_up, host)
+    for host in state.hosts:
+        host.start()
+        serving = host.runtime.serving
+        logger.info("ready: model %s/%s, routing %s, fleet config %s", serving.name, serving.version,
+                    host.runtime.router.to_dict(), host.config.status())
     restore_sigterm = drain_on_sigterm(state, state.settings.drain_delay_s)
-    logger.info("ready: model %s/%s, routing %s, fleet config %s", serving.name, serving.version,
-                state.runtime.router.to_dict(), state.config.status())
     try:
         yield
     finally:
         state.draining = True  # uvicorn has already let in-flight requests finish
         restore_sigterm()
-        state.config.stop()
-        state.shadow.stop()
-        state.versions.stop()
-        state.pool.shutdown()
+        for host in state.hosts:
+            host.stop()
         mark_process_dead()
+
+
+def _start_up(host: ModelHost) -> None:
+    """Build, verify and warm one model; its failure fails start-up with the model named."""
+    try:
+        host.start_up()
+    except Exception:
+        logger.error("model %r could not start; the server does not start", host.name)
+        raise
 
 
 ADMIN_SECURITY_SCHEMES = {"adminBearer": {"type": "http", "scheme": "bearer", "description": "RANKER_ADMIN_TOKEN"}}
@@ -110,7 +104,8 @@ ADMIN_SECURITY_SCHEMES = {"adminBearer": {"type": "http", "scheme": "bearer", "d
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
     """Generated schema plus the request bodies read by hand: the loaded model's own POST /rank request (made
-    again when a reload changes the model) and the admin bodies, behind the admin bearer scheme."""
+    again when a reload changes the model) and the admin bodies, behind the admin bearer scheme; the served
+    models as the values of POST /rank/{model}'s path."""
     state: ServiceState = app.state.service
     codec = state.runtime.active.serving.codec if state.runtime.ready else None
     cached = getattr(app.state, "openapi", None)
@@ -121,6 +116,14 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             {**model_components(ReloadRequest, VariantSwitch), **rank_request_components(codec)}
         )
         components["securitySchemes"] = ADMIN_SECURITY_SCHEMES
+        _name_served_models(schema, list(state.hosts.by_name))
         app.state.openapi = (codec, schema)
     schema_now: dict[str, Any] = app.state.openapi[1]
     return schema_now
+
+
+def _name_served_models(schema: dict[str, Any], names: list[str]) -> None:
+    """POST /rank/{model}: the served names are the path's values (anything else is the documented 404)."""
+    for parameter in schema["paths"]["/rank/{model}"]["post"]["parameters"]:
+        if parameter["name"] == "model":
+            parameter["schema"]["enum"] = names

@@ -23,13 +23,13 @@ from service.serving.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from service.serving.hosts import ModelHost, ModelHosts
 from service.serving.metrics import ServiceMetrics
 from service.serving.runtime import ModelRuntime
 from service.serving.scorer import RankResult, RequestScorer
 from service.serving.settings import Settings
 from service.serving.shadow import ShadowComparator
 from service.serving.validation import request_error
-from service.serving.version_compare import VersionComparator
 
 _REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 JSON_MEDIA_TYPE = "application/json"
@@ -45,14 +45,34 @@ class ServiceState:
     """Everything a handler may touch, built once per app by create_app (at `app.state.service`)."""
 
     settings: Settings
-    runtime: ModelRuntime
-    pool: InferencePool
-    shadow: ShadowComparator
+    hosts: ModelHosts
     metrics: ServiceMetrics
-    scorer: RequestScorer
-    config: ConfigWatcher
-    versions: VersionComparator  # the comparison of model versions on live traffic (a canary)
     draining: bool = field(default=False)
+
+    def host(self, name: str | None = None) -> ModelHost:
+        """The host of model `name` (None: the default model); UnknownModel (404) for one not served here."""
+        return self.hosts.default if name is None else self.hosts.get(name)
+
+    # The default model's parts, for the handlers and tests that serve only it.
+    @property
+    def runtime(self) -> ModelRuntime:
+        return self.hosts.default.runtime
+
+    @property
+    def pool(self) -> InferencePool:
+        return self.hosts.default.pool
+
+    @property
+    def shadow(self) -> ShadowComparator:
+        return self.hosts.default.shadow
+
+    @property
+    def scorer(self) -> RequestScorer:
+        return self.hosts.default.scorer
+
+    @property
+    def config(self) -> ConfigWatcher:
+        return self.hosts.default.config
 
 
 async def get_state(request: Request) -> ServiceState:

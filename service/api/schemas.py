@@ -90,6 +90,10 @@ class ReloadRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    model: str | None = Field(
+        None, pattern=COMPONENT.pattern, description="Model to change (a key of GET /v1/models' `models`); the default "
+        "model when absent."
+    )
     version: str | None = Field(
         None, pattern=COMPONENT.pattern, description="Version folder to load; the latest when absent."
     )
@@ -114,6 +118,10 @@ class VariantSwitch(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    model: str | None = Field(
+        None, pattern=COMPONENT.pattern, description="Model to change (a key of GET /v1/models' `models`); the default "
+        "model when absent."
+    )
     variant: DefaultVariant = Field(..., description="Default variant (serves everyone when ab_split is empty); auto: "
                                     "per request, the form measured fastest at its size.")
     ab_split: Annotated[dict[Variant, float] | None, WithJsonSchema(_AB_SPLIT_SCHEMA)] = Field(
@@ -134,6 +142,7 @@ STATUS_TEXT: dict[int, str] = {
     400: "Malformed JSON, or a body that is not a JSON object.",
     401: "Missing or wrong `Authorization: Bearer <admin_token>`.",
     403: "Admin endpoints are off: no admin_token is configured.",
+    404: "The model named (path or `model` field) is not served here; the message lists the served ones.",
     408: "The body did not arrive within body_read_timeout_s.",
     409: "The version cannot serve (missing, corrupt or mismatching artifact), or another change is in progress.",
     413: "Body larger than max_body_bytes.",
@@ -150,7 +159,8 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 ERROR_RESPONSES = error_responses(*STATUS_TEXT)
 RANK_ERRORS = error_responses(400, 408, 413, 415, 422, 503)
-ADMIN_ERRORS = error_responses(400, 401, 403, 408, 409, 413, 415, 422, 503)
+RANK_MODEL_ERRORS = error_responses(400, 404, 408, 413, 415, 422, 503)
+ADMIN_ERRORS = error_responses(400, 401, 403, 404, 408, 409, 413, 415, 422, 503)
 
 
 def json_request_body(component: str, *, required: bool = True) -> dict[str, Any]:

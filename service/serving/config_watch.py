@@ -87,7 +87,8 @@ class ConfigWatcher:
         self.metrics = metrics
         self._environment = FleetConfig.from_settings(settings)
         self._lock = threading.Lock()  # one apply at a time: the poll thread or an admin call
-        self.fleet = FleetState.from_environment()  # what the sibling workers of this replica applied
+        # what the sibling workers of this replica applied to this model
+        self.fleet = FleetState.from_environment().of_model(settings.model_name)
         self._seen: Snapshot = None  # the file content last looked at; unchanged content is not re-applied
         self._applied: AppliedGeneration | None = None
         self.last_refusal: Refusal | None = None
@@ -286,7 +287,8 @@ class ConfigWatcher:
                                        split)
         self._applied = AppliedGeneration(config, source, _now())
         self._remember(config)
-        self.metrics.set_config_generation(config.generation)  # after the swap: the gauge never runs ahead
+        # after the swap: the gauge never runs ahead
+        self.metrics.set_config_generation(self.runtime.settings.model_name, config.generation)
         self.metrics.set_model(
             None if previous is None else (previous.serving.name, previous.serving.version,
                                            previous.router.default.value),

@@ -107,3 +107,9 @@ class ModelNotFound(ServiceError):
     """A request names a model or version this server does not serve (the Open Inference Protocol's paths)."""
 
     code = "model_not_found"
+
+
+class UnknownModel(ModelNotFound):
+    """A request names a model this server does not serve (POST /rank/{model}, an admin body's `model`)."""
+
+    code = "unknown_model"

@@ -10,7 +10,8 @@ siblings serve:
 - the last generation a worker of this replica applied (its concrete version): what a worker falls back to
   when serving.json is unusable at its start-up (config_watch.py).
 
-Writes are a temp file and a rename or a hard link, so a reader sees a whole record or none.
+Each served model keeps its facts in a subfolder named after it (of_model). Writes are a temp file and a rename
+or a hard link, so a reader sees a whole record or none.
 """
 
 from __future__ import annotations
@@ -43,6 +44,17 @@ class FleetState:
     def from_environment(cls) -> FleetState:
         folder = os.environ.get(FLEET_DIR_ENV)
         return cls(Path(folder) if folder else None)
+
+    def of_model(self, name: str) -> FleetState:
+        """The record of model `name` alone: a server of several models (RANKER_MODELS) keeps one per model."""
+        if self.folder is None:
+            return self
+        folder = self.folder / name
+        try:
+            folder.mkdir(exist_ok=True)
+        except OSError as exc:  # the folder is gone (a cleaned /tmp): as version_for, serve without the agreement
+            logger.warning("fleet record folder not made: %s", exc)
+        return FleetState(folder)
 
     def version_for(self, generation: int, resolve_latest: Callable[[], str]) -> str:
         """The version generation `generation` serves when its file says null: the first caller's answer."""

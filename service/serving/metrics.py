@@ -1,7 +1,8 @@
 """Prometheus metrics of the ranking service (docs/ARCHITECTURE.md section 4), base unit seconds, prefix `ranker_`.
 
 Labels stay low-cardinality (variant, status, stage, model name/version, pid of a worker); never a user or
-request id.
+request id. A `model` label holds a served model's name only (UNKNOWN_MODEL for a request naming none), never
+a client's string.
 With several uvicorn workers, prometheus_client's multiprocess mode is used: `PROMETHEUS_MULTIPROC_DIR`
 (set by `service.api.server.serve` before any worker starts) holds one file per process, and /metrics
 sums them. Without it, each app instance keeps its own registry (so in-process tests do not collide).
@@ -26,6 +27,7 @@ from prometheus_client import (
 )
 
 PREFIX = "ranker"
+UNKNOWN_MODEL = "unknown"  # the `model` label of a request for a model this server does not serve
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own switch, read here and nowhere else
 
 # End-to-end server time: a few ms for small N, tens to hundreds of ms at N = 1000 on 2 cores.
@@ -56,39 +58,42 @@ class ServiceMetrics:
         self.registry = None if self.multiprocess else CollectorRegistry()
         registry = self.registry
         self.requests = Counter(
-            f"{PREFIX}_requests", "Rank requests by variant and HTTP status.", ["variant", "status"], registry=registry
+            f"{PREFIX}_requests", "Rank requests by model, variant and HTTP status.", ["model", "variant", "status"],
+            registry=registry,
         )
         self.v2_requests = Counter(
-            f"{PREFIX}_v2_requests", "Open Inference Protocol (KServe V2) infer requests by variant and HTTP status; "
-            "their stages, latency and candidates are in the same histograms as /rank's.", ["variant", "status"],
+            f"{PREFIX}_v2_requests", "Open Inference Protocol (KServe V2) infer requests by model, variant and HTTP "
+            "status; their stages, latency and candidates are in the same histograms as /rank's.",
+            ["model", "variant", "status"],
             registry=registry,
         )
         self.request_seconds = Histogram(
             f"{PREFIX}_request_duration_seconds", "Server-side time of a rank request (queue to response body).",
-            ["variant"], buckets=LATENCY_BUCKETS, registry=registry,
+            ["model", "version", "variant"], buckets=LATENCY_BUCKETS, registry=registry,
         )
         self.stage_seconds = Histogram(
             f"{PREFIX}_stage_duration_seconds", "Time of one stage of a rank request.",
-            ["stage", "variant"], buckets=STAGE_BUCKETS, registry=registry,
+            ["model", "stage", "variant"], buckets=STAGE_BUCKETS, registry=registry,
         )
         self.candidates_per_request = Histogram(
             f"{PREFIX}_candidates_per_request", "Candidates in a scored request.", buckets=CANDIDATE_BUCKETS,
             registry=registry,
         )
         self.candidates_scored = Counter(
-            f"{PREFIX}_candidates_scored", "Candidates scored (rate() gives throughput).", ["variant"],
+            f"{PREFIX}_candidates_scored", "Candidates scored (rate() gives throughput).",
+            ["model", "version", "variant"],
             registry=registry,
         )
         self.auto_requests = Counter(
             f"{PREFIX}_auto_requests", "Requests the default `auto` choice served, by the form it ran (vani, uoi, "
-            "mari); every other metric counts them under that form too.", ["variant"], registry=registry,
+            "mari); every other metric counts them under that form too.", ["model", "variant"], registry=registry,
         )
         self.batch_requests = Histogram(
             f"{PREFIX}_batch_requests", "Requests scored in one inference call (1 when batching is off).",
-            ["variant"], buckets=BATCH_REQUEST_BUCKETS, registry=registry,
+            ["model", "variant"], buckets=BATCH_REQUEST_BUCKETS, registry=registry,
         )
         self.batch_candidates = Histogram(
-            f"{PREFIX}_batch_candidates", "Candidates scored in one inference call.", ["variant"],
+            f"{PREFIX}_batch_candidates", "Candidates scored in one inference call.", ["model", "variant"],
             buckets=CANDIDATE_BUCKETS, registry=registry,
         )
         self.in_flight = Gauge(
@@ -119,7 +124,8 @@ class ServiceMetrics:
             ["name", "version", "variant"], multiprocess_mode="livemax", registry=registry,
         )
         self.reloads = Counter(f"{PREFIX}_reloads", "Model version swaps by outcome.", ["outcome"], registry=registry)
-        # One series per process (multiprocess "liveall" adds the pid label itself): converged when all agree.
+        # One series per process and served model (multiprocess "liveall" adds the pid label itself): converged
+        # when all of a model agree.
         # Made by the first set_config_generation: a process still starting shows no series rather than 0.
         self._config_generation: Gauge | None = None
         self._config_generation_lock = threading.Lock()
@@ -128,13 +134,13 @@ class ServiceMetrics:
             ["reason"], registry=registry,
         )
         self._largest_difference = 0.0
-        self._request_children: dict[str, tuple[Any, ...]] = {}  # see observe_request
+        self._request_children: dict[tuple[str, str, str], tuple[Any, ...]] = {}  # see observe_request
         self._add_version_metrics(registry)
 
     def _add_version_metrics(self, registry: CollectorRegistry | None) -> None:
         """The comparison of two model versions on live traffic (service/serving/version_compare.py): how far
-        they agree, not whether they match; labelled by the version that served and the one compared."""
-        pair = ["primary_version", "other_version"]
+        they agree, not whether they match; labelled by the model, its primary version and the one compared."""
+        pair = ["model", "primary_version", "other_version"]
         self.version_comparisons = Counter(
             f"{PREFIX}_version_comparisons", "Sampled requests scored on a second model version and compared.",
             pair, registry=registry,
@@ -164,18 +170,19 @@ class ServiceMetrics:
             "score.", pair, buckets=VERSION_DIFF_BUCKETS, registry=registry,
         )
 
-    def observe_request(self, variant: str, stage_seconds: tuple[float, ...], total: float, candidates: int,
-                        auto: bool = False) -> None:
-        """One scored request: the form that ran, its STAGES' seconds (in that order), its total and its candidates;
-        `auto`: the default `auto` picked the form. Runs per request on the event loop, so each variant's labelled
-        children are looked up once and kept."""
-        children = self._request_children.get(variant)
+    def observe_request(self, model: str, version: str, variant: str, stage_seconds: tuple[float, ...], total: float,
+                        candidates: int, auto: bool = False) -> None:
+        """One scored request: the model and version that served it, the form that ran, its STAGES' seconds (in
+        that order), its total and its candidates; `auto`: the default `auto` picked the form. Runs per request on
+        the event loop, so each (model, version, variant)'s labelled children are looked up once and kept."""
+        key = (model, version, variant)
+        children = self._request_children.get(key)
         if children is None:
-            children = self._request_children[variant] = (
-                tuple(self.stage_seconds.labels(stage=stage, variant=variant) for stage in STAGES),
-                self.request_seconds.labels(variant=variant),
-                self.candidates_scored.labels(variant=variant),
-                self.auto_requests.labels(variant=variant),
+            children = self._request_children[key] = (
+                tuple(self.stage_seconds.labels(model=model, stage=stage, variant=variant) for stage in STAGES),
+                self.request_seconds.labels(model=model, version=version, variant=variant),
+                self.candidates_scored.labels(model=model, version=version, variant=variant),
+                self.auto_requests.labels(model=model, variant=variant),
             )
         stages, request_seconds, candidates_scored, auto_requests = children
         if auto:
@@ -202,16 +209,19 @@ class ServiceMetrics:
             self.model_info.labels(*previous).set(0)
         self.model_info.labels(*current).set(1)
 
-    def set_config_generation(self, generation: int) -> None:
+    def set_config_generation(self, model: str, generation: int) -> None:
+        """The fleet config generation this process applies to `model` (each served model has its own file)."""
         with self._config_generation_lock:
             if self._config_generation is None:
                 self._config_generation = Gauge(
                     f"{PREFIX}_config_generation",
-                    "Fleet config generation this process applies (0: its RANKER_* settings).",
-                    [] if self.multiprocess else ["pid"], multiprocess_mode="liveall", registry=self.registry,
+                    "Fleet config generation this process applies to a model (0: its RANKER_* settings).",
+                    ["model"] if self.multiprocess else ["model", "pid"], multiprocess_mode="liveall",
+                    registry=self.registry,
                 )
             gauge = self._config_generation
-        (gauge if self.multiprocess else gauge.labels(pid=str(os.getpid()))).set(generation)
+        labels = {"model": model} if self.multiprocess else {"model": model, "pid": str(os.getpid())}
+        gauge.labels(**labels).set(generation)
 
     def exposition(self) -> tuple[bytes, str]:
         """The text format of every metric (summed over worker processes in multiprocess mode)."""

@@ -174,7 +174,7 @@ class RequestScorer:
         infer = ticket.batch_seconds
         queue = max(0.0, total - prepared.decode - prepared.encode - infer - respond)
         times = StageTimes(queue, prepared.decode, prepared.encode, infer, respond)
-        self._observe(prepared, times)
+        self._observe(serving, prepared, times)
         return RankResult(response.content, prepared.request_id, serving.name, serving.version, prepared.variant,
                           active.generation, prepared.n_candidates, times, response.json_length)
 
@@ -188,8 +188,10 @@ class RequestScorer:
         failed: a batch that cannot run as one call is retried request by request, so only a request that
         fails alone fails."""
         variant = batch[0].variant
-        self.metrics.batch_requests.labels(variant=variant.value).observe(len(batch))
-        self.metrics.batch_candidates.labels(variant=variant.value).observe(sum(p.n_candidates for p in batch))
+        model = self.runtime.settings.model_name  # the served name (a metric label), whatever the manifest says
+        self.metrics.batch_requests.labels(model=model, variant=variant.value).observe(len(batch))
+        self.metrics.batch_candidates.labels(model=model, variant=variant.value).observe(
+            sum(p.n_candidates for p in batch))
         outcomes = self._outcomes(serving, variant, batch)
         return [outcome if isinstance(outcome, Exception)
                 else check_finite(serving, prepared.features, cast(dict[str, torch.Tensor], outcome))
@@ -210,9 +212,10 @@ class RequestScorer:
                 outcomes.append(exc)
         return outcomes
 
-    def _observe(self, prepared: _Prepared, times: StageTimes) -> None:
-        self.metrics.observe_request(prepared.variant.value, tuple(times.seconds(stage) for stage in STAGES),
-                                     times.total, prepared.n_candidates, prepared.auto)
+    def _observe(self, serving: ServingModel, prepared: _Prepared, times: StageTimes) -> None:
+        self.metrics.observe_request(self.runtime.settings.model_name, serving.version, prepared.variant.value,
+                                     tuple(times.seconds(stage) for stage in STAGES), times.total,
+                                     prepared.n_candidates, prepared.auto)
 
 
 def check_finite(

@@ -14,15 +14,17 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from service.engine import Variant
 from service.features.schema import CAPTURE_CANDIDATES
 from service.serving.routing import Auto, DefaultVariant, check_ab_split
+from service.store import ArtifactError
+from service.store.artifact import check_component
 
 ENV_PREFIX = "RANKER_"
 CONFIG_FILE_ENV = "RANKER_CONFIG_FILE"
@@ -33,6 +35,7 @@ NOT_SETTINGS = frozenset({CONFIG_FILE_ENV, "RANKER_HOST", "RANKER_PORT", "RANKER
 MAX_INT64 = 2**63 - 1
 MIN_ADMIN_TOKEN_CHARS = 16
 BODY_BUDGET_BODIES = 4  # default max_buffered_body_bytes, in largest bodies
+EVERY_MODEL = "*"  # `models`: every model folder of the store
 
 
 class Settings(BaseSettings):
@@ -42,9 +45,22 @@ class Settings(BaseSettings):
 
     # --- model store ---
     model_store: Path = Field(default=Path("model_store"), description="Root of the artifact store.")
-    model_name: str = Field(default="default", min_length=1, description="Model directory under the store.")
+    model_name: str = Field(
+        default="default", min_length=1,
+        description="Model directory under the store; the default model (POST /rank) when several are served.",
+    )
     model_version: str | None = Field(
-        default=None, description="Version to load; the latest (natural sort) when unset."
+        default=None, description="Version of model_name to load; the latest (natural sort) when unset (the other "
+        "models of RANKER_MODELS serve their latest)."
+    )
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description='Models served by this server, each at POST /rank/{model}: names ("a,b" or a JSON list), or * '
+        "for every model folder of the store; empty: model_name only. Must include model_name.",
+    )
+    max_models: int = Field(
+        default=4, ge=1,
+        description="Most models one server loads (each holds its variants in memory); start-up is refused beyond.",
     )
 
     # --- variants, A/B and shadow ---
@@ -177,6 +193,41 @@ class Settings(BaseSettings):
     def _check_ab_split(cls, split: dict[Variant, float]) -> dict[Variant, float]:
         return check_ab_split(split)
 
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: Any) -> Any:
+        """RANKER_MODELS as `a,b`, `*` or a JSON list."""
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else [name for part in text.split(",")
+                                                                  if (name := part.strip())]
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _check_models(cls, names: list[str]) -> list[str]:
+        if EVERY_MODEL in names:
+            if names != [EVERY_MODEL]:
+                raise ValueError(f"models: {EVERY_MODEL!r} (every model of the store) stands alone, got {names}")
+            return names
+        try:
+            for name in names:
+                check_component("models: model name", name)
+        except ArtifactError as exc:
+            raise ValueError(str(exc)) from None
+        if len(set(names)) != len(names):
+            raise ValueError(f"models: each model is listed once, got {names}")
+        return names
+
+    @model_validator(mode="after")
+    def _check_served(self) -> Settings:
+        if self.models and self.models != [EVERY_MODEL]:
+            if self.model_name not in self.models:
+                raise ValueError(f"model_name {self.model_name!r} (the default model, POST /rank) must be one of "
+                                 f"RANKER_MODELS {self.models}")
+            check_model_count(len(self.models), self.max_models)
+        return self
+
     @field_validator("warmup_candidates")
     @classmethod
     def _check_warmup(cls, sizes: tuple[int, ...]) -> tuple[int, ...]:
@@ -209,6 +260,12 @@ class Settings(BaseSettings):
         """Bytes of request bodies held at once: max_buffered_body_bytes, else room for 4 of the largest."""
         return self.max_buffered_body_bytes or BODY_BUDGET_BODIES * self.max_body_bytes
 
+    def for_model(self, name: str) -> Settings:
+        """These settings for serving model `name` alone (each served model's own runtime, pool and watcher);
+        model_version pins the default model only: another model serves its latest, or its serving.json's."""
+        pinned = {} if name == self.model_name else {"model_version": None}
+        return self.model_copy(update={"model_name": name, "models": [], **pinned})
+
     @property
     def model_path(self) -> Path:
         """model_store/<name>[/<version>] as the artifact loader expects it."""
@@ -225,6 +282,13 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, UnknownVariables(settings_cls), env_settings, ConfigFileSource(settings_cls))
+
+
+def check_model_count(count: int, max_models: int) -> None:
+    """Refuse to serve more models than max_models: each one holds its built variants in memory."""
+    if count > max_models:
+        raise ValueError(f"{count} models would be served, more than RANKER_MAX_MODELS={max_models}: list fewer in "
+                         "RANKER_MODELS or raise RANKER_MAX_MODELS (each model holds its variants in memory)")
 
 
 def model_location(model: Path) -> dict[str, str]:

@@ -152,7 +152,7 @@ class VersionComparator:
         return result
 
     def _record(self, pair: tuple[str, str], result: Agreement, job: VersionJob) -> None:
-        labels = {"primary_version": pair[0], "other_version": pair[1]}
+        labels = {"model": job.served.name, "primary_version": pair[0], "other_version": pair[1]}
         self.metrics.version_comparisons.labels(**labels).inc()
         self.metrics.version_topk_overlap.labels(**labels).observe(result.overlap)
         if result.kendall_tau is not None:

@@ -1,7 +1,7 @@
 """Schemathesis hooks for tests/api/test_schemathesis.py (loaded through SCHEMATHESIS_HOOKS).
 
-Two rules of POST /rank that JSON Schema cannot state, applied to positive (schema-valid) cases only, so that
-"valid data must be accepted" checks the rest of the contract:
+Two rules of POST /rank (and /rank/{model}) that JSON Schema cannot state, applied to positive (schema-valid)
+cases only, so that "valid data must be accepted" checks the rest of the contract:
 - in the columnar form every candidate column has the same length N (otherwise 422 length_mismatch): the columns
   are cut to their shortest length, each still 1 to max_candidates valid values;
 - ids are integers written without a fraction (the codec is strict: 3.0 is 422 invalid_type, as README says),
@@ -20,7 +20,7 @@ from schemathesis.generation import GenerationMode
 @schemathesis.hook
 def map_case(context: Any, case: Any) -> Any:
     positive = case.meta is not None and case.meta.generation.mode == GenerationMode.POSITIVE
-    if case.path != "/rank" or not positive or not isinstance(case.body, dict):
+    if case.path not in ("/rank", "/rank/{model}") or not positive or not isinstance(case.body, dict):
         return case
     body = _without_fractions(case.body)
     columns = body.get("candidates")

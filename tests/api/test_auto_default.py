@@ -21,8 +21,8 @@ from service.engine import Variant
 from service.serving.fastest import AUTO_TIE, FastestForms
 from service.serving.routing import Auto, VariantRouter
 from service.serving.runtime import ModelRuntime
-from tests.api.conftest import make_settings, private_store, rank_body
-from tests.api.metrics_text import parse_metrics, value
+from tests.api.conftest import MODEL_NAME, make_settings, private_store, rank_body
+from tests.api.metrics_text import parse_metrics, total, value
 
 TOLERANCE = 1e-5  # docs/ARCHITECTURE.md section 3, fp32
 # Warm-up sizes (1, 16): N = 1..3 is nearer 1 on a log scale, N >= 5 nearer 16.
@@ -75,11 +75,11 @@ def test_auto_runs_per_request_size_the_form_measured_fastest_with_scores_equal_
             assert torch.allclose(torch.tensor(data["scores"][task]), vani[task], atol=TOLERANCE, rtol=0)
     after = parse_metrics(client.get("/metrics").text)
     for form, count in (("vani", 2), ("mari", 2), ("uoi", 0)):
-        assert value(after, "ranker_auto_requests_total", variant=form) - value(
-            before, "ranker_auto_requests_total", variant=form) == count
-        assert value(after, "ranker_requests_total", variant=form, status="200") - value(
-            before, "ranker_requests_total", variant=form, status="200") == count
-    assert value(after, "ranker_requests_total", variant="auto", status="200") == 0  # never a label value
+        assert value(after, "ranker_auto_requests_total", model=MODEL_NAME, variant=form) - value(
+            before, "ranker_auto_requests_total", model=MODEL_NAME, variant=form) == count
+        assert value(after, "ranker_requests_total", model=MODEL_NAME, variant=form, status="200") - value(
+            before, "ranker_requests_total", model=MODEL_NAME, variant=form, status="200") == count
+    assert total(after, "ranker_requests_total", variant="auto") == 0  # never a label value
 
 
 def test_a_configured_variant_or_ab_arm_runs_exactly_what_it_names_at_every_size(
@@ -94,8 +94,8 @@ def test_a_configured_variant_or_ab_arm_runs_exactly_what_it_names_at_every_size
     measured.activate(active.serving, VariantRouter(Auto.AUTO, {}), active.generation)
     assert [_rank(client, schema, n)["variant"] for n in (1, 30)] == ["vani", "mari"]  # no A/B: auto again
     after = parse_metrics(client.get("/metrics").text)
-    assert value(after, "ranker_auto_requests_total", variant="uoi") == value(
-        before, "ranker_auto_requests_total", variant="uoi")
+    assert value(after, "ranker_auto_requests_total", model=MODEL_NAME, variant="uoi") == value(
+        before, "ranker_auto_requests_total", model=MODEL_NAME, variant="uoi")
 
 
 def test_v1_models_shows_every_form_measured_at_each_warm_up_size_and_the_one_auto_serves(client: TestClient) -> None:

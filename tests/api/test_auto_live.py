@@ -49,4 +49,4 @@ def test_a_server_on_the_defaults_serves_auto_with_vanis_scores_and_shows_what_i
             assert torch.allclose(torch.tensor(data["scores"][task]), expected[task], atol=TOLERANCE, rtol=0)
     served = [table[str(min(n, 16))]["fastest"] for n in bodies]
     for form in ("vani", "uoi", "mari"):
-        assert value(metrics, "ranker_auto_requests_total", variant=form) == served.count(form)
+        assert value(metrics, "ranker_auto_requests_total", model=SMALL_MODEL_NAME, variant=form) == served.count(form)

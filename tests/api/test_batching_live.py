@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.api.conftest import rank_body
+from tests.api.conftest import MODEL_NAME, rank_body
 from tests.api.live_server import LiveServer
 from tests.api.metrics_text import parse_metrics, total, value
 from tests.api.test_server import post_rank, server_env
@@ -58,8 +58,8 @@ def test_waiting_requests_are_scored_together_per_arm_and_equal_their_scores_alo
     # Every request ran in exactly one call of its own arm, and the waiting ones shared calls.
     for arm in arms:
         requests_in_arm = sum(r.headers["x-variant"] == arm for r in together + first)
-        assert value(samples, "ranker_batch_requests_sum", variant=arm) == requests_in_arm
-        assert value(samples, "ranker_batch_requests_count", variant=arm) < requests_in_arm
+        assert value(samples, "ranker_batch_requests_sum", model=MODEL_NAME, variant=arm) == requests_in_arm
+        assert value(samples, "ranker_batch_requests_count", model=MODEL_NAME, variant=arm) < requests_in_arm
     batched_requests = total(samples, "ranker_batch_requests_sum")
     assert batched_requests == len(bodies) + 1  # every request in exactly one call
     assert total(samples, "ranker_batch_candidates_sum") == sum(SIZES) + 5

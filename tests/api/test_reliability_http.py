@@ -12,12 +12,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.api.conftest import ADMIN_HEADERS, ADMIN_TOKEN, private_store, rank_body
+from tests.api.conftest import ADMIN_HEADERS, ADMIN_TOKEN, MODEL_NAME, private_store, rank_body
 from tests.api.live_server import LiveServer
 from tests.api.metrics_text import parse_metrics, total, value
 
 BODY_READ_TIMEOUT_S = 1.0
 JSON = {"content-type": "application/json"}
+NOT_SERVED = {"model": MODEL_NAME, "variant": "none"}  # labels of a /rank request refused before scoring
 
 
 def reliability_env(store: Path, **extra: str) -> dict[str, str]:
@@ -78,8 +79,8 @@ def test_client_disconnect_mid_upload_is_a_499_counted_apart_from_5xx_and_logged
         with socket.create_connection(("127.0.0.1", live.port)) as sock:
             sock.sendall(upload_head(live.port, 100_000))
             time.sleep(0.1)  # the server is reading the body when the client goes
-    moved = lambda: value(metrics(live), "ranker_requests_total", variant="none", status="499") - value(  # noqa: E731
-        before, "ranker_requests_total", variant="none", status="499")
+    moved = lambda: value(metrics(live), "ranker_requests_total", **NOT_SERVED, status="499") - value(  # noqa: E731
+        before, "ranker_requests_total", **NOT_SERVED, status="499")
     assert wait_for(lambda: moved() == aborts), moved()
     after = metrics(live)
     assert total(after, "ranker_requests_total", status="500") == total(before, "ranker_requests_total", status="500")
@@ -111,8 +112,8 @@ def test_stalled_uploads_are_answered_408_within_the_body_read_timeout_and_free_
         assert json.loads(body)["error"]["code"] == "body_read_timeout"
     assert BODY_READ_TIMEOUT_S <= elapsed < BODY_READ_TIMEOUT_S + 8
     after = metrics(live)
-    assert value(after, "ranker_requests_total", variant="none", status="408") - value(
-        before, "ranker_requests_total", variant="none", status="408") == len(stalled)
+    assert value(after, "ranker_requests_total", **NOT_SERVED, status="408") - value(
+        before, "ranker_requests_total", **NOT_SERVED, status="408") == len(stalled)
     assert value(after, "ranker_requests_in_flight") == 0
 
 
@@ -126,8 +127,8 @@ def test_rank_refuses_a_body_not_declared_as_json_with_415(live: LiveServer, sch
     assert response.status_code == 415, response.text
     assert response.json()["error"]["code"] == "unsupported_media_type"
     after = metrics(live)
-    assert value(after, "ranker_requests_total", variant="none", status="415") - value(
-        before, "ranker_requests_total", variant="none", status="415") == 1
+    assert value(after, "ranker_requests_total", **NOT_SERVED, status="415") - value(
+        before, "ranker_requests_total", **NOT_SERVED, status="415") == 1
     assert total(after, "ranker_candidates_scored_total") == total(before, "ranker_candidates_scored_total")
 
 

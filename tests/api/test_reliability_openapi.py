@@ -11,12 +11,13 @@ from fastapi.testclient import TestClient
 
 from service.api.app import create_app
 from service.features.schema import FeatureSchema, Kind
-from tests.api.conftest import make_settings, rank_body
+from tests.api.conftest import MODEL_NAME, make_settings, rank_body
 
 DOCUMENTED = {
     ("post", "/rank"): {"200", "400", "408", "413", "415", "422", "503"},
-    ("post", "/admin/reload"): {"200", "400", "401", "403", "408", "409", "413", "415", "422", "503"},
-    ("post", "/admin/variant"): {"200", "400", "401", "403", "408", "409", "413", "415", "422", "503"},
+    ("post", "/rank/{model}"): {"200", "400", "404", "408", "413", "415", "422", "503"},  # 404: a model not served
+    ("post", "/admin/reload"): {"200", "400", "401", "403", "404", "408", "409", "413", "415", "422", "503"},
+    ("post", "/admin/variant"): {"200", "400", "401", "403", "404", "408", "409", "413", "415", "422", "503"},
     ("get", "/readyz"): {"200", "503"},
     ("get", "/v1/models"): {"200", "503"},
     ("get", "/healthz"): {"200"},
@@ -39,6 +40,12 @@ def test_openapi_documents_every_status_each_endpoint_can_answer(client: TestCli
             error = document["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
             assert error == {"$ref": "#/components/schemas/ErrorBody"}, (path, status)
     assert "HTTPValidationError" not in document["components"]["schemas"]  # no FastAPI-shaped 422 is answered
+
+
+def test_openapi_names_the_served_models_as_the_values_of_rank_model(client: TestClient) -> None:
+    operation = client.get("/openapi.json").json()["paths"]["/rank/{model}"]["post"]
+    (model,) = [parameter for parameter in operation["parameters"] if parameter["name"] == "model"]
+    assert model["in"] == "path" and model["schema"]["enum"] == [MODEL_NAME]
 
 
 def test_openapi_admin_operations_need_the_bearer_scheme_and_describe_their_bodies(client: TestClient) -> None:

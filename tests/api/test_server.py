@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from service.engine import Variant
-from tests.api.conftest import ADMIN_HEADERS, ADMIN_TOKEN, corrupt_copy, private_store, rank_body
+from tests.api.conftest import ADMIN_HEADERS, ADMIN_TOKEN, MODEL_NAME, corrupt_copy, private_store, rank_body
 from tests.api.live_server import LiveServer
 from tests.api.metrics_text import parse_metrics, total, value
 
@@ -128,14 +128,15 @@ def test_metrics_move_as_requests_are_served_and_normal_shadows_never_mismatch(l
             break
         time.sleep(0.1)
     moved = lambda metric, **labels: value(after, metric, **labels) - value(before, metric, **labels)  # noqa: E731
-    assert moved("ranker_requests_total", variant="mari", status="200") == 5
-    assert moved("ranker_requests_total", variant="none", status="400") == 1
-    assert moved("ranker_candidates_scored_total", variant="mari") == 200
+    served = {"model": MODEL_NAME, "variant": "mari"}
+    assert moved("ranker_requests_total", **served, status="200") == 5
+    assert moved("ranker_requests_total", model=MODEL_NAME, variant="none", status="400") == 1
+    assert moved("ranker_candidates_scored_total", **served, version="v1") == 200
     assert moved("ranker_candidates_per_request_count") == 5
-    assert moved("ranker_request_duration_seconds_count", variant="mari") == 5
+    assert moved("ranker_request_duration_seconds_count", **served, version="v1") == 5
     for stage in ("decode", "encode", "infer", "respond"):
-        assert moved("ranker_stage_duration_seconds_count", stage=stage, variant="mari") == 5
-        assert moved("ranker_stage_duration_seconds_sum", stage=stage, variant="mari") > 0
+        assert moved("ranker_stage_duration_seconds_count", **served, stage=stage) == 5
+        assert moved("ranker_stage_duration_seconds_sum", **served, stage=stage) > 0
     assert compared >= 5
     assert total(after, "ranker_shadow_mismatches_total") == 0
     assert value(after, "ranker_shadow_max_abs_difference") <= TOLERANCE
@@ -215,8 +216,9 @@ def test_metrics_are_summed_across_uvicorn_workers(store: Path, schema, tmp_path
         for _ in range(6):  # every scrape, whichever worker answers it, sees all of them
             with httpx.Client(timeout=30) as http:
                 samples = parse_metrics(http.get(f"{server.url}/metrics").text)
-            assert value(samples, "ranker_requests_total", variant="mari", status="200") == 12
-            assert value(samples, "ranker_candidates_scored_total", variant="mari") == 120
+            assert value(samples, "ranker_requests_total", model=MODEL_NAME, variant="mari", status="200") == 12
+            assert value(samples, "ranker_candidates_scored_total", model=MODEL_NAME, version="v1",
+                         variant="mari") == 120
 
 
 def test_docs_page_loads_swagger_ui_from_this_server_only(live: LiveServer) -> None:

@@ -251,9 +251,9 @@ def test_v2_requests_are_counted_apart_and_shadowed_like_rank(live: LiveServer, 
     def moved(metric: str, **labels: str) -> float:
         return value(after, metric, **labels) - value(before, metric, **labels)
 
-    assert moved("ranker_v2_requests_total", variant="mari", status="200") == 1
-    assert moved("ranker_v2_requests_total", variant="none", status="400") == 1
-    assert moved("ranker_stage_duration_seconds_count", stage="infer", variant="mari") == 1
+    assert moved("ranker_v2_requests_total", model=MODEL, variant="mari", status="200") == 1
+    assert moved("ranker_v2_requests_total", model=MODEL, variant="none", status="400") == 1
+    assert moved("ranker_stage_duration_seconds_count", model=MODEL, stage="infer", variant="mari") == 1
     assert sum(v for (name, _), v in after.items() if name == "ranker_requests_total") == sum(
         v for (name, _), v in before.items() if name == "ranker_requests_total")  # /rank's counter untouched
     assert value(after, "ranker_shadow_mismatches_total", primary="mari", shadow="uoi") == 0

@@ -317,6 +317,19 @@ def test_dashboard_covers_latency_throughput_stages_admission_and_shadow() -> No
         assert needed in exprs, needed
 
 
+def test_dashboard_repeats_a_row_of_panels_per_served_model() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {variable["name"]: variable for variable in dashboard["templating"]["list"]}
+    assert "label_values(ranker_requests_total" in variables["model"]["query"]["query"]
+    assert variables["model"]["includeAll"] and variables["model"]["multi"]
+    panels = dashboard["panels"]
+    start = next(i for i, panel in enumerate(panels) if panel.get("repeat") == "model")
+    assert panels[start]["type"] == "row" and all(panel["type"] != "row" for panel in panels[start + 1:])
+    exprs = [target["expr"] for panel in panels[start + 1:] for target in panel["targets"]]
+    assert len(exprs) >= 4 and all('model=~"$model"' in expr for expr in exprs)
+    assert any("by (le, version)" in expr for expr in exprs)
+
+
 def test_dashboard_job_matchers_name_prometheus_jobs() -> None:
     jobs = {job["job_name"] for job in read_yaml(PROMETHEUS_CONFIG)["scrape_configs"]}
     exprs = [target["expr"] for _, target in dashboard_targets(json.loads(DASHBOARD.read_text()))]

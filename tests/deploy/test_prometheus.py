@@ -37,7 +37,7 @@ MODEL_NAME = "default"
 SCRAPE_INTERVAL = "1s"
 # Grafana's variables, as it would set them on a 1 s scrape over the few seconds this test runs: $__rate_interval
 # spans the whole load (>= 4 scrapes), $__range the stat panels' dashboard range.
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "5m"}
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "5m", "$model": ".+"}  # $model: every model
 # A bound on waiting for scrapes and rule evaluations, not a claim about speed.
 SERIES_TIMEOUT_S = 60.0
 OVERLOAD_BURSTS = 20  # bursts of concurrent requests sent until one is refused with 503

@@ -30,7 +30,7 @@ def pages_text() -> dict[str, str]:
 def exported_metric_names() -> set[str]:
     """Every family and sample name the service exports (counters' _total, histograms' _bucket/_sum/_count)."""
     metrics = ServiceMetrics()
-    metrics.set_config_generation(1)  # made on first use
+    metrics.set_config_generation("default", 1)  # made on first use
     assert metrics.registry is not None
     names = set()
     for family in metrics.registry.collect():

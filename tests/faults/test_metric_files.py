@@ -17,10 +17,10 @@ _DYING_WORKER = """
 import os, signal
 from service.serving.metrics import ServiceMetrics
 metrics = ServiceMetrics()
-metrics.requests.labels(variant="mari", status="200").inc()
+metrics.requests.labels(model="default", variant="mari", status="200").inc()
 metrics.in_flight.inc(3)
 metrics.set_model(None, ("default", "v1", "mari"))
-metrics.set_config_generation(4)
+metrics.set_config_generation("default", 4)
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
@@ -38,7 +38,7 @@ def test_a_killed_workers_live_gauges_are_dropped_and_its_counters_kept(
     assert value(samples, "ranker_requests_in_flight") == 0
     assert value(samples, "ranker_model_info", name="default", version="v1", variant="mari") == 0
     assert not [labels for name, labels in samples if name == "ranker_config_generation"]
-    assert value(samples, "ranker_requests_total", variant="mari", status="200") == 1
+    assert value(samples, "ranker_requests_total", model="default", variant="mari", status="200") == 1
 
 
 def worker_pid(directory: Path) -> int:

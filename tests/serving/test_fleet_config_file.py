@@ -193,7 +193,7 @@ def test_without_a_file_the_settings_serve_and_a_file_at_start_up_wins(model_dir
     assert from_file.status()["generation"] == 5 and from_file.status()["source"] == "file"
     assert from_file.runtime.router.default is Variant.UOI and from_file.runtime.active.generation == 5
     assert from_file.shadow.variant is Variant.VANI and from_file.shadow.sample_rate == 0.5
-    assert sample(metrics, "ranker_config_generation", pid=str(os.getpid())) == 5
+    assert sample(metrics, "ranker_config_generation", model=model_dir.name, pid=str(os.getpid())) == 5
 
 
 def test_a_new_generation_is_applied_once_and_a_new_version_is_built_before_the_swap(model_dir: Path) -> None:

@@ -26,14 +26,16 @@ async def _read(request: Request, state: ServiceState, *, optional: bool = False
 @router.post("/reload", openapi_extra={"requestBody": json_request_body("ReloadRequest", required=False),
                                        "security": ADMIN_SECURITY})
 async def reload_model(request: Request, state: ServiceState = Depends(get_state)) -> dict[str, Any]:
-    """Build and verify a version here, then publish it to the fleet and swap; a bad artifact is refused (409)."""
-    previous = state.runtime.serving
+    """Build and verify a version of a model (`model`, else the default) here, then publish it to the fleet and
+    swap; a bad artifact is refused (409), a model not served here is a 404."""
     try:  # every refusal counts, a bad body as much as a bad artifact
         raw = await _read(request, state, optional=True)
-        body = parse_body(raw, ReloadRequest) if raw else ReloadRequest(version=None)
-        version = body.version or state.config.latest_version()  # pinned for the fleet
+        body = parse_body(raw, ReloadRequest) if raw else ReloadRequest(model=None, version=None)
+        host = state.host(body.model)
+        previous = host.runtime.serving
+        version = body.version or host.config.latest_version()  # pinned for the fleet
         # the fleet serves this one version: a canary in progress ends (as `ranker config set --promote`)
-        active = await asyncio.to_thread(state.config.publish, {"version": version, "versions": {}, "labels": {}})
+        active = await asyncio.to_thread(host.config.publish, {"version": version, "versions": {}, "labels": {}})
     except ServiceError:
         state.metrics.reloads.labels(outcome="refused").inc()
         raise
@@ -45,8 +47,10 @@ async def reload_model(request: Request, state: ServiceState = Depends(get_state
 @router.post("/variant", openapi_extra={"requestBody": json_request_body("VariantSwitch"),
                                         "security": ADMIN_SECURITY})
 async def switch_variant(request: Request, state: ServiceState = Depends(get_state)) -> dict[str, Any]:
-    """Set the default variant and the A/B split for the fleet (every variant is already built and warmed)."""
+    """Set the default variant and the A/B split of a model (`model`, else the default) for the fleet (every
+    variant is already built and warmed)."""
     body = parse_body(await _read(request, state), VariantSwitch)  # 422 naming the field for unusable weights
+    host = state.host(body.model)
     changes = {"variant": body.variant, "ab_split": body.ab_split or {}}
-    active = await asyncio.to_thread(state.config.publish, changes)
-    return {"status": "switched", **active.router.to_dict(), "generation": active.generation}
+    active = await asyncio.to_thread(host.config.publish, changes)
+    return {"status": "switched", "model": host.name, **active.router.to_dict(), "generation": active.generation}

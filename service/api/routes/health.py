@@ -1,4 +1,4 @@
-"""GET /healthz (live) and GET /readyz (model loaded, variants built and warmed, not shutting down)."""
+"""GET /healthz (live) and GET /readyz (every model loaded, variants built and warmed, not shutting down)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ async def get_health() -> Status:
 
 @router.get("/readyz", response_model=Status, responses={503: ERROR_RESPONSES[503]})
 async def get_readiness(state: ServiceState = Depends(get_state)) -> Status:
-    """Readiness: a model is loaded with every variant built and warmed, and the server is not draining."""
+    """Readiness: every served model is loaded with every variant built and warmed, and the server is not
+    draining."""
     if state.draining:
         raise NotReady("shutting down")
-    if not state.runtime.ready:
+    if not state.hosts.ready:
         raise NotReady("no model is loaded yet")
     return Status(status="ready")

@@ -1,4 +1,4 @@
-"""POST /rank."""
+"""POST /rank (the default model) and POST /rank/{model} (any served model)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from service.api.deps import ServiceState, client_request_id, get_state, read_body, result_headers
 from service.api.errors import status_of
-from service.api.schemas import RANK_ERRORS, RANK_REQUEST_BODY, RankResponse
+from service.api.schemas import RANK_ERRORS, RANK_MODEL_ERRORS, RANK_REQUEST_BODY, RankResponse
 from service.serving.errors import ServiceError
+from service.serving.metrics import UNKNOWN_MODEL
 
 router = APIRouter(tags=["ranking"])
 
@@ -20,11 +21,29 @@ router = APIRouter(tags=["ranking"])
 )
 async def rank_candidates(request: Request, state: ServiceState = Depends(get_state)) -> Response:
     """Score N candidates for one user (columnar or row-wise body) and order them by final score."""
-    variant, status = "none", 500
+    return await _rank(request, state, None)
+
+
+@router.post(
+    "/rank/{model}",
+    response_model=RankResponse,
+    responses=RANK_MODEL_ERRORS,
+    openapi_extra={"requestBody": RANK_REQUEST_BODY},
+)
+async def rank_candidates_with_model(model: str, request: Request,
+                                     state: ServiceState = Depends(get_state)) -> Response:
+    """As POST /rank, scored by model `model` (a key of GET /v1/models' `models`); 404 for one not served."""
+    return await _rank(request, state, model)
+
+
+async def _rank(request: Request, state: ServiceState, model: str | None) -> Response:
+    model_label, variant, status = UNKNOWN_MODEL, "none", 500  # labels: served names only, never the client's
     state.metrics.in_flight.inc()
     try:
+        host = state.host(model)
+        model_label = host.name
         body = await read_body(request, state.settings.max_body_bytes, state.settings.body_read_timeout_s)
-        result = await state.scorer.score(body, client_request_id(request))
+        result = await host.scorer.score(body, client_request_id(request))
         variant, status = result.variant.value, 200
         headers = result_headers(result)
         return Response(result.body, media_type="application/json", headers=headers)
@@ -33,4 +52,4 @@ async def rank_candidates(request: Request, state: ServiceState = Depends(get_st
         raise
     finally:
         state.metrics.in_flight.dec()
-        state.metrics.requests.labels(variant=variant, status=str(status)).inc()
+        state.metrics.requests.labels(model=model_label, variant=variant, status=str(status)).inc()

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from service.api.deps import JSON_MEDIA_TYPE, ServiceState, client_request_id, get_state, read_body, result_headers
 from service.api.errors import status_of
 from service.serving.errors import NotReady, ServiceError, UnsupportedMediaType
+from service.serving.metrics import UNKNOWN_MODEL
 from service.serving.serving_model import ServingModel
 from service.serving.v2_codec import V2Door
 from service.serving.v2_metadata import check_model, model_metadata, server_metadata
@@ -34,7 +35,7 @@ async def get_live() -> Response:
 
 @router.get("/health/ready")
 async def get_ready(state: ServiceState = Depends(get_state)) -> Response:
-    """Ready: as /readyz (a model loaded, every variant built and warmed, not draining)."""
+    """Ready: as /readyz (every model loaded, every variant built and warmed, not draining)."""
     _check_ready(state)
     return Response(status_code=200)
 
@@ -60,16 +61,16 @@ async def get_version_metadata(name: str, version: str, state: ServiceState = De
 @router.get("/models/{name}/ready")
 async def get_model_ready(name: str, state: ServiceState = Depends(get_state)) -> Response:
     """200 when the server is ready and serves this model."""
-    _check_ready(state)
-    check_model(state.runtime.serving, name, None)
+    _check_ready(state, name)
+    check_model(state.host(name).runtime.serving, name, None)
     return Response(status_code=200)
 
 
 @router.get("/models/{name}/versions/{version}/ready")
 async def get_version_ready(name: str, version: str, state: ServiceState = Depends(get_state)) -> Response:
     """200 when the server is ready and serves this model at this version."""
-    _check_ready(state)
-    check_model(_version_serving(state, version), name, version)
+    _check_ready(state, name)
+    check_model(_version_serving(state, name, version), name, version)
     return Response(status_code=200)
 
 
@@ -86,30 +87,33 @@ async def infer_version(name: str, version: str, request: Request,
     return await _infer(request, state, name, version)
 
 
-def _check_ready(state: ServiceState) -> None:
+def _check_ready(state: ServiceState, name: str | None = None) -> None:
+    """NotReady while draining or until every model (or model `name`, when given) is loaded."""
     if state.draining:
         raise NotReady("shutting down")
-    if not state.runtime.ready:
+    if not (state.hosts.ready if name is None else state.host(name).ready):
         raise NotReady("no model is loaded yet")
 
 
-def _version_serving(state: ServiceState, version: str | None) -> ServingModel:
-    """The loaded model of `version` when it serves (a canary's versions too), else the primary (which then
-    refuses the version by name)."""
-    active = state.runtime.active
+def _version_serving(state: ServiceState, name: str, version: str | None) -> ServingModel:
+    """Model `name`'s loaded `version` when it serves (a canary's versions too), else its primary (which then
+    refuses the version by name); UnknownModel for a model not served here."""
+    active = state.host(name).runtime.active
     return active.serving if version is None else active.serving_versions().get(version, active.serving)
 
 
 def _metadata(state: ServiceState, name: str, version: str | None) -> dict[str, Any]:
-    serving = _version_serving(state, version)
+    serving = _version_serving(state, name, version)
     check_model(serving, name, version)
     return model_metadata(serving)
 
 
 async def _infer(request: Request, state: ServiceState, name: str, version: str | None) -> Response:
-    variant, status = "none", 500
+    model_label, variant, status = UNKNOWN_MODEL, "none", 500  # labels: served names only, never the client's
     state.metrics.in_flight.inc()
     try:
+        host = state.host(name)
+        model_label = host.name
         encoding = request.headers.get("content-encoding", "identity").strip().lower()
         if encoding != "identity":
             raise UnsupportedMediaType(f"Content-Encoding {encoding[:40]!r} is not supported; send the body "
@@ -117,7 +121,7 @@ async def _infer(request: Request, state: ServiceState, name: str, version: str 
         body = await read_body(request, state.settings.max_body_bytes, state.settings.body_read_timeout_s,
                                media_types=V2_MEDIA_TYPES)
         door = V2Door(name, version, request.headers.get(HEADER_LENGTH))
-        result = await state.scorer.score(body, client_request_id(request), door)
+        result = await host.scorer.score(body, client_request_id(request), door)
         variant, status = result.variant.value, 200
         headers = result_headers(result)
         media_type = JSON_MEDIA_TYPE
@@ -130,4 +134,4 @@ async def _infer(request: Request, state: ServiceState, name: str, version: str 
         raise
     finally:
         state.metrics.in_flight.dec()
-        state.metrics.v2_requests.labels(variant=variant, status=str(status)).inc()
+        state.metrics.v2_requests.labels(model=model_label, variant=variant, status=str(status)).inc()
