@@ -53,7 +53,7 @@ class ModelHost:
                                          settings.batch_max_requests, settings.batch_max_candidates))
         shadow = ShadowComparator(settings.shadow_variant, settings.shadow_sample_rate, settings.shadow_queue_size,
                                   settings.tolerance, metrics)
-        versions = VersionComparator(settings.shadow_queue_size, metrics)
+        versions = VersionComparator(settings.shadow_queue_size, metrics, settings.model_name)
         scorer = RequestScorer(runtime, pool, shadow, metrics, versions)
         config = ConfigWatcher(settings, runtime, shadow, metrics)
         return cls(settings.model_name, settings, runtime, pool, shadow, scorer, config, versions)

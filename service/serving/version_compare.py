@@ -93,8 +93,9 @@ class VersionComparator:
     the agreement as metrics and a per-pair running summary. The sample rate is the serving generation's
     (`ServingNow.compare`): it changes with the fleet config, never half-switched."""
 
-    def __init__(self, queue_size: int, metrics: ServiceMetrics) -> None:
+    def __init__(self, queue_size: int, metrics: ServiceMetrics, model: str) -> None:
         self.metrics = metrics
+        self.model = model  # the served name: the `model` label of every comparison metric
         self._queue: queue.Queue[VersionJob | object] = queue.Queue(maxsize=queue_size)
         self._random = random.Random()
         self._thread: threading.Thread | None = None
@@ -152,7 +153,7 @@ class VersionComparator:
         return result
 
     def _record(self, pair: tuple[str, str], result: Agreement, job: VersionJob) -> None:
-        labels = {"model": job.served.name, "primary_version": pair[0], "other_version": pair[1]}
+        labels = {"model": self.model, "primary_version": pair[0], "other_version": pair[1]}
         self.metrics.version_comparisons.labels(**labels).inc()
         self.metrics.version_topk_overlap.labels(**labels).observe(result.overlap)
         if result.kendall_tau is not None:

@@ -11,6 +11,7 @@ import torch
 from service.engine import Variant
 from service.serving.loading import build_serving_model
 from service.serving.metrics import ServiceMetrics
+from service.serving.runtime import ModelRuntime
 from service.serving.scorer import RequestScorer, _Prepared
 from tests.api.conftest import make_settings
 
@@ -41,9 +42,10 @@ def test_every_variant_batches_and_scores_each_request_as_alone(serving, variant
             assert (scores[task] - alone[task]).abs().max().item() <= 1e-5
 
 
-def test_a_request_that_fails_in_a_batch_fails_alone(serving) -> None:
+def test_a_request_that_fails_in_a_batch_fails_alone(serving, store: Path) -> None:
     scorer = RequestScorer.__new__(RequestScorer)  # only _score_on_slot's metrics are needed
     scorer.metrics = ServiceMetrics()
+    scorer.runtime = ModelRuntime(make_settings(store, batching=True))  # the served model's name (a metric label)
     requests = _requests(serving, seed=4)[:3]
     broken = dict(requests[1])
     broken.pop(next(iter(broken)))  # a feature missing: the model cannot run on it

@@ -63,7 +63,7 @@ def test_a_canary_is_compared_with_the_primary_and_the_primary_with_the_heaviest
     assert other_version(active, cast(ServingModel, v1)) is v3
     alone = ServingNow(cast(ServingModel, v1), VariantRouter(Variant.MARI, {}), 1)
     assert other_version(alone, cast(ServingModel, v1)) is None
-    comparator = VersionComparator(4, ServiceMetrics())
+    comparator = VersionComparator(4, ServiceMetrics(), "m")
     assert comparator.sample(serving_now({"v1": 1, "v2": 1}, v1, v2, compare=CompareConfig()), v1) is None  # rate 0
 
 
@@ -75,11 +75,11 @@ def job(served: StandIn, other: StandIn, primary: str, compare: CompareConfig) -
 def test_a_comparison_records_agreement_with_the_primary_as_reference_and_counts_disagreement_only_below_a_bound(
 ) -> None:
     metrics = ServiceMetrics()
-    comparator = VersionComparator(4, metrics)
+    comparator = VersionComparator(4, metrics, "m")
     primary, canary = StandIn("v1", torch.tensor([4.0, 3, 2, 1, 0])), StandIn("v2", torch.tensor([0.0, 1, 2, 3, 4]))
     unbounded = comparator.compare(job(canary, primary, "v1", CompareConfig(top_k=3)))
     assert unbounded.overlap == 1 / 3 and unbounded.kendall_tau == -1.0
-    pair = {"primary_version": "v1", "other_version": "v2"}  # the canary served it: still labelled v1 vs v2
+    pair = {"model": "m", "primary_version": "v1", "other_version": "v2"}  # the canary served it: v1 vs v2
     assert sample(metrics, "ranker_version_comparisons_total", **pair) == 1
     assert sample(metrics, "ranker_version_disagreements_total", **pair) == 0
     bounded = CompareConfig(top_k=3, min_overlap=0.5)
@@ -95,7 +95,7 @@ def test_a_comparison_records_agreement_with_the_primary_as_reference_and_counts
 
 def test_a_full_queue_drops_and_counts_without_blocking() -> None:
     metrics = ServiceMetrics()
-    comparator = VersionComparator(1, metrics)  # not started: nothing takes from the queue
+    comparator = VersionComparator(1, metrics, "m")  # not started: nothing takes from the queue
     model = StandIn("v1", torch.zeros(2))
     assert comparator.submit(job(model, model, "v1", CompareConfig()))
     assert not comparator.submit(job(model, model, "v1", CompareConfig()))
