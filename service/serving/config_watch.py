@@ -296,7 +296,7 @@ class ConfigWatcher:
         )
         swapped = previous is None or _ids(previous.serving_versions().values()) != _ids(models.values())
         if previous is not None and swapped:
-            self.metrics.reloads.labels(outcome="ok").inc()
+            self.metrics.reloads.labels(model=self.runtime.settings.model_name, outcome="ok").inc()
         logger.info("fleet config generation %d applied (from %s): model %s/%s, versions %s, routing %s, "
                     "shadow %s at %g", config.generation, source, serving.name, serving.version,
                     "-" if split is None else split.router.shares, active.router.to_dict(),
@@ -315,9 +315,9 @@ class ConfigWatcher:
     def _refuse(self, generation: int | None, reason: str, message: str) -> None:
         message = _one_line(message)
         self.last_refusal = Refusal(generation, reason, message, _now())
-        self.metrics.config_rejections.labels(reason=reason).inc()
+        self.metrics.config_rejections.labels(model=self.runtime.settings.model_name, reason=reason).inc()
         if reason == REFUSED_MODEL:
-            self.metrics.reloads.labels(outcome="refused").inc()
+            self.metrics.reloads.labels(model=self.runtime.settings.model_name, outcome="refused").inc()
             release_build_memory()  # what the refused build left
         logger.warning("fleet config %s refused (%s), still serving generation %d: %s",
                        _generation_name(generation), reason, self.applied.config.generation, message)

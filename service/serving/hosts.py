@@ -52,7 +52,7 @@ class ModelHost:
                              BatchPolicy(settings.batching, settings.batch_window_ms / 1e3,
                                          settings.batch_max_requests, settings.batch_max_candidates))
         shadow = ShadowComparator(settings.shadow_variant, settings.shadow_sample_rate, settings.shadow_queue_size,
-                                  settings.tolerance, metrics)
+                                  settings.tolerance, metrics, model=settings.model_name)
         versions = VersionComparator(settings.shadow_queue_size, metrics, settings.model_name)
         scorer = RequestScorer(runtime, pool, shadow, metrics, versions)
         config = ConfigWatcher(settings, runtime, shadow, metrics)

@@ -101,10 +101,11 @@ class ServiceMetrics:
             multiprocess_mode="livesum", registry=registry,
         )
         self.shadow_comparisons = Counter(
-            f"{PREFIX}_shadow_comparisons", "Shadow comparisons made.", ["primary", "shadow"], registry=registry
+            f"{PREFIX}_shadow_comparisons", "Shadow comparisons made.", ["model", "primary", "shadow"],
+            registry=registry,
         )
         self.shadow_mismatches = Counter(
-            f"{PREFIX}_shadow_mismatches", "Shadow comparisons outside the tolerance.", ["primary", "shadow"],
+            f"{PREFIX}_shadow_mismatches", "Shadow comparisons outside the tolerance.", ["model", "primary", "shadow"],
             registry=registry,
         )
         self.shadow_dropped = Counter(
@@ -123,15 +124,17 @@ class ServiceMetrics:
             f"{PREFIX}_model_info", "1 for the model and default variant being served.",
             ["name", "version", "variant"], multiprocess_mode="livemax", registry=registry,
         )
-        self.reloads = Counter(f"{PREFIX}_reloads", "Model version swaps by outcome.", ["outcome"], registry=registry)
+        self.reloads = Counter(f"{PREFIX}_reloads", "Model version swaps by model and outcome.", ["model", "outcome"],
+                               registry=registry)
         # One series per process and served model (multiprocess "liveall" adds the pid label itself): converged
         # when all of a model agree.
         # Made by the first set_config_generation: a process still starting shows no series rather than 0.
         self._config_generation: Gauge | None = None
         self._config_generation_lock = threading.Lock()
         self.config_rejections = Counter(
-            f"{PREFIX}_config_rejections", "serving.json generations a process refused, by reason (invalid, model).",
-            ["reason"], registry=registry,
+            f"{PREFIX}_config_rejections", "serving.json generations a process refused, by model and reason (invalid, "
+            "model).",
+            ["model", "reason"], registry=registry,
         )
         self._largest_difference = 0.0
         self._request_children: dict[tuple[str, str, str], tuple[Any, ...]] = {}  # see observe_request
@@ -193,9 +196,10 @@ class ServiceMetrics:
         self.candidates_per_request.observe(candidates)
         candidates_scored.inc(candidates)
 
-    def observe_shadow(self, primary: str, shadow: str, difference: float, mismatched: bool) -> None:
-        self.shadow_comparisons.labels(primary=primary, shadow=shadow).inc()
-        mismatches = self.shadow_mismatches.labels(primary=primary, shadow=shadow)  # the series exists at 0
+    def observe_shadow(self, model: str, primary: str, shadow: str, difference: float, mismatched: bool) -> None:
+        self.shadow_comparisons.labels(model=model, primary=primary, shadow=shadow).inc()
+        # the series exists at 0
+        mismatches = self.shadow_mismatches.labels(model=model, primary=primary, shadow=shadow)
         if mismatched:
             mismatches.inc()
         self.shadow_difference.observe(difference)

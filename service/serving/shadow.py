@@ -46,8 +46,9 @@ class ShadowComparator:
 
     def __init__(
         self, variant: Variant | None, sample_rate: float, queue_size: int, tolerance: float,
-        metrics: ServiceMetrics,
+        metrics: ServiceMetrics, *, model: str,
     ) -> None:
+        self.model = model  # the served name: the `model` label of the comparison metrics
         self._sampling: tuple[Variant | None, float] = (None, 0.0)
         self.configure(variant, sample_rate)
         self.tolerance = tolerance
@@ -116,7 +117,8 @@ class ShadowComparator:
     def _compare(self, job: ShadowJob) -> None:
         shadow_scores = job.serving.score(job.shadow, job.features)
         result = compare(shadow_scores, job.primary_scores, self.tolerance, rank_by=job.serving.final_scores)
-        self.metrics.observe_shadow(job.primary.value, job.shadow.value, result.max_difference, not result.equivalent)
+        self.metrics.observe_shadow(self.model, job.primary.value, job.shadow.value, result.max_difference,
+                                    not result.equivalent)
         if not result.equivalent:
             logger.warning(
                 "shadow mismatch request_id=%s model=%s/%s primary=%s shadow=%s max_abs_difference=%.3g "

@@ -25,7 +25,7 @@ from service.serving.example_request import example_request
 from service.serving.routing import VariantRouter
 from tests.api.conftest import make_settings, private_store
 from tests.api.live_server import LiveServer
-from tests.api.metrics_text import parse_metrics, value
+from tests.api.metrics_text import parse_metrics, total, value
 from tests.api.v2_requests import feature_arrays, infer_inputs, request_body
 
 MODEL = "default"
@@ -256,7 +256,7 @@ def test_v2_requests_are_counted_apart_and_shadowed_like_rank(live: LiveServer, 
     assert moved("ranker_stage_duration_seconds_count", model=MODEL, stage="infer", variant="mari") == 1
     assert sum(v for (name, _), v in after.items() if name == "ranker_requests_total") == sum(
         v for (name, _), v in before.items() if name == "ranker_requests_total")  # /rank's counter untouched
-    assert value(after, "ranker_shadow_mismatches_total", primary="mari", shadow="uoi") == 0
+    assert total(after, "ranker_shadow_mismatches_total", primary="mari", shadow="uoi") == 0
 
 
 def test_not_ready_is_a_503_with_retry_after_in_v2_shape(store: Path, schema: FeatureSchema) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from tests.api.conftest import ADMIN_HEADERS, rank_body
 from tests.api.live_server import LiveServer
-from tests.api.metrics_text import value
+from tests.api.metrics_text import total
 from tests.faults.conftest import fault_env, store_with
 from tests.faults.drain import assert_drains_under_load
 from tests.faults.traffic import Outcome, rank_counts, results, scrape, wait_until_idle
@@ -130,7 +130,7 @@ def _rss_mb(pid: int) -> float:
 
 def test_reloads_do_not_grow_memory_without_bound(server: LiveServer) -> None:
     assert server.process is not None
-    done = int(value(scrape(server.url), "ranker_reloads_total", outcome="ok"))  # reloads this server already did
+    done = int(total(scrape(server.url), "ranker_reloads_total", outcome="ok"))  # reloads this server already did
     settling = max(0, SETTLING_RELOADS - done)
     rss = [_rss_mb(server.process.pid)]
     for index in range(settling + MEASURED_RELOADS):

@@ -18,7 +18,7 @@ import pytest
 
 from tests.api.conftest import ADMIN_HEADERS, rank_body
 from tests.api.live_server import LiveServer
-from tests.api.metrics_text import total, value
+from tests.api.metrics_text import total
 from tests.conftest import SMALL_MODEL_NAME
 from tests.faults.conftest import fault_env, store_with
 from tests.faults.drain import assert_drains_under_load
@@ -106,7 +106,7 @@ def test_reload_under_load_answers_every_request_and_every_worker_follows(
     samples = wait_until_idle(server.url)
     assert rank_counts(samples) - rank_counts(before) == {"200": len(outcomes)}
     assert _serving(samples, "v1") == 0 and _serving(samples, "v2") == 1
-    assert value(samples, "ranker_reloads_total", outcome="ok") - value(before, "ranker_reloads_total", outcome="ok") \
+    assert total(samples, "ranker_reloads_total", outcome="ok") - total(before, "ranker_reloads_total", outcome="ok") \
         == WORKERS
 
 

@@ -166,7 +166,8 @@ def make_watcher(model_dir: Path, **settings: object) -> tuple[ConfigWatcher, Se
     resolved = Settings(**values)
     metrics = ServiceMetrics()
     runtime = ModelRuntime(resolved)
-    shadow = ShadowComparator(resolved.shadow_variant, resolved.shadow_sample_rate, 4, resolved.tolerance, metrics)
+    shadow = ShadowComparator(resolved.shadow_variant, resolved.shadow_sample_rate, 4, resolved.tolerance, metrics,
+                              model=NAME)
     return ConfigWatcher(resolved, runtime, shadow, metrics), metrics
 
 

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Request
 from service.api.deps import ADMIN_MAX_BODY_BYTES, ServiceState, get_state, parse_body, read_body, require_admin
 from service.api.schemas import ADMIN_ERRORS, ReloadRequest, VariantSwitch, json_request_body
 from service.serving.errors import ServiceError
+from service.serving.metrics import UNKNOWN_MODEL
 
 ADMIN_SECURITY: list[dict[str, list[str]]] = [{"adminBearer": []}]
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)], responses=ADMIN_ERRORS)
@@ -28,16 +29,18 @@ async def _read(request: Request, state: ServiceState, *, optional: bool = False
 async def reload_model(request: Request, state: ServiceState = Depends(get_state)) -> dict[str, Any]:
     """Build and verify a version of a model (`model`, else the default) here, then publish it to the fleet and
     swap; a bad artifact is refused (409), a model not served here is a 404."""
+    model_label = UNKNOWN_MODEL  # until the body names a served model: never the client's string
     try:  # every refusal counts, a bad body as much as a bad artifact
         raw = await _read(request, state, optional=True)
         body = parse_body(raw, ReloadRequest) if raw else ReloadRequest(model=None, version=None)
         host = state.host(body.model)
+        model_label = host.name
         previous = host.runtime.serving
         version = body.version or host.config.latest_version()  # pinned for the fleet
         # the fleet serves this one version: a canary in progress ends (as `ranker config set --promote`)
         active = await asyncio.to_thread(host.config.publish, {"version": version, "versions": {}, "labels": {}})
     except ServiceError:
-        state.metrics.reloads.labels(outcome="refused").inc()
+        state.metrics.reloads.labels(model=model_label, outcome="refused").inc()
         raise
     serving = active.serving
     return {"status": "reloaded", "name": serving.name, "version": serving.version,
