@@ -2,8 +2,8 @@
 (one with 2 uvicorn workers) on one store serve two models; `ranker config set --canary` on one model reaches
 every worker of both servers, 2,000 users split over the two versions as the version hash says (each user on the
 same version on both servers, the canary's share within binomial tolerance), `--rollback` converges back to one
-version, the other model is never touched, and a closed-loop client on both servers and both models sees zero
-failed requests throughout."""
+version, sampled requests are compared on the other version (metrics, /v1/models), the other model is never
+touched, and a closed-loop client on both servers and both models sees zero failed requests throughout."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import pytest
 from service.serving.routing import VersionRouter
 from tests.api.conftest import MODEL_NAME, rank_body
 from tests.api.live_server import LiveServer
-from tests.api.metrics_text import parse_metrics
+from tests.api.metrics_text import parse_metrics, total
 from tests.api.test_fleet_config import ranker_config_set
 
 OTHER = "other"  # the second model: trained apart, never given a canary
@@ -36,6 +36,7 @@ MAX_REQUESTS = 5_000
 SPLIT_USERS = 2_000  # distinct users ranked once each while the canary holds
 BOTH_SERVERS_USERS = 200  # of them, also ranked on the other server: one version per user, fleet-wide
 CANARY_WEIGHT = 0.2
+COMPARE_SAMPLE_RATE = 0.05  # of ~2,200 canary-time requests: ~110 compared on the other version
 SIGMAS = 5.0  # tolerance of the canary's share: a correct split fails it about once in 3.5 million runs
 JSON = {"content-type": "application/json"}
 
@@ -62,6 +63,19 @@ class Fleet:
             samples = parse_metrics(httpx.get(f"{server.url}/metrics", timeout=10).text)
             found += [value for (metric, labels), value in samples.items()
                       if metric == "ranker_config_generation" and dict(labels).get("model") == model]
+        return found
+
+    def comparisons(self) -> float:
+        """Comparisons of the canaried model's v1 against v2 (the top-k overlap histogram's count), both servers."""
+        return sum(total(parse_metrics(httpx.get(f"{server.url}/metrics", timeout=10).text),
+                         "ranker_version_topk_overlap_count", model=MODEL_NAME, primary_version="v1",
+                         other_version="v2") for server in self.servers.values())
+
+    def wait_for_comparisons(self) -> float:
+        """The comparisons made once at least one is recorded (they run on a background thread)."""
+        deadline = time.monotonic() + WAIT_TIMEOUT_S
+        while (found := self.comparisons()) < 1 and time.monotonic() < deadline:
+            time.sleep(SCRAPE_EVERY_S)
         return found
 
     def converge(self, model: str, generation: int, workers: int) -> None:
@@ -163,12 +177,15 @@ def test_a_canary_reaches_every_worker_splits_2000_users_and_rolls_back_with_no_
     fleet.converge(OTHER, 0, workers)  # no serving.json: its RANKER_* settings
     users = [f"user-{i}" for i in range(SPLIT_USERS)]
     with Background(fleet, schema) as background:
-        ranker_config_set(fleet.model_dir, "--canary", f"v2={CANARY_WEIGHT}")
+        ranker_config_set(fleet.model_dir, "--canary", f"v2={CANARY_WEIGHT}", "--compare-sample-rate",
+                          str(COMPARE_SAMPLE_RATE), "--compare-top-k", "5")
         fleet.converge(MODEL_NAME, 2, workers)
         half = SPLIT_USERS // 2
         split = {**_rank_users(fleet, schema, users[:half], "single"),
                  **_rank_users(fleet, schema, users[half:], "double")}
         again = _rank_users(fleet, schema, users[:BOTH_SERVERS_USERS], "double")
+        compared = fleet.wait_for_comparisons()
+        described = httpx.get(f"{fleet.servers['single'].url}/v1/models", timeout=10).json()["versions"]
         ranker_config_set(fleet.model_dir, "--rollback")
         fleet.converge(MODEL_NAME, 3, workers)
         after = _rank_users(fleet, schema, users[:100], "single") | _rank_users(fleet, schema, users[100:200],
@@ -186,6 +203,9 @@ def test_a_canary_reaches_every_worker_splits_2000_users_and_rolls_back_with_no_
     expected = SPLIT_USERS * CANARY_WEIGHT
     spread = SIGMAS * math.sqrt(SPLIT_USERS * CANARY_WEIGHT * (1 - CANARY_WEIGHT))
     assert abs(on_canary - expected) <= spread, (on_canary, expected, spread)
+
+    assert compared >= 1  # versions compared on live traffic (about 110 expected; none at all: a broken sampler)
+    assert set(described["serving"]) == {"v1", "v2"} and described["serving"]["v2"]["labels"] == ["canary"]
 
     assert {(a.generation, a.version) for a in after.values()} == {(3, "v1")}  # rolled back: one version
     other = [a for a in background.answers if a.model == OTHER]

@@ -162,7 +162,7 @@ def test_admin_reload_refuses_bad_version_names_with_422_naming_the_field_and_co
     assert typo.status_code == 422 and typo.json()["error"] | {"message": ""} == {
         "code": "unknown_field", "field": "versoin", "message": ""}
     after = metrics(live)
-    refused = value(after, "ranker_reloads_total", outcome="refused") - value(before, "ranker_reloads_total",
+    refused = total(after, "ranker_reloads_total", outcome="refused") - total(before, "ranker_reloads_total",
                                                                               outcome="refused")
     assert refused == len(BAD_VERSIONS) + 1
     assert total(after, "ranker_requests_total", status="500") == 0

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from service.api.app import create_app
 from service.engine import Variant
 from service.serving.serving_model import ServingModel
-from tests.api.conftest import make_settings, rank_body
+from tests.api.conftest import MODEL_NAME, make_settings, rank_body
 from tests.api.metrics_text import Samples, parse_metrics, total, value
 
 COMPARED_TIMEOUT_S = 60.0  # bounds the wait only: the comparisons run in the background, slower on a busy machine
@@ -49,8 +49,8 @@ def test_a_deliberately_wrong_shadow_is_counted_and_logged_with_the_request_id(
             body = rank_body(schema, n=20, seed=seed, request_id=f"shadow-{seed}")
             assert client.post("/rank", json=body).status_code == 200
         samples = wait_for_comparisons(client, 3)
-    assert value(samples, "ranker_shadow_comparisons_total", primary="mari", shadow="vani") == 3
-    assert value(samples, "ranker_shadow_mismatches_total", primary="mari", shadow="vani") == 3
+    assert value(samples, "ranker_shadow_comparisons_total", model=MODEL_NAME, primary="mari", shadow="vani") == 3
+    assert value(samples, "ranker_shadow_mismatches_total", model=MODEL_NAME, primary="mari", shadow="vani") == 3
     assert value(samples, "ranker_shadow_max_abs_difference") > 1e-5
     assert total(samples, "ranker_shadow_dropped_total") == 0
     logged = " ".join(record.getMessage() for record in caplog.records)

@@ -74,7 +74,7 @@ def test_a_canary_generation_builds_both_versions_before_the_swap_and_a_rollback
     assert watcher.poll_once()
     after = watcher.runtime.active
     assert after.serving is v1 and dict(after.serving_versions()) == {"v1": v1} and after.version_router is None
-    assert sample(metrics, "ranker_reloads_total", outcome="ok") == 2
+    assert sample(metrics, "ranker_reloads_total", model=NAME, outcome="ok") == 2
 
 
 def test_a_canary_whose_version_cannot_serve_is_refused_whole_and_the_old_generation_keeps_serving(
@@ -90,7 +90,7 @@ def test_a_canary_whose_version_cannot_serve_is_refused_whole_and_the_old_genera
     assert watcher.poll_once() is False
     assert watcher.runtime.active is before and watcher.status()["last_refusal"]["reason"] == "model"
     assert "sha256" in watcher.status()["last_refusal"]["message"]
-    assert sample(metrics, "ranker_config_rejections_total", reason="model") == 1
+    assert sample(metrics, "ranker_config_rejections_total", model=NAME, reason="model") == 1
 
 
 def config_in(model_dir: Path) -> dict:

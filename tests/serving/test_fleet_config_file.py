@@ -209,7 +209,7 @@ def test_a_new_generation_is_applied_once_and_a_new_version_is_built_before_the_
     active = watcher.runtime.active
     assert active.serving.version == "v2" and active.generation == 2 and set(active.router.split) == {
         Variant.MARI, Variant.UOI}
-    assert sample(metrics, "ranker_reloads_total", outcome="ok") == 1
+    assert sample(metrics, "ranker_reloads_total", model=NAME, outcome="ok") == 1
     (model_dir / "serving.json").unlink()
     assert watcher.poll_once() is False and watcher.runtime.active is active  # a deleted file changes nothing
 
@@ -233,7 +233,7 @@ def test_bad_generations_are_refused_counted_once_and_the_last_good_keeps_servin
         for _ in range(3):  # the same bad generation is looked at once, not retried on every poll
             assert watcher.poll_once() is False
         refused_so_far = sum(1 for _, earlier in bad_files[:count] if earlier == reason)
-        assert sample(metrics, "ranker_config_rejections_total", reason=reason) == refused_so_far
+        assert sample(metrics, "ranker_config_rejections_total", model=NAME, reason=reason) == refused_so_far
         assert watcher.runtime.active.generation == good.generation and watcher.runtime.serving.version == "v1"
         assert watcher.status()["last_refusal"]["reason"] == reason
     assert "sha256" in watcher.status()["last_refusal"]["message"]
