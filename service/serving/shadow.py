@@ -10,22 +10,18 @@ than the tolerance. Each mismatch is logged with the request id and the largest 
 from __future__ import annotations
 
 import logging
-import queue
 import random
-import threading
 from dataclasses import dataclass
 
 from torch import Tensor
 
 from service.engine import Variant
 from service.engine.equivalence import compare
+from service.serving.background import BackgroundWorker
 from service.serving.metrics import ServiceMetrics
 from service.serving.serving_model import ServingModel
 
 logger = logging.getLogger(__name__)
-
-_STOP = object()
-
 
 @dataclass(frozen=True)
 class ShadowJob:
@@ -53,9 +49,10 @@ class ShadowComparator:
         self.configure(variant, sample_rate)
         self.tolerance = tolerance
         self.metrics = metrics
-        self._queue: queue.Queue[ShadowJob | object] = queue.Queue(maxsize=queue_size)
         self._random = random.Random()
-        self._thread: threading.Thread | None = None
+        self._worker: BackgroundWorker[ShadowJob] = BackgroundWorker(
+            "shadow-comparator", queue_size, self._compare, metrics.shadow_dropped.inc,
+            lambda job: f"request {job.request_id}")
 
     @property
     def variant(self) -> Variant | None:
@@ -74,19 +71,10 @@ class ShadowComparator:
         self._sampling = (variant, sample_rate if variant is not None else 0.0)
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="shadow-comparator", daemon=True)
-            self._thread.start()
+        self._worker.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        if self._thread is None:
-            return
-        try:
-            self._queue.put(_STOP, timeout=timeout_s)
-        except queue.Full:
-            pass  # daemon thread: it dies with the process
-        self._thread.join(timeout_s)
-        self._thread = None
+        self._worker.stop(timeout_s)
 
     def sample(self, primary: Variant) -> Variant | None:
         """The variant to copy this request to, or None (not sampled, or the shadow served it already)."""
@@ -97,22 +85,7 @@ class ShadowComparator:
 
     def submit(self, job: ShadowJob) -> bool:
         """Queue a job without blocking; False (and counted as dropped) when the queue is full."""
-        try:
-            self._queue.put_nowait(job)
-            return True
-        except queue.Full:
-            self.metrics.shadow_dropped.inc()
-            return False
-
-    def _run(self) -> None:
-        while True:
-            job = self._queue.get()
-            if not isinstance(job, ShadowJob):  # the stop marker
-                return
-            try:
-                self._compare(job)
-            except Exception:  # a shadow failure must never take anything else down
-                logger.exception("shadow comparison failed for request %s", job.request_id)
+        return self._worker.submit(job)
 
     def _compare(self, job: ShadowJob) -> None:
         shadow_scores = job.serving.score(job.shadow, job.features)

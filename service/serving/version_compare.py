@@ -12,7 +12,6 @@ overlap falls below it (counted, and logged with the request id).
 from __future__ import annotations
 
 import logging
-import queue
 import random
 import threading
 from collections.abc import Callable
@@ -23,14 +22,13 @@ from torch import Tensor
 
 from service.engine import Variant
 from service.serving.agreement import Agreement, agreement
+from service.serving.background import BackgroundWorker
 from service.serving.fleet_config import CompareConfig
 from service.serving.metrics import ServiceMetrics
 from service.serving.runtime import ServingNow
 from service.serving.serving_model import ServingModel
 
 logger = logging.getLogger(__name__)
-
-_STOP = object()
 
 
 @dataclass(frozen=True)
@@ -96,26 +94,18 @@ class VersionComparator:
     def __init__(self, queue_size: int, metrics: ServiceMetrics, model: str) -> None:
         self.metrics = metrics
         self.model = model  # the served name: the `model` label of every comparison metric
-        self._queue: queue.Queue[VersionJob | object] = queue.Queue(maxsize=queue_size)
         self._random = random.Random()
-        self._thread: threading.Thread | None = None
+        self._worker: BackgroundWorker[VersionJob] = BackgroundWorker(
+            "version-comparator", queue_size, self.compare, metrics.version_compare_dropped.inc,
+            lambda job: f"request {job.request_id}")
         self._summaries: dict[tuple[str, str], PairSummary] = {}
         self._lock = threading.Lock()  # the summaries: written by the thread, read by /v1/models
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="version-comparator", daemon=True)
-            self._thread.start()
+        self._worker.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        if self._thread is None:
-            return
-        try:
-            self._queue.put(_STOP, timeout=timeout_s)
-        except queue.Full:
-            pass  # daemon thread: it dies with the process
-        self._thread.join(timeout_s)
-        self._thread = None
+        self._worker.stop(timeout_s)
 
     def sample(self, active: ServingNow, served: ServingModel) -> ServingModel | None:
         """The version to compare this request with, or None (not sampled, or only one version serves)."""
@@ -126,12 +116,7 @@ class VersionComparator:
 
     def submit(self, job: VersionJob) -> bool:
         """Queue a job without blocking; False (and counted as dropped) when the queue is full."""
-        try:
-            self._queue.put_nowait(job)
-            return True
-        except queue.Full:
-            self.metrics.version_compare_dropped.inc()
-            return False
+        return self._worker.submit(job)
 
     def summary(self) -> dict[str, Any]:
         """Per '<primary> vs <other>': count, mean top-k overlap, mean Kendall tau, last p90 score difference
@@ -171,13 +156,3 @@ class VersionComparator:
                                result.k)
         with self._lock:
             self._summaries.setdefault(pair, PairSummary()).add(result)
-
-    def _run(self) -> None:
-        while True:
-            job = self._queue.get()
-            if not isinstance(job, VersionJob):  # the stop marker
-                return
-            try:
-                self.compare(job)
-            except Exception:  # a comparison failure must never take anything else down
-                logger.exception("version comparison failed for request %s", job.request_id)
