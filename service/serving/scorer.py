@@ -35,7 +35,7 @@ from service.serving.errors import InvalidRequest
 from service.serving.metrics import STAGES, ServiceMetrics
 from service.serving.routing import Auto
 from service.serving.runtime import ModelRuntime, ServingNow
-from service.serving.serving_model import ServingModel
+from service.serving.serving_model import Scored, ServingModel
 from service.serving.shadow import ShadowComparator, ShadowJob
 from service.serving.version_compare import VersionComparator, VersionJob
 
@@ -98,7 +98,7 @@ class Door(Protocol[Reply]):
 
     def decode(self, serving: ServingModel, body: bytes) -> Decoded[Reply]: ...
 
-    def respond(self, serving: ServingModel, variant: Variant, request_id: str, scores: dict[str, torch.Tensor],
+    def respond(self, serving: ServingModel, variant: Variant, request_id: str, scored: Scored,
                 reply: Reply) -> ResponseBody: ...
 
 
@@ -158,10 +158,11 @@ class RequestScorer:
         serving = prepared.serving
         ticket = await self.pool.submit((id(serving), prepared.variant), prepared.n_candidates, prepared,
                                         lambda batch: self._score_on_slot(serving, batch))
-        scores: dict[str, torch.Tensor] = ticket.result
+        scored: Scored = ticket.result
+        scores = scored.scores
         response, respond = await self._codec_work(
             prepared.n_candidates <= INLINE_CANDIDATES,
-            lambda: _timed(lambda: by.respond(serving, prepared.variant, prepared.request_id, scores,
+            lambda: _timed(lambda: by.respond(serving, prepared.variant, prepared.request_id, scored,
                                               prepared.reply)))
         shadow = self.shadow.sample(prepared.variant)
         if shadow is not None:
@@ -220,13 +221,15 @@ class RequestScorer:
 
 def check_finite(
     serving: ServingModel, features: dict[str, torch.Tensor], scores: dict[str, torch.Tensor]
-) -> object:
-    """The scores, or an InvalidRequest when the inputs drove a healthy model past float32 (a 200 never carries
-    NaN or inf: strict JSON parsers refuse them and the ranking would be meaningless). The model passed its
-    finite warm-up, so the request's dense values are the likely cause: the one of largest magnitude is named."""
+) -> Scored | InvalidRequest:
+    """The scores with their final (task-weighted) scores, or an InvalidRequest when the inputs drove a healthy
+    model past float32 (a 200 never carries NaN or inf: strict JSON parsers refuse them and the ranking would be
+    meaningless). The model passed its finite warm-up, so the request's dense values are the likely cause: the
+    one of largest magnitude is named."""
     stacked = torch.stack([scores[task] for task in serving.tasks])  # [T, N]: one check for every task
-    if bool(torch.isfinite(stacked).all()) and bool(torch.isfinite(serving.task_weights @ stacked).all()):
-        return scores
+    final = serving.task_weights @ stacked  # [N]: computed once, here, for the check and the response
+    if bool(torch.isfinite(stacked).all()) and bool(torch.isfinite(final).all()):
+        return Scored(scores, final)
     field = _largest_dense_input(serving, features)
     hint = f"; the largest dense input is {field}" if field else ""
     return InvalidRequest(f"the request's features drive the model to non-finite scores{hint}; "
@@ -293,9 +296,9 @@ class RankDoor:
         return Decoded(read.encoded.features, read.encoded.n_candidates, read.user_id, read.request_id, read.top_k,
                        read.decode_s, read.encode_s)
 
-    def respond(self, serving: ServingModel, variant: Variant, request_id: str, scores: dict[str, torch.Tensor],
+    def respond(self, serving: ServingModel, variant: Variant, request_id: str, scored: Scored,
                 reply: int | None) -> ResponseBody:
-        return ResponseBody(_response_body(serving, variant, request_id, scores, reply))
+        return ResponseBody(_response_body(serving, variant, request_id, scored, reply))
 
 
 RANK_DOOR = RankDoor()
@@ -307,10 +310,10 @@ def _timed(work: Callable[[], T]) -> tuple[T, float]:
 
 
 def _response_body(
-    serving: ServingModel, variant: Variant, request_id: str, scores: dict[str, torch.Tensor], top_k: int | None
+    serving: ServingModel, variant: Variant, request_id: str, scored: Scored, top_k: int | None
 ) -> bytes:
     """JSON of the response: every candidate's per-task and final score, and the top_k order."""
-    final = serving.final_scores(scores).numpy()  # [N]
+    scores, final = scored.scores, scored.final.numpy()  # [N]
     n = final.shape[0]
     k = n if top_k is None else min(top_k, n)
     if k < n:

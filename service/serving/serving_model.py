@@ -55,6 +55,15 @@ class ServingModel:
         return final_scores(scores, self.tasks, self.task_weights)
 
 
+@dataclass(frozen=True)
+class Scored:
+    """One request's per-task scores [N] and their task-weighted sum [N], both checked finite on the inference
+    slot, so the response is written without another torch call on the event loop."""
+
+    scores: dict[str, Tensor]
+    final: Tensor
+
+
 def final_scores(scores: dict[str, Tensor], tasks: tuple[str, ...], task_weights: Tensor) -> Tensor:
     """Task-weighted sum [N] of per-task scores, the order of the candidates."""
     stacked = torch.stack([scores[task] for task in tasks])  # [T, N]

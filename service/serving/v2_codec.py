@@ -26,7 +26,7 @@ from service.engine import Variant
 from service.serving.codec import REQUEST_ID_PATTERN, USER_ID_MAX_CHARS
 from service.serving.errors import InvalidRequest
 from service.serving.scorer import Decoded, ResponseBody
-from service.serving.serving_model import ServingModel
+from service.serving.serving_model import Scored, ServingModel
 from service.serving.v2_metadata import check_model, output_names
 from service.serving.v2_tensors import (
     V2Tensor,
@@ -94,9 +94,9 @@ class V2Door:
         t2 = time.perf_counter()
         return Decoded(features, n_candidates, user_id, _safe_request_id(reply.id), reply, t1 - t0, t2 - t1)
 
-    def respond(self, serving: ServingModel, variant: Variant, request_id: str, scores: dict[str, torch.Tensor],
+    def respond(self, serving: ServingModel, variant: Variant, request_id: str, scored: Scored,
                 reply: V2Reply) -> ResponseBody:
-        return encode_response(serving, variant, scores, reply)
+        return encode_response(serving, variant, scored, reply)
 
 
 # --- request -------------------------------------------------------------------------------------------------
@@ -153,11 +153,9 @@ def _safe_request_id(request_id: str | None) -> str | None:
 
 # --- response ------------------------------------------------------------------------------------------------
 
-def encode_response(
-    serving: ServingModel, variant: Variant, scores: dict[str, torch.Tensor], reply: V2Reply
-) -> ResponseBody:
+def encode_response(serving: ServingModel, variant: Variant, scored: Scored, reply: V2Reply) -> ResponseBody:
     """The infer response: a JSON header, then the binary outputs' little-endian FP32 bytes in output order."""
-    final = serving.final_scores(scores)
+    scores, final = scored.scores, scored.final
     outputs: list[dict[str, Any]] = []
     binary: list[bytes] = []
     for requested in reply.outputs:

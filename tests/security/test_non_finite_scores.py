@@ -24,7 +24,7 @@ from service.serving.errors import InvalidRequest, ModelRejected
 from service.serving.example_request import example_request
 from service.serving.loading import build_serving_model
 from service.serving.scorer import check_finite
-from service.serving.serving_model import ServingModel
+from service.serving.serving_model import Scored, ServingModel
 from service.store import package
 from tests.api.conftest import make_settings
 from tests.api.v2_requests import feature_arrays, infer_inputs, request_body
@@ -98,10 +98,13 @@ def test_every_variant_refuses_scores_that_huge_finite_inputs_make_non_finite(
     assert (outcome.code, outcome.field) == ("non_finite_scores", field)
 
 
-def test_finite_scores_pass_the_check_unchanged(serving: ServingModel) -> None:
+def test_finite_scores_pass_the_check_unchanged_with_their_final_scores(serving: ServingModel) -> None:
     features = encode(serving, example_request(serving.codec.schema, n=7, seed=1))
     scores = serving.score(Variant.MARI, features)
-    assert check_finite(serving, features, scores) is scores
+    outcome = check_finite(serving, features, scores)
+    assert isinstance(outcome, Scored) and outcome.scores is scores
+    weighted = sum(float(serving.manifest["task_weights"][task]) * scores[task] for task in serving.tasks)
+    torch.testing.assert_close(outcome.final, weighted)
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 
-from service.api.deps import ServiceState, client_request_id, get_state, read_body, result_headers
+from service.api.deps import ServiceState, client_request_id, read_body, result_headers, state_of
 from service.api.errors import status_of
 from service.api.schemas import RANK_ERRORS, RANK_MODEL_ERRORS, RANK_REQUEST_BODY, RankResponse
 from service.serving.errors import ServiceError
@@ -19,9 +19,9 @@ router = APIRouter(tags=["ranking"])
     responses=RANK_ERRORS,
     openapi_extra={"requestBody": RANK_REQUEST_BODY},
 )
-async def rank_candidates(request: Request, state: ServiceState = Depends(get_state)) -> Response:
+async def rank_candidates(request: Request) -> Response:
     """Score N candidates for one user (columnar or row-wise body) and order them by final score."""
-    return await _rank(request, state, None)
+    return await _rank(request, state_of(request), None)
 
 
 @router.post(
@@ -30,10 +30,9 @@ async def rank_candidates(request: Request, state: ServiceState = Depends(get_st
     responses=RANK_MODEL_ERRORS,
     openapi_extra={"requestBody": RANK_REQUEST_BODY},
 )
-async def rank_candidates_with_model(model: str, request: Request,
-                                     state: ServiceState = Depends(get_state)) -> Response:
+async def rank_candidates_with_model(model: str, request: Request) -> Response:
     """As POST /rank, scored by model `model` (a key of GET /v1/models' `models`); 404 for one not served."""
-    return await _rank(request, state, model)
+    return await _rank(request, state_of(request), model)
 
 
 async def _rank(request: Request, state: ServiceState, model: str | None) -> Response:

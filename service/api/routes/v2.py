@@ -12,7 +12,15 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from service.api.deps import JSON_MEDIA_TYPE, ServiceState, client_request_id, get_state, read_body, result_headers
+from service.api.deps import (
+    JSON_MEDIA_TYPE,
+    ServiceState,
+    client_request_id,
+    get_state,
+    read_body,
+    result_headers,
+    state_of,
+)
 from service.api.errors import status_of
 from service.serving.errors import NotReady, ServiceError, UnsupportedMediaType
 from service.serving.metrics import UNKNOWN_MODEL
@@ -75,16 +83,15 @@ async def get_version_ready(name: str, version: str, state: ServiceState = Depen
 
 
 @router.post("/models/{name}/infer")
-async def infer(name: str, request: Request, state: ServiceState = Depends(get_state)) -> Response:
+async def infer(name: str, request: Request) -> Response:
     """Score N candidates for one user given as named input tensors (JSON or binary tensor data)."""
-    return await _infer(request, state, name, None)
+    return await _infer(request, state_of(request), name, None)
 
 
 @router.post("/models/{name}/versions/{version}/infer")
-async def infer_version(name: str, version: str, request: Request,
-                        state: ServiceState = Depends(get_state)) -> Response:
+async def infer_version(name: str, version: str, request: Request) -> Response:
     """As POST /v2/models/{name}/infer, for the loaded version only."""
-    return await _infer(request, state, name, version)
+    return await _infer(request, state_of(request), name, version)
 
 
 def _check_ready(state: ServiceState, name: str | None = None) -> None:
