@@ -17,6 +17,7 @@ accounts for: waiting for the codec thread, for admission and for a slot (the ba
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import time
 import uuid
@@ -44,6 +45,10 @@ logger = logging.getLogger(__name__)
 # thread switches of handing them to the codec thread (docs/peers.md: the overhead at N = 100).
 INLINE_BODY_BYTES = 64 * 1024
 INLINE_CANDIDATES = 256
+# A request that names no id gets this process's random prefix and a count: unique across processes and restarts like
+# uuid4().hex (32 hex digits), without a getrandom system call per request on the event loop.
+_ID_PREFIX = uuid.uuid4().hex[:16]
+_ID_COUNT = itertools.count()
 T = TypeVar("T")
 Reply = TypeVar("Reply")  # what a door keeps from the request to write its response (top_k, requested outputs)
 
@@ -281,7 +286,7 @@ def _routed(active: ServingNow, serving: ServingModel, decoded: Decoded[Any], he
     """The variant inside the version that serves: the user's A/B arm, the default, or `auto`'s pick."""
     choice = active.router.route(decoded.user_id)
     variant = choice if isinstance(choice, Variant) else serving.fastest.variant_for(decoded.n_candidates)
-    request_id = decoded.request_id or header_request_id or uuid.uuid4().hex
+    request_id = decoded.request_id or header_request_id or f"{_ID_PREFIX}{next(_ID_COUNT):016x}"
     return _Prepared(request_id, serving, variant, decoded.features, decoded.n_candidates, decoded.reply,
                      decoded.decode, decoded.encode, choice is Auto.AUTO)
 

@@ -64,6 +64,13 @@ def test_every_variant_scores_the_same_request_within_tolerance(client: TestClie
             assert difference <= TOLERANCE, (variant, task, float(difference))
 
 
+def test_a_request_without_an_id_gets_a_fresh_one_in_the_body_and_the_header(client: TestClient, schema) -> None:
+    answers = [client.post("/rank", json=rank_body(schema, n=3)) for _ in range(3)]
+    ids = [answer.json()["request_id"] for answer in answers]
+    assert [answer.headers["x-request-id"] for answer in answers] == ids
+    assert len(set(ids)) == 3 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+
+
 def test_a_candidate_scored_in_a_batch_equals_it_scored_alone(client: TestClient, schema) -> None:
     body = rank_body(schema, n=100, columnar=False, seed=6)
     batch = client.post("/rank", json=body).json()
