@@ -228,8 +228,9 @@ def test_serve_refuses_more_models_than_max_models_in_one_line(two_models: Path)
 def test_two_workers_serve_both_models_and_follow_each_models_own_fleet_config(
     two_models: Path, schema_of_both: FeatureSchema, tmp_path: Path
 ) -> None:
-    """`ranker serve --workers 2`: the metrics of both workers are summed per model, and `ranker config set --name
-    beta` moves beta's generation in every worker while alpha's stays."""
+    """`ranker serve --workers 2`: the metrics of both workers are summed per model (in every scrape, whichever
+    worker answers it), and `ranker config set --name beta` moves beta's generation in every worker while alpha's
+    stays."""
     store = tmp_path / "store"  # this test's own serving.json files
     shutil.copytree(two_models, store, ignore=shutil.ignore_patterns("serving.json", ".*"))
     env = {"RANKER_MODEL_STORE": str(store), "RANKER_MODEL_NAME": ALPHA, "RANKER_MODELS": f"{ALPHA},{BETA}",
@@ -240,6 +241,11 @@ def test_two_workers_serve_both_models_and_follow_each_models_own_fleet_config(
         for _ in range(8):  # a fresh connection each time: the kernel spreads them over the workers
             with httpx.Client(timeout=60, headers=JSON) as http:
                 assert http.post(f"{server.url}/rank/{BETA}", content=body).status_code == 200
+        for _ in range(6):  # every scrape, whichever worker answers it, sees the requests of both workers
+            with httpx.Client(timeout=30) as http:
+                scraped = parse_metrics(http.get(f"{server.url}/metrics").text)
+            assert value(scraped, "ranker_requests_total", model=BETA, variant="mari", status="200") == 8
+            assert value(scraped, "ranker_candidates_scored_total", model=BETA, version="v1", variant="mari") == 8 * 4
         written = run_cli(["config", "set", "--store", str(store), "--name", BETA, "--variant", "vani"], {})
         assert written.returncode == 0, written.stderr
         deadline = time.monotonic() + CONVERGE_S

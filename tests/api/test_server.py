@@ -206,21 +206,6 @@ def test_graceful_shutdown_finishes_the_in_flight_request(slow_live: LiveServer,
     assert return_code in (0, -signal.SIGTERM)
 
 
-def test_metrics_are_summed_across_uvicorn_workers(store: Path, schema, tmp_path: Path) -> None:
-    env = server_env(store, RANKER_SHADOW_SAMPLE_RATE="0")
-    with LiveServer(env, workers=2, log_path=tmp_path / "workers.log") as server:
-        body = json.dumps(rank_body(schema, n=10)).encode()
-        for _ in range(12):  # a fresh connection each time: the kernel spreads them over the workers
-            with httpx.Client(timeout=30, headers={"content-type": "application/json"}) as http:
-                assert http.post(f"{server.url}/rank", content=body).status_code == 200
-        for _ in range(6):  # every scrape, whichever worker answers it, sees all of them
-            with httpx.Client(timeout=30) as http:
-                samples = parse_metrics(http.get(f"{server.url}/metrics").text)
-            assert value(samples, "ranker_requests_total", model=MODEL_NAME, variant="mari", status="200") == 12
-            assert value(samples, "ranker_candidates_scored_total", model=MODEL_NAME, version="v1",
-                         variant="mari") == 120
-
-
 def test_docs_page_loads_swagger_ui_from_this_server_only(live: LiveServer) -> None:
     """/docs works offline: the page and every asset it loads come from this server, none from a CDN."""
     page = httpx.get(f"{live.url}/docs", timeout=10)
