@@ -1,6 +1,8 @@
 """Shared by every test folder."""
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -76,13 +78,38 @@ def single_intra_op_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model_store with a small trained MMoE as default/v1 and default/v2 (different seeds: different scores)."""
+    """A model_store with a small trained MMoE as default/v1 and default/v2 (different seeds: different scores).
+
+    Each process gets its own copy (tests write into their store), trained once per test session (_trained_store)."""
+    root = tmp_path_factory.mktemp("model_store")
+    shutil.copytree(_trained_store(tmp_path_factory), root, dirs_exist_ok=True)
+    return root
+
+
+def _trained_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The two small MMoEs, trained (~11 s) by the first process of the session that needs them, not by every
+    pytest-xdist worker: pytest-xdist's recipe for session data, a folder that the session's workers share (their
+    basetemps' parent), guarded by a file lock. Trained into a temporary folder and renamed into place, so no
+    process ever sees a half-written store, and a process that died training leaves nothing that counts. Without
+    xdist the session's own basetemp: the parent of a plain session's basetemp is pytest's folder for every session
+    of this user (older ones, concurrent ones), whose store could be stale."""
+    from filelock import FileLock
+
     from tests.small_artifacts import save_small_mmoe  # trains: imported only by tests that need a store
 
-    root = tmp_path_factory.mktemp("model_store")
-    for version, seed in (("v1", 1), ("v2", 2)):
-        save_small_mmoe(root, SMALL_MODEL_NAME, version, seed)
-    return root
+    basetemp = tmp_path_factory.getbasetemp()
+    session = basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp
+    trained = session / "trained_model_store"
+    with FileLock(str(session / "trained_model_store.lock")):
+        if not trained.is_dir():
+            building = Path(tempfile.mkdtemp(prefix="trained_model_store.", dir=session))
+            try:
+                for version, seed in (("v1", 1), ("v2", 2)):
+                    save_small_mmoe(building, SMALL_MODEL_NAME, version, seed)
+                building.rename(trained)
+            finally:
+                shutil.rmtree(building, ignore_errors=True)  # gone after the rename; what a failure left
+    return trained
 
 
 @pytest.fixture(scope="session")

@@ -1,20 +1,22 @@
 """Micro-batching keeps the user split (service/engine/segment_batch.py): several requests of different users
 and sizes scored as one call equal each request scored by the user's own eager model on tiled inputs.
 
-Every reference model and variant, float32 and float64, fresh weights and inputs per test; plus models the
+Every reference model and variant, float32 and float64, fresh weights per test function, case and dtype (its
+three variants built from one capture) and fresh inputs per test; plus models the
 cut must refuse (a listwise op mixing candidates) or run once per request (a user side that drops its batch
 dimension).
 """
 
 from __future__ import annotations
 
+import functools
 import zlib
 
 import pytest
 import torch
 from torch import Tensor, nn
 
-from service.engine import Variant, reparameterize
+from service.engine import Reparameterized, Variant, reparameterize, reparameterize_all
 from service.engine.segment_batch import BatchingError, SegmentBatched, UserSide, segment_batch
 from tests.engine.conftest import CASES, ReferenceCase, assert_equivalent, build_model, reference_scores
 from tests.engine.metadata_check import metadata_mismatches
@@ -28,10 +30,22 @@ def _generator(*parts: object) -> torch.Generator:
     return torch.Generator().manual_seed(zlib.crc32("/".join(map(str, parts)).encode()))
 
 
-def _batched(case: ReferenceCase, model: nn.Module, variant: Variant, dtype: torch.dtype,
-             generator: torch.Generator) -> SegmentBatched:
+@functools.cache
+def _built(test: str, case_name: str, dtype: torch.dtype) -> tuple[nn.Module, dict[Variant, Reparameterized]]:
+    """The model of one (test function, case, dtype), fresh random weights, and its three variants from ONE capture
+    (reparameterize_all, what a server builds at start-up): torch.export is the costly part, and reparameterize()
+    per variant captured again and rebuilt VanI as the reference of UOI and MaRI. Each test function and dtype
+    draws its own weights; the variant tests of one (test function, case, dtype) share them and draw their own
+    inputs. Read-only to the tests: segment_batch cuts a variant's graph into new graphs, never rewriting it."""
+    case = CASES[case_name]
+    generator = _generator(test, "weights", case_name, dtype)
+    model = build_model(case, dtype, generator)
     example = case.call_args(case.random_inputs(7, dtype, generator))
-    result = reparameterize(model, example, case.user_inputs, variant)
+    return model, reparameterize_all(model, example, case.user_inputs, VARIANTS)
+
+
+def _batched(case: ReferenceCase, result: Reparameterized, dtype: torch.dtype,
+             generator: torch.Generator) -> SegmentBatched:
     runner = result.module
     checks = [(case.call_args(case.random_inputs(n, dtype, generator)), {}) for n in CHECK_SIZES]
     return segment_batch(runner.graph_module, runner.layout, runner.out_spec, result.batch, runner, checks)
@@ -47,9 +61,9 @@ DTYPE_CASES = [(name, torch.float32) for name in CASES] + [(name, torch.float64)
 @pytest.mark.parametrize(("case_name", "dtype"), DTYPE_CASES, ids=lambda value: str(value))
 def test_requests_scored_together_equal_the_eager_model_on_each_request(case_name, variant, dtype):
     case = CASES[case_name]
-    generator = _generator(case_name, variant.value, dtype)
-    model = build_model(case, dtype, generator)
-    batched = _batched(case, model, variant, dtype, generator)
+    model, results = _built("scored_together", case_name, dtype)
+    generator = _generator(case_name, variant.value, dtype)  # this variant's inputs: the checks, then the requests
+    batched = _batched(case, results[variant], dtype, generator)
     assert batched.user_side is UserSide.BATCHED  # every reference model's user side runs at batch M
     requests = [case.random_inputs(n, dtype, generator) for n in REQUEST_SIZES]
     with torch.no_grad():
@@ -63,7 +77,8 @@ def test_one_request_alone_through_the_batched_form_equals_the_eager_model():
     case = CASES["target_attention"]
     generator = _generator("alone")
     model = build_model(case, torch.float32, generator)
-    batched = _batched(case, model, Variant.MARI, torch.float32, generator)
+    example = case.call_args(case.random_inputs(7, torch.float32, generator))
+    batched = _batched(case, reparameterize(model, example, case.user_inputs, Variant.MARI), torch.float32, generator)
     values = case.random_inputs(1, torch.float32, generator)
     with torch.no_grad():
         (output,) = batched([(case.call_args(values), {})])
@@ -173,13 +188,10 @@ def test_the_cut_graphs_record_each_value_at_one_request(case_name, variant):
     """passes.py's metadata rule in the two graphs the cut makes: scoring one request (M = 1) of n candidates,
     every node's recorded value has the shape the real run gives, the nodes the cut itself makes included."""
     case, n = CASES[case_name], 3
-    generator = _generator("metadata", case_name, variant.value)
-    model = build_model(case, torch.float32, generator)
-    example = case.call_args(case.random_inputs(7, torch.float32, generator))
-    result = reparameterize(model, example, case.user_inputs, variant)
-    runner = result.module
-    checks = [(case.call_args(case.random_inputs(k, torch.float32, generator)), {}) for k in CHECK_SIZES]
-    batched = segment_batch(runner.graph_module, runner.layout, runner.out_spec, result.batch, runner, checks)
+    _, results = _built("metadata", case_name, torch.float32)
+    result = results[variant]
+    generator = _generator("metadata", case_name, variant.value)  # this variant's inputs: the checks, then the call
+    batched = _batched(case, result, torch.float32, generator)
     found: list[str] = []
     batched.user_graph = _Checked(batched.user_graph, result.batch, n, found)
     batched.candidate_graph = _Checked(batched.candidate_graph, result.batch, n, found)

@@ -48,11 +48,17 @@ def _as(features: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torc
     return {k: v.to(dtype) if v.is_floating_point() else v for k, v in features.items()}
 
 
-@functools.cache
 def _variants(
     name: str, dtype: torch.dtype = torch.float32
 ) -> tuple[nn.Module, object, dict[Variant, Reparameterized]]:
     """One small model with random weights per architecture and dtype, and every variant the engine derives."""
+    # functools.cache keys on the arguments as passed: _variants("rdcn") and _variants("rdcn", torch.float32)
+    # would be two entries, each its own export of the same model; hence one positional call to the cached build.
+    return _built_variants(name, dtype)
+
+
+@functools.cache
+def _built_variants(name: str, dtype: torch.dtype) -> tuple[nn.Module, object, dict[Variant, Reparameterized]]:
     _, _, model, schema = small_model(name, seed=3)
     model = _randomize(model, seed=4).eval().to(dtype)
     example = _as(schema.example_batch(BUILD_N, torch.Generator().manual_seed(5)), dtype)
