@@ -19,6 +19,7 @@ from service.api.errors import install_error_handlers
 from service.api.routes import admin, health, metrics, models, rank, v2
 from service.api.routes.docs import install_docs
 from service.api.schemas import ReloadRequest, VariantSwitch, model_components, rank_request_components
+from service.api.scoring_path import ScoringPath
 from service.serving.hosts import ModelHost, ModelHosts
 from service.serving.metrics import ServiceMetrics, mark_process_dead, reap_dead_processes
 from service.serving.settings import Settings
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   redoc_url=None)  # /docs from local assets (routes/docs.py)
     app.state.service = state
     install_error_handlers(app)
+    app.add_middleware(ScoringPath)  # added first: the innermost, inside the drain and body budget middleware
     app.add_middleware(CloseConnectionsWhileDraining, state=state)
     app.add_middleware(BodyBudgetGuard, budget=BodyBudget(settings.body_budget_bytes, settings.retry_after_s))
     for module in (rank, v2, health, models, admin, metrics):

@@ -94,16 +94,22 @@ def error_response(error: ServiceError, *, v2: bool = False, retry_after_s: int 
     return JSONResponse(body, status_code=status_of(error, v2=v2), headers=headers)
 
 
+def service_error_response(request: Request, exc: ServiceError) -> JSONResponse:
+    """A service error as the response of `request` (/v2: the protocol's shape); the handler FastAPI calls and
+    the one the scoring routes' short way (service/api/scoring_path.py) calls."""
+    if isinstance(exc, BodyReadTimeout | ClientDisconnected):  # the client's fault: one line, no traceback
+        logger.warning("%s %s: %s", request.method, request.url.path, exc.message)
+    if is_v2(request):
+        return error_response(exc, v2=True, retry_after_s=request.app.state.service.settings.retry_after_s)
+    return error_response(exc)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map every error a request can raise to the uniform JSON body."""
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        if isinstance(exc, BodyReadTimeout | ClientDisconnected):  # the client's fault: one line, no traceback
-            logger.warning("%s %s: %s", request.method, request.url.path, exc.message)
-        if is_v2(request):
-            return error_response(exc, v2=True, retry_after_s=request.app.state.service.settings.retry_after_s)
-        return error_response(exc)
+        return service_error_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -21,7 +21,7 @@ router = APIRouter(tags=["ranking"])
 )
 async def rank_candidates(request: Request) -> Response:
     """Score N candidates for one user (columnar or row-wise body) and order them by final score."""
-    return await _rank(request, state_of(request), None)
+    return await rank(request, state_of(request), None)
 
 
 @router.post(
@@ -32,10 +32,12 @@ async def rank_candidates(request: Request) -> Response:
 )
 async def rank_candidates_with_model(model: str, request: Request) -> Response:
     """As POST /rank, scored by model `model` (a key of GET /v1/models' `models`); 404 for one not served."""
-    return await _rank(request, state_of(request), model)
+    return await rank(request, state_of(request), model)
 
 
-async def _rank(request: Request, state: ServiceState, model: str | None) -> Response:
+async def rank(request: Request, state: ServiceState, model: str | None) -> Response:
+    """POST /rank's work for model `model` (None: the default); raises the serving core's errors. Called by the
+    routes above and by the scoring routes' short way through the ASGI stack (service/api/scoring_path.py)."""
     model_label, variant, status = UNKNOWN_MODEL, "none", 500  # labels: served names only, never the client's
     state.metrics.in_flight.inc()
     try:

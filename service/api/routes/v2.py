@@ -85,13 +85,13 @@ async def get_version_ready(name: str, version: str, state: ServiceState = Depen
 @router.post("/models/{name}/infer")
 async def infer(name: str, request: Request) -> Response:
     """Score N candidates for one user given as named input tensors (JSON or binary tensor data)."""
-    return await _infer(request, state_of(request), name, None)
+    return await infer_scores(request, state_of(request), name, None)
 
 
 @router.post("/models/{name}/versions/{version}/infer")
 async def infer_version(name: str, version: str, request: Request) -> Response:
     """As POST /v2/models/{name}/infer, for the loaded version only."""
-    return await _infer(request, state_of(request), name, version)
+    return await infer_scores(request, state_of(request), name, version)
 
 
 def _check_ready(state: ServiceState, name: str | None = None) -> None:
@@ -115,7 +115,9 @@ def _metadata(state: ServiceState, name: str, version: str | None) -> dict[str, 
     return model_metadata(serving)
 
 
-async def _infer(request: Request, state: ServiceState, name: str, version: str | None) -> Response:
+async def infer_scores(request: Request, state: ServiceState, name: str, version: str | None) -> Response:
+    """POST /v2/models/{name}[/versions/{version}]/infer's work; raises the serving core's errors. Called by the
+    routes above and by the scoring routes' short way (service/api/scoring_path.py)."""
     model_label, variant, status = UNKNOWN_MODEL, "none", 500  # labels: served names only, never the client's
     state.metrics.in_flight.inc()
     try:
