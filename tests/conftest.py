@@ -28,7 +28,7 @@ def _share_httpx_default_ssl_context() -> None:
 
     httpx makes a fresh SSLContext and loads certifi's CA bundle into it for every top-level call and every
     Client: ~30 ms of CPU each (twice that on a busy machine), though tests only speak plain HTTP to 127.0.0.1.
-    tests/api/test_fleet_config.py, tests/faults and tests/api/test_server.py alone made 2,371 of them: over
+    tests/api/test_fleet.py, tests/faults and tests/api/test_server.py alone made 2,371 of them: over
     a minute of CPU in the test process, beside the servers it drives. The context built for the default arguments
     (verify=True, no client certificate, the environment trusted) is the one httpx would build every time,
     and an SSLContext may be shared by any number of connections and threads; any other arguments get their

@@ -1,5 +1,5 @@
 """The fleet config: the file (validation, atomic writes, generations, the writers' lock) and the
-watcher that applies it to one process (polled by hand here; over HTTP in tests/api/test_fleet_config.py)."""
+watcher that applies it to one process (polled by hand here; over HTTP in tests/api/test_fleet.py)."""
 
 from __future__ import annotations
 
