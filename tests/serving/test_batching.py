@@ -13,6 +13,7 @@ from service.serving.loading import build_serving_model
 from service.serving.metrics import ServiceMetrics
 from service.serving.runtime import ModelRuntime
 from service.serving.scorer import RequestScorer, _Prepared
+from service.serving.serving_model import Scored
 from tests.api.conftest import make_settings
 
 SIZES = (1, 40, 7, 1, 120, 3)  # candidates of six requests of six users
@@ -56,4 +57,6 @@ def test_a_request_that_fails_in_a_batch_fails_alone(serving, store: Path) -> No
     assert isinstance(outcomes[1], Exception)
     for i in (0, 2):
         alone = serving.score(Variant.MARI, requests[i])
-        assert all(torch.equal(outcomes[i][task], alone[task]) for task in serving.tasks)
+        scored = outcomes[i]
+        assert isinstance(scored, Scored)
+        assert all(torch.equal(scored.scores[task], alone[task]) for task in serving.tasks)
