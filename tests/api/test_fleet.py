@@ -35,6 +35,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Self
 
 import httpx
 import pytest
@@ -222,19 +223,18 @@ class Answer:
     version: str
 
 
-class ClosedLoopClient:
-    """One thread per server, one request at a time (POST /rank: the default model) with THINK_S between them,
-    each on a fresh connection (spread over the workers)."""
+class PerServerThreads:
+    """One client thread per server of the fleet, from `with` to its end (then stopped and joined within
+    `join_timeout_s`); a subclass's `_run(name)` is the thread's loop and returns when `_stop` is set."""
 
-    def __init__(self, fleet: Fleet, schema) -> None:
+    join_timeout_s = WAIT_TIMEOUT_S
+
+    def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
-        self.bodies = [(f"user-{i}", json.dumps(rank_body(schema, n=8, seed=i, user_id=f"user-{i}")).encode())
-                       for i in range(USERS)]
-        self.answers: list[Answer] = []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(name,)) for name in fleet.servers]
 
-    def __enter__(self) -> ClosedLoopClient:
+    def __enter__(self) -> Self:
         for thread in self._threads:
             thread.start()
         return self
@@ -242,7 +242,21 @@ class ClosedLoopClient:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         for thread in self._threads:
-            thread.join(WAIT_TIMEOUT_S)
+            thread.join(self.join_timeout_s)
+
+    def _run(self, name: str) -> None:
+        raise NotImplementedError
+
+
+class ClosedLoopClient(PerServerThreads):
+    """One thread per server, one request at a time (POST /rank: the default model) with THINK_S between them,
+    each on a fresh connection (spread over the workers)."""
+
+    def __init__(self, fleet: Fleet, schema) -> None:
+        self.bodies = [(f"user-{i}", json.dumps(rank_body(schema, n=8, seed=i, user_id=f"user-{i}")).encode())
+                       for i in range(USERS)]
+        self.answers: list[Answer] = []
+        super().__init__(fleet)
 
     def _run(self, name: str) -> None:
         url = f"{self.fleet.servers[name].url}/rank"
@@ -406,26 +420,16 @@ class ModelAnswer:
     version: str  # X-Model-Version
 
 
-class Background:
+class Background(PerServerThreads):
     """One thread per server, alternating the two models, one request at a time with THINK_S between them."""
 
+    join_timeout_s = CANARY_WAIT_TIMEOUT_S
+
     def __init__(self, fleet: Fleet, schema) -> None:
-        self.fleet = fleet
         self.bodies = [json.dumps(rank_body(schema, n=8, seed=i, user_id=f"background-{i}")).encode()
                        for i in range(20)]
         self.answers: list[ModelAnswer] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(name,)) for name in fleet.servers]
-
-    def __enter__(self) -> Background:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(CANARY_WAIT_TIMEOUT_S)
+        super().__init__(fleet)
 
     def _run(self, name: str) -> None:
         url = self.fleet.servers[name].url
