@@ -181,9 +181,8 @@ def capture(model: nn.Module, layout: InputLayout, example_tensors: list[torch.T
     if not functional:
         exported = exported.run_decompositions({})  # functionalize, keep linear/matmul/layer_norm whole
     graph_module = exported.module()
-    if functional:  # what the second trace would also have dropped: outputs nothing reads (unused getitems)
-        graph_module.graph.eliminate_dead_code()
-        graph_module.recompile()
+    if functional:
+        _drop_dead_code(graph_module)
     out_spec = graph_module.graph._codegen.pytree_info.out_spec
     _drop_guards(graph_module)
     rewrite_left_matmuls(graph_module)  # eager's one mm, which the stored program's grad-free weights lose
@@ -217,6 +216,12 @@ def is_functional(exported: torch.export.ExportedProgram) -> bool:
             if target._schema.is_mutable or (_is_cia_op(target) and not _check_valid_to_preserve(target)):
                 return False
     return True
+
+
+def _drop_dead_code(graph_module: fx.GraphModule) -> None:
+    """What the skipped second trace would also have dropped: values nothing reads (a split's unused outputs)."""
+    graph_module.graph.eliminate_dead_code()
+    graph_module.recompile()
 
 
 def _drop_guards(graph_module: fx.GraphModule) -> None:
