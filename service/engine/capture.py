@@ -183,7 +183,9 @@ def capture(model: nn.Module, layout: InputLayout, example_tensors: list[torch.T
     graph_module = exported.module()
     if functional:
         _drop_dead_code(graph_module)
-    out_spec = graph_module.graph._codegen.pytree_info.out_spec
+    codegen = graph_module.graph._codegen  # an exported module's: it flattens inputs and unflattens outputs
+    assert isinstance(codegen, fx.graph._PyTreeCodeGen)
+    out_spec = codegen.pytree_info.out_spec
     _drop_guards(graph_module)
     rewrite_left_matmuls(graph_module)  # eager's one mm, which the stored program's grad-free weights lose
     batch = _batch_symbol(graph_module, layout)
