@@ -184,7 +184,7 @@ def capture(model: nn.Module, layout: InputLayout, example_tensors: list[torch.T
     if functional:
         _drop_dead_code(graph_module)
     codegen = graph_module.graph._codegen  # an exported module's: it flattens inputs and unflattens outputs
-    assert isinstance(codegen, fx.graph._PyTreeCodeGen)
+    assert isinstance(codegen, fx.graph._PyTreeCodeGen) and codegen.pytree_info.out_spec is not None
     out_spec = codegen.pytree_info.out_spec
     _drop_guards(graph_module)
     rewrite_left_matmuls(graph_module)  # eager's one mm, which the stored program's grad-free weights lose
