@@ -177,7 +177,7 @@ def capture(model: nn.Module, layout: InputLayout, example_tensors: list[torch.T
         None if layout.tensor_positions[j] in layout.user_positions else {0: batch_dim} for j in range(len(tensors))
     )
     exported = torch.export.export(tiled, tuple(tensors), dynamic_shapes=(dynamic,), strict=False)
-    functional = is_functional(exported)
+    functional = _is_functional(exported)
     if not functional:
         exported = exported.run_decompositions({})  # functionalize, keep linear/matmul/layer_norm whole
     graph_module = exported.module()
@@ -192,7 +192,7 @@ def capture(model: nn.Module, layout: InputLayout, example_tensors: list[torch.T
     return CapturedModel(graph_module, layout, out_spec, batch)
 
 
-def is_functional(exported: torch.export.ExportedProgram) -> bool:
+def _is_functional(exported: torch.export.ExportedProgram) -> bool:
     """True when `run_decompositions({})` would leave the export's operators as they are, so capture can skip it.
 
     An empty decomposition table only functionalizes and decomposes the composite operators torch cannot keep
