@@ -164,7 +164,7 @@ def run_model(name: str, model: Path, args: argparse.Namespace) -> dict[str, Any
         with running(server, model, args, name, result) as up:
             for mix, pool in encoded.items():
                 estimate = calibrate(up.url, pool, server, args.calibration_s, target)  # also a warm-up
-                batching = "RANKER_BATCHING=true" in OURS.get(server, ("", []))[1]
+                batching = server in OURS and "RANKER_BATCHING=true" in [*OURS[server][1], *args.server_env]
                 curve = Curve(server, batching, mix, args.slo_ms[mix], round(estimate, 2))
                 curves[(server, mix)] = sweep(up.url, pool, curve, args, target)
                 result["curves"].append(curve)
