@@ -29,7 +29,8 @@ import torch
 from loadtest.run import Server
 from service.features.schema import FeatureSchema
 from service.serving.example_request import example_request
-from service.store.artifact import read_manifest, resolve_version
+from service.store.artifact import read_manifest
+from service.store.versions import resolve_version
 
 TIMING = re.compile(r"(\w+);dur=([0-9.]+)")
 STAGES = ("queue", "decode", "encode", "infer", "respond", "total")

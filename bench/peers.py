@@ -62,7 +62,8 @@ from bench.peers_servers import columnar, pinned, start_kserve, start_ours, star
 from loadtest.run import REPO_ROOT, SERVER_ENV_PREFIXES, RunError, Server, server_settings
 from loadtest.traffic import Body, describe_pool
 from service.features.schema import FeatureSchema
-from service.store.artifact import read_manifest, resolve_version
+from service.store.artifact import read_manifest
+from service.store.versions import resolve_version
 
 BEST_ENV = ["RANKER_COMPILE=inductor", "RANKER_BATCHING=true"]  # this service at its best: edit here
 # "mari" is the service as shipped: RANKER_VARIANT=auto, the default (the form measured fastest per request size;

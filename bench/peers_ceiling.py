@@ -23,7 +23,7 @@ from bench.peers_servers import columnar
 from service.engine import Variant
 from service.serving.loading import build_serving_model
 from service.serving.settings import Settings
-from service.store.artifact import resolve_version
+from service.store.versions import resolve_version
 
 MIX = "small"
 

@@ -9,7 +9,7 @@ they run the same nn.Module, with the same weights, as the artifact this service
   (one float tensor of interleaved user and candidate columns) at production size, behind `FlatColumns`.
 
 The weights are read from the artifact's weights.safetensors and loaded strictly: the stored program's state
-is the packaged head's (service.store.package.TaskScores, whose `model` is the user's module), so a module
+is the packaged head's (service.store.packaging.TaskScores, whose `model` is the user's module), so a module
 that does not match the artifact exactly fails here instead of serving other scores. The artifact is not
 loaded through the service (no program is run): a peer only ever runs the eager module.
 """
@@ -26,10 +26,10 @@ from torch import Tensor, nn
 
 from service.features.schema import FeatureSchema, FeatureSpec
 from service.models.registry import get_architecture
-from service.store.artifact import resolve_version
 from service.store.manifest import BUILTIN, MANIFEST_FILE, WEIGHTS_FILE
-from service.store.package import TaskScores
+from service.store.packaging import TaskScores
 from service.store.program import STATE_PREFIX
+from service.store.versions import resolve_version
 
 FLAT_NAME = "deepctr_flat"  # the packaged flat-tensor model's name in bench.peers' temporary store
 FLAT_SEED = 11

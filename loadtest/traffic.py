@@ -60,7 +60,8 @@ def build_pool(model_path: Path | str, mix: TrafficMix) -> list[Body]:
     # torch and the service: imported only here, not by locust processes that read a saved pool
     from service.features.schema import FeatureSchema
     from service.serving.example_request import example_request
-    from service.store.artifact import read_manifest, resolve_version
+    from service.store.artifact import read_manifest
+    from service.store.versions import resolve_version
 
     schema = FeatureSchema.from_dict(read_manifest(resolve_version(Path(model_path))).feature_schema)
     rng = random.Random(mix.seed)

@@ -118,7 +118,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 def cmd_package(args: argparse.Namespace) -> None:
     from service.engine.analysis import Analysis, format_analysis
     from service.store.manifest import ArtifactError
-    from service.store.package import PackageError, package
+    from service.store.packaging import PackageError, package
     from service.store.user_code import UserCodeError, call_build_function
 
     try:
@@ -140,8 +140,8 @@ def cmd_package(args: argparse.Namespace) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
-    from service.store.artifact import resolve_version
     from service.store.manifest import ArtifactError
+    from service.store.versions import resolve_version
     from service.training.convert import convert_legacy
 
     try:

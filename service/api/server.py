@@ -25,8 +25,9 @@ from service.serving.fleet_config import FleetConfigError
 from service.serving.fleet_state import create_fleet_dir
 from service.serving.metrics import MULTIPROC_ENV
 from service.serving.settings import Settings
-from service.store.artifact import check_component, load_artifact, resolve_version
+from service.store.artifact import load_artifact
 from service.store.manifest import ArtifactError
+from service.store.versions import check_component, resolve_version
 
 logger = logging.getLogger(__name__)
 

@@ -6,13 +6,27 @@
     result.report                        # what was rewritten, what was not and why
 
 The engine imports nothing else from `service`: it works on any nn.Module given its user-side inputs.
+`Variant` and `EngineError` are torch-free; the rest is imported on first use, so the settings and the CLI can
+name a variant without importing torch.
 """
 
-from service.engine.analysis import Analysis, analyze
-from service.engine.pipeline import Reparameterized, reparameterize, reparameterize_all
-from service.engine.report import EngineReport
-from service.engine.split_matmuls import SplitOptions
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from service.engine.variants import EngineError, Variant
+
+if TYPE_CHECKING:
+    from service.engine.analysis import Analysis, analyze
+    from service.engine.pipeline import Reparameterized, reparameterize, reparameterize_all
+    from service.engine.report import EngineReport
+    from service.engine.split_matmuls import SplitOptions
+
+_LAZY = {"Analysis": "service.engine.analysis", "analyze": "service.engine.analysis",
+         "Reparameterized": "service.engine.pipeline", "reparameterize": "service.engine.pipeline",
+         "reparameterize_all": "service.engine.pipeline", "EngineReport": "service.engine.report",
+         "SplitOptions": "service.engine.split_matmuls"}
 
 __all__ = [
     "Analysis",
@@ -25,3 +39,9 @@ __all__ = [
     "reparameterize",
     "reparameterize_all",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

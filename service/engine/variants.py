@@ -1,6 +1,11 @@
-"""The three ways to run one trained ranker."""
+"""The three ways to run one trained ranker, the engine's errors, and the size of the call it captures (torch-free:
+the settings name a variant without importing torch)."""
 
 from enum import Enum
+
+# Candidate rows of the example call a model is captured with (torch.export, the engine). Any N >= 2 gives
+# the same program: export treats sizes 0 and 1 as constants.
+CAPTURE_CANDIDATES = 8
 
 
 class Variant(str, Enum):  # noqa: UP042 (a StrEnum would change str(variant) and f"{variant}")

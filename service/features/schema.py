@@ -18,9 +18,6 @@ import torch
 from torch import Tensor
 
 PADDING_ID = 0
-# Candidate rows of the example call a model is captured with (torch.export, the engine). Any N >= 2 gives
-# the same program: export treats sizes 0 and 1 as constants.
-CAPTURE_CANDIDATES = 8
 MIN_SEQUENCE_FILL = 0.2  # example_batch fills at least this fraction of a sequence with real ids
 # Bounds on what a schema (e.g. from an untrusted model.json) may declare, checked before any tensor is
 # allocated for it: an example request holds rows x (sum of widths) values.

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from service.engine import Reparameterized, SplitOptions, Variant, reparameterize_all
-from service.features.schema import CAPTURE_CANDIDATES
+from service.engine.variants import CAPTURE_CANDIDATES
 
 CAPTURE_SEED = 20260223  # fixed example values: a build (and its check against VanI) is reproducible
 

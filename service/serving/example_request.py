@@ -9,7 +9,8 @@ import torch
 
 from service.features.schema import PADDING_ID, FeatureSchema, FeatureSpec, Kind
 from service.serving.settings import Settings
-from service.store.artifact import read_manifest, resolve_version
+from service.store.artifact import read_manifest
+from service.store.versions import resolve_version
 
 DENSE_DECIMALS = 4  # short numbers: realistic client payloads, and smaller bodies
 

@@ -44,8 +44,8 @@ from service.engine import Variant
 from service.serving.routing import DefaultVariant, check_ab_split, check_weights
 from service.serving.settings import Settings
 from service.serving.validation import problems
-from service.store.artifact import check_component, resolve_version
 from service.store.manifest import ArtifactError
+from service.store.versions import check_component, resolve_version
 
 FLEET_CONFIG_FILE = "serving.json"
 LOCK_FILE = ".serving.json.lock"  # hidden, and not a folder: never taken for a model version

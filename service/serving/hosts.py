@@ -24,8 +24,8 @@ from service.serving.settings import EVERY_MODEL, Settings, check_model_count
 from service.serving.shadow import ShadowComparator
 from service.serving.version_compare import VersionComparator
 from service.store import ArtifactError
-from service.store.artifact import check_component
 from service.store.manifest import MANIFEST_FILE
+from service.store.versions import check_component
 
 logger = logging.getLogger(__name__)
 

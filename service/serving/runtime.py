@@ -19,8 +19,8 @@ from service.serving.loading import build_serving_model
 from service.serving.routing import Auto, VariantRouter, VersionRouter
 from service.serving.serving_model import ServingModel
 from service.serving.settings import Settings
-from service.store import ArtifactError, resolve_version
-from service.store.artifact import check_component
+from service.store import ArtifactError
+from service.store.versions import check_component, resolve_version
 
 
 @dataclass(frozen=True)

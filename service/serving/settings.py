@@ -21,10 +21,10 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from service.engine import Variant
-from service.features.schema import CAPTURE_CANDIDATES
+from service.engine.variants import CAPTURE_CANDIDATES
 from service.serving.routing import Auto, DefaultVariant, check_ab_split
 from service.store import ArtifactError
-from service.store.artifact import check_component
+from service.store.versions import check_component
 
 ENV_PREFIX = "RANKER_"
 CONFIG_FILE_ENV = "RANKER_CONFIG_FILE"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,6 @@ from service.store.bounded_json import (
 )
 from service.store.manifest import (
     ARTIFACT_FILES,
-    COMPONENT,
     MANIFEST_FILE,
     PROGRAM_FILE,
     WEIGHTS_FILE,
@@ -43,6 +41,7 @@ from service.store.manifest import (
     ModelManifest,
 )
 from service.store.program import ProgramError, program_from_json, program_module
+from service.store.versions import resolve_version
 
 _HASH_CHUNK = 1 << 20
 _FINITE_CHUNK = 1 << 22  # elements per finiteness check of a weight
@@ -68,46 +67,12 @@ class LoadedArtifact:
         return list(self.manifest.user_features)
 
 
-def _natural_key(name: str) -> list[tuple[int, Any]]:
-    """v2 < v10: digit runs compare as numbers."""
-    return [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name) if part]
-
-
-def check_component(kind: str, value: str) -> str:
-    """A model name or version is one short path component (no traversal out of the store)."""
-    if not isinstance(value, str) or not COMPONENT.match(value):
-        raise ArtifactError(f"{kind} {value!r} must match {COMPONENT.pattern} (a single path component)")
-    return value
-
-
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def resolve_version(path: Path | str) -> Path:
-    """A version folder itself, or the latest version (natural sort) under a model folder."""
-    path = Path(path)
-    if (path / MANIFEST_FILE).is_file():
-        return path
-    if not path.is_dir():
-        raise ArtifactError(f"{path}: no such model or version folder")
-    versions = [child for child in path.iterdir()
-                if child.is_dir() and not child.name.startswith(".") and (child / MANIFEST_FILE).is_file()]
-    if not versions:
-        raise ArtifactError(f"{path}: no version folder containing {MANIFEST_FILE}")
-    return max(versions, key=lambda child: _natural_key(child.name))
-
-
-def next_version(store_root: Path | str, name: str) -> str:
-    """"v<N+1>" where N is the highest existing "v<N>" of this model ("v1" for a new one)."""
-    model_dir = Path(store_root) / name
-    numbers = [int(match.group(1)) for child in (model_dir.iterdir() if model_dir.is_dir() else [])
-               if (match := re.fullmatch(r"v(\d+)", child.name))]
-    return f"v{max(numbers, default=0) + 1}"
 
 
 def write_artifact(

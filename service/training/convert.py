@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from service.models import get_architecture
 from service.store.bounded_json import MAX_JSON_DEPTH, MAX_MANIFEST_BYTES, JsonBoundError, loads_bounded
 from service.store.manifest import MANIFEST_FILE, ArtifactError
-from service.store.package import builtin_source, package
+from service.store.packaging import builtin_source, package
 
 LEGACY_FORMAT = 1
 

@@ -11,10 +11,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from service.features.schema import CAPTURE_CANDIDATES
+from service.engine.variants import CAPTURE_CANDIDATES
 from service.models import RankerConfig, get_architecture
-from service.store.artifact import next_version
-from service.store.package import builtin_source, package
+from service.store.packaging import builtin_source, package
+from service.store.versions import next_version
 from service.training.auc import roc_auc
 from service.training.progress import StepProgress, TrainProgress
 from service.training.synthetic import LabeledBatch, make_dataset

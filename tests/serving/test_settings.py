@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from service.engine import Variant
-from service.features.schema import CAPTURE_CANDIDATES
+from service.engine.variants import CAPTURE_CANDIDATES
 from service.serving.routing import Auto
 from service.serving.settings import Settings
 

@@ -10,7 +10,7 @@ from service.models import ARCHITECTURES
 from service.store import ArtifactError, load_artifact, next_version, package, resolve_version
 from service.store.artifact import sha256_file
 from service.store.manifest import MANIFEST_FILE, PROGRAM_FILE, WEIGHTS_FILE
-from service.store.package import builtin_source
+from service.store.packaging import builtin_source
 from tests.models.small_configs import small_config
 from tests.tiling import tile_user_features
 

@@ -25,18 +25,13 @@ import torch
 from torch import Tensor, nn
 
 from service.engine.left_matmuls import rewrite_left_matmuls
-from service.features.schema import CAPTURE_CANDIDATES, FeatureSchema, FeatureSpec, Kind
-from service.store.artifact import (
-    LoadedArtifact,
-    check_component,
-    load_artifact,
-    next_version,
-    staging_folder,
-    write_artifact,
-)
+from service.engine.variants import CAPTURE_CANDIDATES
+from service.features.schema import FeatureSchema, FeatureSpec, Kind
+from service.store.artifact import LoadedArtifact, load_artifact, staging_folder, write_artifact
 from service.store.export_diagnosis import diagnose_export
 from service.store.manifest import BUILTIN, PACKAGED, ArtifactError
 from service.store.program import ProgramError, program_to_json
+from service.store.versions import check_component, next_version
 
 CHECK_BATCHES = (1, 3)  # the stored program is compared with the eager model at these N as well
 CHECK_TOLERANCE = 1e-5  # absolute, on scores; the program runs the same ops, so differences are ~0
