@@ -5,17 +5,18 @@
     scores = result.module(features)     # user leaves at batch 1, candidate leaves at batch N
     result.report                        # what was rewritten, what was not and why
 
-The engine imports nothing else from `service`: it works on any nn.Module given its user-side inputs.
+The engine imports nothing else from `service` (but service.lazy_names, a generic helper): it works on any
+nn.Module given its user-side inputs.
 `Variant` and `EngineError` are torch-free; the rest is imported on first use, so the settings and the CLI can
 name a variant without importing torch.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from service.engine.variants import EngineError, Variant
+from service.lazy_names import lazy_names
 
 if TYPE_CHECKING:
     from service.engine.analysis import Analysis, analyze
@@ -40,8 +41,4 @@ __all__ = [
     "reparameterize_all",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY)

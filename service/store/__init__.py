@@ -6,9 +6,9 @@ first use, so whatever only reads names, versions or the manifest never imports 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from service.lazy_names import lazy_names
 from service.store.manifest import ArtifactError, ModelManifest
 from service.store.versions import next_version, resolve_version
 
@@ -24,8 +24,4 @@ __all__ = [
     "resolve_version",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY)
